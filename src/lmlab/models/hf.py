@@ -36,6 +36,15 @@ class HFCausalLM(nn.Module):
     def from_pretrained(cls, path: str, **kwargs) -> HFCausalLM:
         return cls(AutoModelForCausalLM.from_pretrained(path, **kwargs))
 
+    @classmethod
+    def build(cls, architecture: str | None, pretrained: str | None, vocab_size: int, **overrides) -> HFCausalLM:
+        """The ``model=hf`` entry point: pretrained weights if a path or name is given, else a fresh model."""
+        if pretrained:
+            return cls.from_pretrained(pretrained)
+        if not architecture:
+            raise ValueError("model=hf needs model.architecture (e.g. llama, gpt2) or model.pretrained")
+        return cls.from_config(architecture, vocab_size=vocab_size, **overrides)
+
     @property
     def config(self):
         return self.hf.config
@@ -48,7 +57,7 @@ class HFCausalLM(nn.Module):
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            for name, module in self.hf.named_modules():  # learned position tables (GPT-2 style)
+            for module in self.hf.modules():  # learned position tables (GPT-2 style)
                 if isinstance(module, nn.Embedding) and module is not self.hf.get_input_embeddings():
                     n -= module.weight.numel()
             if self.hf.get_output_embeddings() is not None and not self._tied():

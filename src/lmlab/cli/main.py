@@ -1,0 +1,26 @@
+"""`lmlab <command> [args]`: train, generate, report, cost."""
+
+import importlib
+import sys
+
+COMMANDS = {
+    "train": "train a model (same as python train.py)",
+    "generate": "decode from a checkpoint (same as python generate.py)",
+    "report": "HTML report of a run or sweep from its metrics.csv",
+    "cost": "FLOPs, device-hours and money for a config, from measured throughput",
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        lines = "\n".join(f"  {name:<9} {text}" for name, text in COMMANDS.items())
+        print(f"usage: lmlab <command> [args]\n\ncommands:\n{lines}")
+        raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    command, rest = argv[0], argv[1:]
+    module = importlib.import_module(f"lmlab.cli.{command}")
+    if command in ("train", "generate"):  # Hydra apps read sys.argv
+        sys.argv = [f"lmlab {command}", *rest]
+        module.main()
+    else:
+        module.main(rest)

@@ -1,0 +1,171 @@
+"""`python train.py [group=option ...]`: compose, check, build, fit, report.
+
+Data flows one way: config -> instantiate -> LitLM -> Trainer -> callbacks/loggers. Every check
+that can fail runs before the (slow) data preparation and training start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from lmlab.cli import CONF_DIR
+from lmlab.module import LitLM
+
+log = logging.getLogger("lmlab")
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=CONF_DIR, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def run_info() -> dict:
+    return {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "overrides": list(HydraConfig.get().overrides.task),
+        "git_sha": git_sha(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "torch": torch.__version__,
+        "lightning": L.__version__,
+    }
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Checks that need no data, so that bad input fails in seconds."""
+    if cfg.optimizer.get("lr") is not None and cfg.optimizer.lr <= 0:
+        raise ValueError(f"optimizer.lr={cfg.optimizer.lr} must be > 0")
+    max_steps = cfg.trainer.get("max_steps", -1)
+    if not cfg.trainer.get("fast_dev_run") and (max_steps is None or max_steps <= 0):
+        raise ValueError(f"trainer.max_steps={max_steps} must be a positive number of optimizer steps")
+    mode = HydraConfig.get().mode if HydraConfig.initialized() else RunMode.RUN
+    if mode == RunMode.MULTIRUN and cfg.trainer.get("strategy") == "ddp":
+        raise ValueError(
+            "trainer.strategy=ddp re-executes the command line, which would re-run the whole multirun; "
+            "use trainer=ddp_spawn in sweeps"
+        )
+
+
+def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
+    if ckpt_path is None:
+        return None
+    path = run_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path).expanduser()
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        hint = " (ckpt_path=last resumes the run in hydra.run.dir: pass hydra.run.dir=<run dir>)"
+        raise FileNotFoundError(f"ckpt_path={ckpt_path}: {path} does not exist" + (hint if ckpt_path == "last" else ""))
+    return str(path)
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path, info: dict) -> list:
+    if cfg.logger is None:
+        return []
+    loggers = [CSVLogger(save_dir=run_dir, name="", version="")]
+    for name, logger_cfg in cfg.logger.items():
+        logger = instantiate(logger_cfg)
+        if name == "wandb":  # the resolved config plus provenance, as the W&B run config
+            logger.experiment.config.update({**OmegaConf.to_container(cfg, resolve=True), "run": info},
+                                            allow_val_change=True)
+        loggers.append(logger)
+    return loggers
+
+
+def check_model_fits_data(model, datamodule) -> None:
+    if datamodule.block_size > model.max_seq_len:
+        raise ValueError(
+            f"data.block_size={datamodule.block_size} is larger than the model's context "
+            f"({model.max_seq_len}: model.block_size or model.max_position_embeddings)"
+        )
+
+
+def train(cfg: DictConfig) -> float | None:
+    check_config(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    check_model_fits_data(model, datamodule)
+    optimizer, scheduler = instantiate(cfg.optimizer), instantiate(cfg.sched)
+    if scheduler is not None:  # schedules validate their arguments on construction: fail now, not later
+        scheduler(optimizer([torch.zeros(1, requires_grad=True)]))
+
+    info = run_info()
+    if rank_zero_only.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        (run_dir / "run.json").write_text(json.dumps(info, indent=2))
+
+    datamodule.prepare_data()
+    tokenizer = datamodule.load_tokenizer()
+    if rank_zero_only.rank == 0:
+        tokenizer.save_pretrained(run_dir / "tokenizer")
+
+    module = LitLM(model, instantiate(cfg.loss), optimizer, scheduler, compile=cfg.compile, tokenizer=tokenizer)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    loggers = build_loggers(cfg, run_dir, info)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=run_dir)
+
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        log.warning("SIGTERM: stopped at step %d; last checkpoint and logs are in %s", trainer.global_step, run_dir)
+        raise SystemExit(143) from None
+    finally:
+        finish_wandb(loggers)
+
+    metric = trainer.callback_metrics.get(cfg.optimized_metric)
+    if trainer.is_global_zero and not trainer.fast_dev_run:
+        print_samples(module, datamodule, tokenizer, cfg)
+    return float(metric) if metric is not None else None
+
+
+def finish_wandb(loggers: list) -> None:
+    """One W&B run per Hydra job: without finish(), every multirun job logs into the first run."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    if any(isinstance(lg, WandbLogger) for lg in loggers):
+        import wandb
+
+        wandb.finish()
+
+
+@torch.inference_mode()
+def print_samples(module: LitLM, datamodule, tokenizer, cfg: DictConfig) -> None:
+    model = module.model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    decode = instantiate(cfg.decoding)
+    prompts = datamodule.val_prompts(cfg.samples.num_prompts, 16)
+    print("\nSamples (" + cfg.decoding._target_.rsplit(".", 1)[-1] + "):")
+    for ids in prompts:
+        input_ids = torch.tensor([ids], device=next(model.parameters()).device)
+        out = decode(model, input_ids, max_new_tokens=cfg.samples.max_new_tokens)
+        out = out[0] if isinstance(out, tuple) else out
+        prompt, completion = tokenizer.decode(ids), tokenizer.decode(out[0, len(ids):].tolist())
+        print(f"--- {prompt!r}\n{prompt}\033[1m{completion}\033[0m")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return train(cfg)

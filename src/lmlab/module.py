@@ -1,0 +1,102 @@
+"""The LightningModule: the one place where model, loss, optimizer and schedule meet.
+
+Everything it wires is built by Hydra from config groups and handed in; the optimizer and the
+schedule arrive as partials and are completed in ``configure_optimizers``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import lightning as L
+import torch
+import torch.nn as nn
+from torchmetrics import MeanMetric
+
+from lmlab.checkpoint import model_spec, tokenizer_spec
+from lmlab.optim import param_groups
+
+
+class LitLM(L.LightningModule):
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: nn.Module,
+        optimizer: Callable,
+        scheduler: Callable | None = None,
+        compile: bool = False,
+        tokenizer=None,
+    ):
+        super().__init__()
+        self.model = model
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.tokenizer = tokenizer
+        # compile the forward only, so state-dict keys stay those of the plain model
+        self.forward_fn = torch.compile(model.forward) if compile else model.forward
+        self.val_loss = MeanMetric()
+        self.tokens_seen = 0
+        # set by the stability callback before a step whose forward statistics it will log
+        self.collect_forward_stats = False
+        self.forward_stats: dict[str, torch.Tensor] = {}
+
+    def forward(self, input_ids, **kwargs):
+        return self.model(input_ids, **kwargs)
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int):
+        inputs, targets = batch[:, :-1], batch[:, 1:]
+        logits = self.forward_fn(inputs).logits
+        loss = self.loss(logits, targets)
+        if self.collect_forward_stats:
+            with torch.no_grad():
+                lse = torch.logsumexp(logits.float(), dim=-1)
+                self.forward_stats = {"max_logit": logits.detach().max().float(), "z_loss": lse.pow(2).mean()}
+        self.tokens_seen += inputs.numel() * self.trainer.world_size
+        self.log("train/loss", loss, on_step=True, prog_bar=True)
+        self.log("train/tokens", float(self.tokens_seen), on_step=True)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int):
+        inputs, targets = batch[:, :-1], batch[:, 1:]
+        logits = self.forward_fn(inputs).logits
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        self.val_loss.update(loss, weight=targets.numel())
+
+    def on_validation_epoch_end(self):
+        val_loss = self.val_loss.compute()  # token-weighted mean, reduced across ranks
+        self.val_loss.reset()
+        self.log("val/loss", val_loss, prog_bar=True, sync_dist=False)
+        self.log("val/ppl", torch.exp(val_loss), sync_dist=False)
+
+    def configure_optimizers(self):
+        weight_decay = getattr(self.optimizer_factory, "keywords", {}).get("weight_decay", 0.0)
+        optimizer = self.optimizer_factory(param_groups(self.model, weight_decay))
+        self._avoid_fused_with_clipping(optimizer)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _avoid_fused_with_clipping(self, optimizer: torch.optim.Optimizer) -> None:
+        """Lightning refuses to clip under AMP when a fused optimizer unscales internally; use foreach."""
+        trainer = self._trainer
+        mixed = trainer is not None and "mixed" in str(trainer.precision)
+        if mixed and trainer.gradient_clip_val and any(g.get("fused") for g in optimizer.param_groups):
+            warnings.warn("fused optimizer + AMP + gradient clipping: using the foreach implementation", stacklevel=2)
+            for group in optimizer.param_groups:
+                group["fused"], group["foreach"] = False, True
+            optimizer.defaults.update(fused=False, foreach=True)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Make every checkpoint self-describing: enough to rebuild model and tokenizer alone."""
+        checkpoint["lmlab"] = {
+            "model": model_spec(self.model),
+            "tokenizer": tokenizer_spec(self.tokenizer) if self.tokenizer is not None else None,
+            "tokens_seen": self.tokens_seen,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.tokens_seen = checkpoint.get("lmlab", {}).get("tokens_seen", 0)

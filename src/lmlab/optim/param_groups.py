@@ -1,0 +1,27 @@
+"""Split parameters into weight-decayed and non-decayed groups."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+
+def _is_norm(module: nn.Module) -> bool:
+    # torch's LayerNorm/RMSNorm/GroupNorm and Hugging Face's own norm classes (LlamaRMSNorm, ...)
+    return isinstance(module, (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm)) or "Norm" in type(module).__name__
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices only: biases, norm scales and embedding tables (tied or not) get no decay."""
+    no_decay = set()
+    for module in model.modules():
+        if isinstance(module, nn.Embedding) or _is_norm(module):
+            no_decay.update(id(p) for p in module.parameters(recurse=False))
+    decay, rest = [], []
+    for p in model.parameters():  # parameters() yields a tied tensor once
+        if not p.requires_grad:
+            continue
+        (rest if id(p) in no_decay or p.ndim < 2 else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": rest, "weight_decay": 0.0},
+    ]

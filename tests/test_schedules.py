@@ -1,0 +1,131 @@
+"""Schedules against their closed-form formulas, read back from the optimizer's param groups."""
+
+import math
+
+import pytest
+import torch
+
+from lmlab.optim import WSD, InverseSqrt, WarmupConstant, WarmupCosine, WarmupLinear
+
+W, T, R = 10, 50, 0.1
+BASE_LRS = (1e-3, 3e-4)
+
+
+def _optimizer():
+    a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    return torch.optim.SGD([{"params": [a], "lr": BASE_LRS[0]}, {"params": [b], "lr": BASE_LRS[1]}])
+
+
+def _cosine(s):
+    if s < W:
+        return (s + 1) / W
+    return R + (1 - R) * 0.5 * (1 + math.cos(math.pi * min(1.0, (s - W) / (T - W))))
+
+
+def _linear(s):
+    return (s + 1) / W if s < W else R + (1 - R) * (1 - min(1.0, (s - W) / (T - W)))
+
+
+def _constant(s):
+    return (s + 1) / W if s < W else 1.0
+
+
+def _wsd(s, frac=0.2):
+    start = T - frac * T  # 40: after warmup
+    if s < W:
+        return (s + 1) / W
+    return 1.0 if s < start else R + (1 - R) * (1 - min(1.0, (s - start) / (T - start)))
+
+
+def _inverse_sqrt(s):
+    return (s + 1) / W if s < W else math.sqrt(W / max(s + 1, W))
+
+
+CASES = {
+    "cosine": (lambda opt: WarmupCosine(opt, W, T, min_lr_ratio=R), _cosine),
+    "linear": (lambda opt: WarmupLinear(opt, W, T, min_lr_ratio=R), _linear),
+    "constant": (lambda opt: WarmupConstant(opt, W), _constant),
+    "wsd": (lambda opt: WSD(opt, W, T, decay_fraction=0.2, min_lr_ratio=R), _wsd),
+    "inverse_sqrt": (lambda opt: InverseSqrt(opt, W), _inverse_sqrt),
+}
+CHECK_STEPS = (0, W - 1, W, (W + T) // 2, T - 1, T, T + 7)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_lr_in_optimizer_follows_formula(name):
+    make, formula = CASES[name]
+    opt = _optimizer()
+    sched = make(opt)
+    seen = {}
+    for s in range(T + 8):  # the LR in use at optimizer step s, as a training loop sees it
+        seen[s] = [g["lr"] for g in opt.param_groups]
+        opt.step()
+        sched.step()
+    for s in CHECK_STEPS:
+        expected = [base * formula(s) for base in BASE_LRS]
+        assert seen[s] == pytest.approx(expected, rel=1e-12, abs=0), (name, s)
+        assert sched.multiplier(s) == pytest.approx(formula(s), rel=1e-12, abs=0)
+
+
+def test_key_values_of_cosine():
+    sched = WarmupCosine(_optimizer(), W, T, min_lr_ratio=R)
+    assert sched.multiplier(0) == pytest.approx(1 / W)
+    assert sched.multiplier(W - 1) == pytest.approx(1.0)
+    assert sched.multiplier(W) == pytest.approx(1.0)  # decay starts from the peak
+    assert sched.multiplier(T) == pytest.approx(R)
+    assert sched.multiplier(10 * T) == pytest.approx(R)
+    mid = W + (T - W) // 2
+    assert sched.multiplier(mid) == pytest.approx(R + (1 - R) * 0.5)
+
+
+def test_wsd_decay_never_overlaps_warmup():
+    sched = WSD(_optimizer(), warmup_steps=8, total_steps=10, decay_fraction=0.5)
+    assert sched.multiplier(7) == pytest.approx(1.0)
+    assert sched.decay_start == 8
+    assert sched.multiplier(9) == pytest.approx(0.5)
+    assert sched.multiplier(10) == 0.0
+
+
+def test_no_warmup_and_warmup_equal_to_run():
+    assert WarmupCosine(_optimizer(), 0, T).multiplier(0) == pytest.approx(1.0)
+    full = WarmupLinear(_optimizer(), T, T, min_lr_ratio=R)
+    assert full.multiplier(T - 1) == pytest.approx(1.0)
+    assert full.multiplier(T) == pytest.approx(R)  # no decay phase left: at the floor
+
+
+def test_state_dict_round_trip_resumes_schedule():
+    opt = _optimizer()
+    sched = WarmupCosine(opt, W, T, min_lr_ratio=R)
+    for _ in range(17):
+        opt.step()
+        sched.step()
+    opt2 = _optimizer()
+    opt2.load_state_dict(opt.state_dict())
+    sched2 = WarmupCosine(opt2, W, T, min_lr_ratio=R)
+    sched2.load_state_dict(sched.state_dict())
+    opt2.step()
+    sched2.step()
+    assert opt2.param_groups[0]["lr"] == pytest.approx(BASE_LRS[0] * _cosine(18))
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda o: WarmupCosine(o, -1, T), r"sched\.warmup_steps=-1 must be >= 0"),
+        (lambda o: WarmupCosine(o, W, 0), r"sched\.total_steps=0 must be > 0"),
+        (
+            lambda o: WarmupLinear(o, 60, T),
+            r"sched\.warmup_steps=60 is longer than the run \(sched\.total_steps=50\)",
+        ),
+        (lambda o: WarmupCosine(o, W, T, min_lr_ratio=1.5), r"sched\.min_lr_ratio=1\.5 must be in \[0, 1\]"),
+        (lambda o: WSD(o, W, T, decay_fraction=0.0), r"sched\.decay_fraction=0\.0 must be in \(0, 1\]"),
+        (lambda o: WSD(o, W, T, decay_fraction=1.2), r"sched\.decay_fraction=1\.2"),
+        (lambda o: WarmupConstant(o, 2.5), r"sched\.warmup_steps=2\.5 must be an integer"),
+        (lambda o: InverseSqrt(o, 0), r"sched\.warmup_steps=0 must be >= 1"),
+    ],
+)
+def test_bad_arguments_name_the_field(make, match):
+    opt = _optimizer()
+    with pytest.raises(ValueError, match=match):
+        make(opt)
+    assert opt.param_groups[0]["lr"] == BASE_LRS[0]  # raised before touching the optimizer
