@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import netrc
 import os
 from urllib.parse import urlparse
 
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 
@@ -35,3 +38,25 @@ def wandb_logger(save_dir: str, project: str = "lmlab", mode: str = "auto", **kw
     """A WandbLogger whose files live in the run directory (``<save_dir>/wandb``)."""
     os.makedirs(save_dir, exist_ok=True)
     return WandbLogger(save_dir=save_dir, project=project, mode=resolve_wandb_mode(mode), **kwargs)
+
+
+class _AppendingWriter(ExperimentWriter):
+    def _check_log_dir_exists(self) -> None:
+        # Lightning deletes an existing metrics.csv here; keep it and continue under its header
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                self.metrics_keys = next(csv.reader(f), [])
+
+
+class AppendingCSVLogger(CSVLogger):
+    """``<save_dir>/metrics.csv`` that a resumed run appends to, so no logged row is lost."""
+
+    def __init__(self, save_dir: str):
+        super().__init__(save_dir=save_dir, name="", version="")
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment

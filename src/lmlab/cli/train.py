@@ -20,12 +20,14 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.text import Text
 
 from lmlab.cli import CONF_DIR
+from lmlab.loggers import AppendingCSVLogger
 from lmlab.module import LitLM
 
 log = logging.getLogger("lmlab")
@@ -80,7 +82,7 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
 def build_loggers(cfg: DictConfig, run_dir: Path, info: dict) -> list:
     if cfg.logger is None:
         return []
-    loggers = [CSVLogger(save_dir=run_dir, name="", version="")]
+    loggers = [AppendingCSVLogger(save_dir=run_dir)]
     for name, logger_cfg in cfg.logger.items():
         logger = instantiate(logger_cfg)
         if name == "wandb":  # the resolved config plus provenance, as the W&B run config
@@ -156,13 +158,15 @@ def print_samples(module: LitLM, datamodule, tokenizer, cfg: DictConfig) -> None
     model = module.model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
     decode = instantiate(cfg.decoding)
     prompts = datamodule.val_prompts(cfg.samples.num_prompts, 16)
-    print("\nSamples (" + cfg.decoding._target_.rsplit(".", 1)[-1] + "):")
+    console = Console()
+    console.print(f"\n[bold]Samples[/bold] ({cfg.decoding._target_.rsplit('.', 1)[-1]}; prompt, then bold continuation):")
     for ids in prompts:
         input_ids = torch.tensor([ids], device=next(model.parameters()).device)
         out = decode(model, input_ids, max_new_tokens=cfg.samples.max_new_tokens)
         out = out[0] if isinstance(out, tuple) else out
         prompt, completion = tokenizer.decode(ids), tokenizer.decode(out[0, len(ids):].tolist())
-        print(f"--- {prompt!r}\n{prompt}\033[1m{completion}\033[0m")
+        console.rule()
+        console.print(Text(prompt) + Text(completion, style="bold"))
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")

@@ -1,42 +1,42 @@
-"""A shuffling, rank-aware sampler whose position survives a checkpoint.
-
-Lightning restarts an epoch's iterator from the beginning on resume; this sampler instead skips
-the batches already consumed, so k steps + resume + (N - k) steps equals N steps straight through.
-"""
+"""A shuffle order that a resumed run reproduces exactly, also under DDP."""
 
 from __future__ import annotations
 
-import torch
+import itertools
+from collections.abc import Iterator
+
 import torch.distributed as dist
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, DistributedSampler
 
 
-class ResumableSampler(Sampler[int]):
-    def __init__(self, num_samples: int, batch_size: int, seed: int, shuffle: bool = True):
-        self.num_samples, self.batch_size, self.seed, self.shuffle = num_samples, batch_size, seed, shuffle
-        self.epoch = 0
-        self.skip_batches = 0
+class ResumableShuffleSampler(DistributedSampler):
+    """Seeded shuffle whose order depends only on ``(seed, epoch)`` and that can start mid-epoch.
+
+    A ``RandomSampler`` with a seeded generator replays the first epoch's order after a restart; here
+    each epoch's permutation is drawn from ``seed + epoch`` (``set_epoch`` is called by Lightning), and
+    in ``resume_epoch`` the first ``resume_samples`` indices of this rank are skipped, so a resumed run
+    sees the same batches as an uninterrupted one. ``len()`` stays the full epoch because Lightning keeps
+    counting batches from where the checkpoint left off.
+
+    It subclasses ``DistributedSampler`` so Lightning does not replace it under DDP; it shards by rank
+    itself (one replica when no process group is initialised) and drops the uneven tail.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int, resume_epoch: int = 0, resume_samples: int = 0):
         distributed = dist.is_available() and dist.is_initialized()
-        self.rank = dist.get_rank() if distributed else 0
-        self.world_size = dist.get_world_size() if distributed else 1
+        super().__init__(
+            dataset,
+            num_replicas=dist.get_world_size() if distributed else 1,
+            rank=dist.get_rank() if distributed else 0,
+            shuffle=True,
+            seed=seed,
+            drop_last=True,
+        )
+        self.resume_epoch = resume_epoch
+        self.resume_samples = resume_samples
 
-    def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning at the start of every epoch: a new permutation per epoch."""
-        self.epoch = epoch
-
-    def resume(self, epoch: int, batches_done: int) -> None:
-        self.epoch, self.skip_batches = epoch, batches_done
-
-    def __len__(self) -> int:
-        # the full epoch, even when resuming: Lightning counts restored batches towards it
-        return self.num_samples // self.world_size
-
-    def __iter__(self):
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.num_samples, generator=g)
-        else:
-            order = torch.arange(self.num_samples)
-        order = order[self.rank : len(self) * self.world_size : self.world_size]
-        start, self.skip_batches = self.skip_batches * self.batch_size, 0
-        return iter(order[start:].tolist())
+    def __iter__(self) -> Iterator[int]:
+        indices = super().__iter__()
+        if self.epoch == self.resume_epoch and self.resume_samples:
+            return itertools.islice(indices, self.resume_samples, None)
+        return indices

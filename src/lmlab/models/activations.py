@@ -1,15 +1,149 @@
-"""Activation functions by name (placeholder registry; hand-written autograd versions follow)."""
+"""Activation functions with hand-written derivatives (the forward/backward pass of each, made explicit).
 
+Each is a ``torch.autograd.Function``: the forward calls torch's single fused kernel for the value, the
+backward is the analytic derivative written out (the seed called ``.backward()`` on a tensor instead).
+Derivatives are computed in float32 for bf16/fp16 inputs, from the saved input. The Functions use
+``setup_context``, so ``torch.compile`` traces them without graph breaks.
+
+    relu(x)      = max(x, 0)                     relu'(x)      = 1[x > 0]
+    sigmoid(x)   = 1 / (1 + e^-x)                sigmoid'(x)   = s (1 - s)
+    tanh(x)                                      tanh'(x)      = 1 - t^2
+    gelu(x)      = x Phi(x)                      gelu'(x)      = Phi(x) + x phi(x)
+    gelu_tanh(x) = x/2 (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
+                                                 gelu_tanh'(x) = (1 + t)/2 + x/2 (1 - t^2) u'(x)
+    silu(x)      = x sigmoid(x)                  silu'(x)      = s (1 + x (1 - s))
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-ACTIVATIONS = {
-    "relu": nn.ReLU,
-    "gelu": nn.GELU,
-    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
-    "silu": nn.SiLU,
-    "sigmoid": nn.Sigmoid,
-    "tanh": nn.Tanh,
-}
+SQRT_HALF = math.sqrt(0.5)
+INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+GELU_TANH_CUBIC = 0.044715
+
+
+def _float(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+class _Elementwise(torch.autograd.Function):
+    """Saves the input: the derivative is recomputed from it in float32, also when the input is bf16
+    (a bf16 output such as sigmoid's would round s(1 - s) to 0 near saturation)."""
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+
+class ReLUFunction(_Elementwise):
+    @staticmethod
+    def forward(x):
+        return torch.relu(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return torch.where(x > 0, grad, 0.0)
+
+
+class SigmoidFunction(_Elementwise):
+    @staticmethod
+    def forward(x):
+        return torch.sigmoid(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        s = torch.sigmoid(_float(ctx.saved_tensors[0]))
+        return (grad * s * (1.0 - s)).to(grad.dtype)
+
+
+class TanhFunction(_Elementwise):
+    @staticmethod
+    def forward(x):
+        return torch.tanh(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        t = torch.tanh(_float(ctx.saved_tensors[0]))
+        return (grad * (1.0 - t * t)).to(grad.dtype)
+
+
+class GELUFunction(_Elementwise):
+    @staticmethod
+    def forward(x):
+        return F.gelu(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x = _float(ctx.saved_tensors[0])
+        cdf = 0.5 * (1.0 + torch.erf(x * SQRT_HALF))
+        pdf = torch.exp(-0.5 * x * x) * INV_SQRT_2PI
+        return (grad * (cdf + x * pdf)).to(grad.dtype)
+
+
+class GELUTanhFunction(_Elementwise):
+    @staticmethod
+    def forward(x):
+        return F.gelu(x, approximate="tanh")
+
+    @staticmethod
+    def backward(ctx, grad):
+        x = _float(ctx.saved_tensors[0])
+        x_sq = x * x
+        t = torch.tanh(SQRT_2_OVER_PI * x * (1.0 + GELU_TANH_CUBIC * x_sq))
+        du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_TANH_CUBIC * x_sq)
+        return (grad * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du)).to(grad.dtype)
+
+
+class SiLUFunction(_Elementwise):
+    @staticmethod
+    def forward(x):
+        return F.silu(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x = _float(ctx.saved_tensors[0])
+        s = torch.sigmoid(x)
+        return (grad * s * (1.0 + x * (1.0 - s))).to(grad.dtype)
+
+
+relu = ReLUFunction.apply
+sigmoid = SigmoidFunction.apply
+tanh = TanhFunction.apply
+gelu = GELUFunction.apply
+gelu_tanh = GELUTanhFunction.apply
+silu = SiLUFunction.apply
+
+FUNCTIONS = {
+    "relu": relu, "gelu": gelu, "gelu_tanh": gelu_tanh, "silu": silu, "sigmoid": sigmoid, "tanh": tanh,
+}  # fmt: skip
+
+
+class Activation(nn.Module):
+    """One of ``FUNCTIONS`` as a module, so a model can hold it and print its name."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        if name not in FUNCTIONS:
+            raise ValueError(f"model.activation={name!r}; allowed: {', '.join(FUNCTIONS)}")
+        self.name = name
+        self.fn = FUNCTIONS[name]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+    def extra_repr(self) -> str:
+        return self.name
+
+
+ACTIVATIONS = {name: functools.partial(Activation, name) for name in FUNCTIONS}
 
 
 def get_activation(name: str) -> nn.Module:

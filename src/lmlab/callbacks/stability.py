@@ -1,0 +1,397 @@
+"""Training-stability telemetry and a policy for bad steps (`stability/` metrics).
+
+Where each number is taken, in Lightning 2.6's order of one optimizer step:
+
+    closure: training_step -> on_before_backward(loss) -> backward
+    AMP (16-mixed) only: scaler.unscale_(optimizer)
+    on_before_optimizer_step   <- grad_norm (unscaled, before clipping), spike tests, skip decision
+    configure_gradient_clipping
+    optimizer.step             (GradScaler skips it by itself on inf/NaN gradients)
+    on_train_batch_end         <- param_norm, update_ratio, optimizer state, forward stats, logging
+
+Every step runs only tensor ops on the device: one foreach norm over the gradients, the spike
+tests against rolling windows, counters kept as tensors, and under DDP one all_reduce of the loss
+(gradients are already reduced by DDP, so every rank takes the same decisions). Values reach the
+host only on logging steps, through Lightning's logging. Two policies read one flag per step:
+`halt` (it must know whether to stop) and `skip` with an optimizer that lacks ``skip_step``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+
+from lmlab.callbacks.dashboard import log_metrics, wandb_loggers
+
+POLICIES = ("log", "skip", "halt")
+PER_LAYER = ("off", "scalars", "histogram")
+
+
+def all_reduce(tensor: torch.Tensor, op: str) -> torch.Tensor:
+    """Mean or max over ranks as a device op: no barrier, so no host sync (Lightning's reduce has one)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    out = tensor.clone()
+    dist.all_reduce(out, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return out if op == "max" else out / dist.get_world_size()
+
+
+def layer_name(param_name: str) -> str:
+    """Group a parameter by block: `model.blocks.3.attn.qkv.weight` -> `blocks.3`, `model.wte.weight` -> `wte`."""
+    parts = param_name.removeprefix("model.").split(".")
+    for i, part in enumerate(parts):
+        if part.isdigit():
+            return ".".join(parts[: i + 1])
+    return ".".join(parts[:-1]) or parts[0]
+
+
+class SpikeDetector:
+    """Flags a value more than `threshold` standard deviations above the rolling mean of the last
+    `window` finite values, once `warmup` values have been seen. State lives on the device.
+
+    Spikes enter the window (a lasting level shift becomes the new normal, so a `skip` policy
+    cannot stall a run forever); non-finite values do not (they would poison the statistics).
+    """
+
+    def __init__(self, window: int, warmup: int, threshold: float, device: torch.device):
+        self.window, self.warmup, self.threshold = window, warmup, threshold
+        self.values = torch.zeros(window, device=device)
+        self.count = torch.zeros((), dtype=torch.long, device=device)
+        self.slots = torch.arange(window, device=device)
+
+    def update(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        filled = self.slots < self.count.clamp(max=self.window)
+        n = filled.sum().clamp(min=1)
+        mean = torch.where(filled, self.values, 0.0).sum() / n
+        var = torch.where(filled, (self.values - mean) ** 2, 0.0).sum() / (n - 1).clamp(min=1)
+        finite = torch.isfinite(x)
+        spike = finite & (self.count >= self.warmup) & (x > mean + self.threshold * var.sqrt())
+        write = finite & (self.slots == self.count % self.window)
+        self.values.copy_(torch.where(write, x, self.values))
+        self.count += finite.long()
+        self.mean, self.std = mean, var.sqrt()  # of the window this value was tested against
+        return spike
+
+    def state_dict(self) -> dict:
+        return {"values": self.values.cpu(), "count": self.count.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.values.copy_(state["values"])
+        self.count.copy_(state["count"])
+
+
+class StabilityMonitor(L.Callback):
+    """Gradient, parameter, update, optimizer-state and logit statistics, spike detection and a policy.
+
+    Args:
+        log_every_n_steps: optimizer steps between logged statistics; None: the trainer's
+            log_every_n_steps (must be a multiple of it, or Lightning drops the values).
+        per_layer: "scalars" (a grad and a param norm per block), "histogram" (W&B histograms of
+            the per-block norms; scalars without a WandbLogger) or "off".
+        spike_window, spike_warmup, spike_threshold: rolling window length, values seen before
+            testing, and the threshold in standard deviations above the rolling mean.
+        detect_grad_spikes: also test the gradient norm (not only the loss) for spikes.
+        policy: on a non-finite or spiking step, "log" it, "skip" the optimizer update (params and
+            optimizer state unchanged), or "halt": skip it, save a checkpoint and stop.
+        clip_val: the gradient-norm clipping threshold for `grad_norm_clipped` and `clip_rate`
+            when the module clips by itself; None: the trainer's gradient_clip_val.
+        halt_checkpoint_dir: where `halt` saves; None: the ModelCheckpoint's dirpath, else
+            `<run dir>/checkpoints`.
+    """
+
+    def __init__(
+        self,
+        log_every_n_steps: int | None = None,
+        per_layer: str = "scalars",
+        spike_window: int = 128,
+        spike_warmup: int = 64,
+        spike_threshold: float = 6.0,
+        detect_grad_spikes: bool = True,
+        policy: str = "log",
+        clip_val: float | None = None,
+        halt_checkpoint_dir: str | None = None,
+    ):
+        if policy not in POLICIES:
+            raise ValueError(f"stability.policy={policy!r}; allowed: {', '.join(POLICIES)}")
+        if per_layer not in PER_LAYER:
+            raise ValueError(f"stability.per_layer={per_layer!r}; allowed: {', '.join(PER_LAYER)}")
+        if spike_window < 2 or not 2 <= spike_warmup <= spike_window:
+            raise ValueError(
+                f"stability.spike_window={spike_window} must be >= 2 and stability.spike_warmup={spike_warmup} "
+                "between 2 and the window"
+            )
+        if spike_threshold <= 0:
+            raise ValueError(f"stability.spike_threshold={spike_threshold} must be > 0")
+        if log_every_n_steps is not None and log_every_n_steps < 1:
+            raise ValueError(f"stability.log_every_n_steps={log_every_n_steps} must be >= 1 or null")
+        if clip_val is not None and clip_val <= 0:
+            raise ValueError(f"stability.clip_val={clip_val} must be > 0 or null")
+        self.log_every_n_steps = log_every_n_steps
+        self.per_layer = per_layer
+        self.spike_args = (spike_window, spike_warmup, spike_threshold)
+        self.detect_grad_spikes = detect_grad_spikes
+        self.policy = policy
+        self.clip_val = clip_val
+        self.halt_checkpoint_dir = halt_checkpoint_dir
+        self.halt_message: str | None = None
+        self.halt_checkpoint: Path | None = None
+        self._restored: dict | None = None
+        self._warned: set[str] = set()
+
+    # ---- set-up --------------------------------------------------------------------------
+
+    def setup(self, trainer, pl_module, stage):
+        if stage != "fit":
+            return
+        self.every = self.log_every_n_steps or trainer.log_every_n_steps
+        if trainer.log_every_n_steps and self.every % trainer.log_every_n_steps:
+            raise ValueError(
+                f"stability.log_every_n_steps={self.every} must be a multiple of "
+                f"trainer.log_every_n_steps={trainer.log_every_n_steps}"
+            )
+        if "FSDP" in type(trainer.strategy).__name__:
+            self._warn_once("fsdp", "StabilityMonitor: under FSDP the norms are those of this rank's shards")
+
+    def on_fit_start(self, trainer, pl_module):
+        device = pl_module.device
+        named = [(n, p) for n, p in pl_module.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in named]
+        self.layers = sorted({layer_name(n) for n, _ in named}, key=lambda s: [int(t) if t.isdigit() else t
+                                                                             for t in s.split(".")])
+        index = {name: i for i, name in enumerate(self.layers)}
+        self.layer_index = torch.tensor([index[layer_name(n)] for n, _ in named], device=device)
+        self.optimizer = trainer.optimizers[0]
+        group_of = {id(p): g for g, group in enumerate(self.optimizer.param_groups) for p in group["params"]}
+        n_groups = len(self.optimizer.param_groups)
+        self.group_names = [str(g.get("name", f"group{i}")) for i, g in enumerate(self.optimizer.param_groups)]
+        # parameters the optimizer does not own go to an extra bucket that is never logged
+        self.group_index = torch.tensor([group_of.get(id(p), n_groups) for p in self.params], device=device)
+        self.n_groups = n_groups
+        by_norm = (trainer.gradient_clip_algorithm or "norm") == "norm"  # None: Lightning's default, norm
+        if not by_norm and self.clip_val is None and trainer.gradient_clip_val:
+            self._warn_once("clip", "StabilityMonitor: clip_rate needs norm clipping; not logged")
+        self.clip = self.clip_val or (trainer.gradient_clip_val if by_norm else None)
+        self.scaler = getattr(trainer.precision_plugin, "scaler", None)
+        if self.per_layer == "histogram" and not wandb_loggers(trainer):
+            self._warn_once("hist", "StabilityMonitor: per_layer=histogram needs a WandbLogger; logging scalars")
+
+        window, warmup, threshold = self.spike_args
+        self.loss_detector = SpikeDetector(window, warmup, threshold, device)
+        self.grad_detector = SpikeDetector(window, warmup, threshold, device)
+        zero = lambda dtype=torch.long: torch.zeros((), dtype=dtype, device=device)
+        self.counters = {name: zero() for name in ("nonfinite_steps", "skipped_steps", "loss_spikes",
+                                                   "grad_norm_spikes", "clipped")}
+        self.counters["spike_step"] = zero() - 1
+        if self._restored:
+            self._load(self._restored)
+        self._interval_steps = 0
+        self._step_loss = None
+        self._pending: dict | None = None
+        self._halt_pending = None
+
+    # ---- every step ------------------------------------------------------------------------
+
+    def _is_log_step(self, trainer) -> bool:
+        """Lightning logs after step k (0-based) when (k + 1) % log_every_n_steps == 0."""
+        return (trainer.global_step + 1) % self.every == 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        pl_module.collect_forward_stats = self._is_log_step(trainer)
+
+    def on_before_backward(self, trainer, pl_module, loss):
+        # the loss here is divided by accumulate_grad_batches (summing micro-batches gives the mean)
+        # and, under 16-mixed, multiplied by the loss scale
+        loss = loss.detach().float()
+        if self.scaler is not None and getattr(self.scaler, "_scale", None) is not None:
+            loss = loss / self.scaler._scale
+        self._step_loss = loss if self._step_loss is None else self._step_loss + loss
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        step = trainer.global_step
+        grads = [p.grad for p in self.params]
+        present = [g for g in grads if g is not None]
+        norms = torch._foreach_norm(present, 2, dtype=torch.float32) if present else []
+        grad_norm = torch.linalg.vector_norm(torch.stack(norms)) if norms else self.layer_index.new_zeros(
+            (), dtype=torch.float32)
+        loss, self._step_loss = self._step_loss, None  # None: the step had no backward (training_step -> None)
+        loss = all_reduce(loss, "mean") if loss is not None else None
+
+        c = self.counters
+        grad_nonfinite = ~torch.isfinite(grad_norm)
+        loss_nonfinite = ~torch.isfinite(loss) if loss is not None else torch.zeros_like(grad_nonfinite)
+        nonfinite = grad_nonfinite | loss_nonfinite
+        loss_spike = self.loss_detector.update(loss) if loss is not None else torch.zeros_like(nonfinite)
+        grad_spike = self.grad_detector.update(grad_norm) if self.detect_grad_spikes else torch.zeros_like(nonfinite)
+        c["nonfinite_steps"] += nonfinite
+        c["loss_spikes"] += loss_spike
+        c["grad_norm_spikes"] += grad_spike
+        c["spike_step"] = torch.where(loss_spike | grad_spike, step, c["spike_step"])
+        self._interval_steps += 1
+        stats = {"grad_norm": grad_norm}
+        if self.clip:
+            coef = (self.clip / (grad_norm + 1e-6)).clamp(max=1.0)  # what clip_grad_norm_ multiplies by
+            c["clipped"] += coef < 1.0
+            stats["grad_norm_clipped"] = grad_norm * coef
+
+        # under a GradScaler, inf/NaN gradients are its loss-scale search: it skips them itself
+        bad = loss_nonfinite | loss_spike | grad_spike | (grad_nonfinite if self.scaler is None else False)
+        skipped = self._apply_policy(optimizer, bad, step, loss, grad_norm)
+        c["skipped_steps"] += (skipped | nonfinite) if self.scaler is not None else skipped
+
+        if self._is_log_step(trainer) or self._halt_pending:
+            if self.per_layer != "off":
+                zero = grad_norm.new_zeros(())
+                per_param = norms if len(present) == len(grads) else [
+                    g.norm(dtype=torch.float32) if g is not None else zero for g in grads]
+                stats["layer_grad_norms"] = self._by_layer(torch.stack(per_param))
+            self._pending = {"stats": stats, "before": [p.detach().clone() for p in self.params]}
+
+    def _apply_policy(self, optimizer, bad, step, loss, grad_norm) -> torch.Tensor:
+        """Skip (or prepare to halt on) a bad step; returns whether the update was skipped."""
+        if self.policy == "log":
+            return torch.zeros_like(bad)
+        honours_skip = hasattr(optimizer, "skip_step")
+        if honours_skip:
+            optimizer.skip_step = bad  # the optimizer leaves params and state alone, no sync
+            if self.policy == "skip":
+                return bad
+        elif self.policy == "skip":
+            self._warn_once("skip", f"StabilityMonitor: {type(optimizer).__name__} has no skip_step; "
+                            "policy=skip reads one flag to the host per step")
+        if bad.item():  # the one host read per step of halt, or of skip without skip_step
+            if not honours_skip:
+                for group in optimizer.param_groups:  # torch optimizers leave params without grads alone
+                    for p in group["params"]:
+                        p.grad = None
+            if self.policy == "halt":
+                self._halt_pending = (step, self._reason(loss, grad_norm))
+        return bad
+
+    def _reason(self, loss, grad_norm) -> str:
+        """Names the metric that made a step bad (read to the host: only called when halting)."""
+        if loss is not None and not torch.isfinite(loss).item():
+            return f"the loss is not finite ({loss.item()})"
+        if not torch.isfinite(grad_norm).item():
+            return f"stability/grad_norm is not finite ({grad_norm.item()})"
+        loss_spiked = loss is not None and (loss > self.loss_detector.mean + self.spike_args[2] *
+                                            self.loss_detector.std).item()
+        det, name, value = (self.loss_detector, "loss", loss) if loss_spiked else (
+            self.grad_detector, "stability/grad_norm", grad_norm)
+        return (f"{name} spiked to {value.item():.4g}, above its rolling mean {det.mean.item():.4g} "
+                f"+ {self.spike_args[2]:g} x std {det.std.item():.4g}")
+
+    # ---- logging steps ---------------------------------------------------------------------
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self._pending is None:
+            return  # not an optimizer step, or not a logging step
+        pending, self._pending = self._pending, None
+        pl_module.collect_forward_stats = False
+        metrics, layers = self._step_metrics(pl_module, pending)
+        if self.per_layer == "histogram" and wandb_loggers(trainer):
+            self._log_histograms(trainer, layers)
+        else:
+            for kind, norms in layers.items():
+                metrics |= {f"{kind}/{name}": value for name, value in zip(self.layers, norms, strict=True)}
+        # the step Lightning logs this batch's own metrics at
+        log_metrics(trainer, {f"stability/{k}": v for k, v in metrics.items()}, trainer.global_step - 1, pl_module)
+        if self._halt_pending:
+            self._halt(trainer)
+
+    def _step_metrics(self, pl_module, pending) -> tuple[dict, dict]:
+        """Scalar metrics, and per-layer norm vectors keyed grad_norm / param_norm."""
+        m, before = dict(pending["stats"]), pending["before"]
+        layer_grad_norms = m.pop("layer_grad_norms", None)
+        c = self.counters
+        for name in ("nonfinite_steps", "skipped_steps", "loss_spikes", "grad_norm_spikes", "spike_step"):
+            m[name] = c[name].float()
+        if self.clip:
+            m["clip_rate"] = c["clipped"].float() / self._interval_steps
+            c["clipped"].zero_()
+        self._interval_steps = 0
+
+        param_norms = torch.stack(torch._foreach_norm(self.params, 2, dtype=torch.float32))
+        m["param_norm"] = torch.linalg.vector_norm(param_norms)
+        delta = torch.stack(torch._foreach_norm(torch._foreach_sub(self.params, before), 2, dtype=torch.float32))
+        before_norms = torch.stack(torch._foreach_norm(before, 2, dtype=torch.float32))
+        m["update_ratio"] = torch.linalg.vector_norm(delta) / torch.linalg.vector_norm(before_norms)
+        if self.n_groups > 1:
+            sq = lambda v: torch.zeros(self.n_groups + 1, device=v.device).index_add_(0, self.group_index, v**2)
+            ratios = (sq(delta) / sq(before_norms)).sqrt()
+            m |= {f"update_ratio/{name}": ratios[g] for g, name in enumerate(self.group_names)}
+        m |= self._optimizer_state_stats()
+        for key, value in getattr(pl_module, "forward_stats", {}).items():  # max_logit, z_loss, ...
+            m[key] = all_reduce(value.float(), "max" if "max" in key else "mean")
+        pl_module.forward_stats = {}
+        if self.scaler is not None and self.scaler.is_enabled():
+            m["loss_scale"] = self.scaler.get_scale()
+        layers = {}
+        if layer_grad_norms is not None:
+            layers = {"grad_norm": layer_grad_norms, "param_norm": self._by_layer(param_norms)}
+        return m, layers
+
+    def _by_layer(self, per_param: torch.Tensor) -> torch.Tensor:
+        sq = torch.zeros(len(self.layers), device=per_param.device).index_add_(0, self.layer_index, per_param**2)
+        return sq.sqrt()
+
+    def _optimizer_state_stats(self) -> dict:
+        """min / max / mean of Adam-like second-moment estimates (exp_avg_sq)."""
+        states = [s["exp_avg_sq"] for s in self.optimizer.state.values() if "exp_avg_sq" in s]
+        if not states:
+            return {}
+        numel = sum(s.numel() for s in states)
+        return {
+            "exp_avg_sq_min": torch.stack([s.min() for s in states]).min().float(),
+            "exp_avg_sq_max": torch.stack([s.max() for s in states]).max().float(),
+            "exp_avg_sq_mean": torch.stack([s.float().sum() for s in states]).sum() / numel,
+        }
+
+    def _log_histograms(self, trainer, layers: dict) -> None:
+        import wandb
+
+        step = trainer.global_step - 1
+        for logger in wandb_loggers(trainer):
+            logger.log_metrics({f"stability/{k}/per_layer": wandb.Histogram(v.cpu().numpy())
+                                for k, v in layers.items()}, step=step)
+
+    def _halt(self, trainer) -> None:
+        step, reason = self._halt_pending
+        self._halt_pending = None
+        directory = self.halt_checkpoint_dir or getattr(trainer.checkpoint_callback, "dirpath", None) or (
+            Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints")
+        path = Path(directory) / f"halt-step{step}.ckpt"
+        trainer.save_checkpoint(path)  # every rank calls it; the update of the bad step was skipped
+        trainer.should_stop = True
+        self.halt_checkpoint = path
+        self.halt_message = f"StabilityMonitor halted training at step {step}: {reason}. Checkpoint: {path}"
+        rank_zero_warn(self.halt_message)
+
+    # ---- checkpointing of the counters and windows ------------------------------------------
+
+    def state_dict(self) -> dict:
+        if not hasattr(self, "counters"):
+            return {}
+        return {
+            "counters": {k: v.cpu() for k, v in self.counters.items()},
+            "loss_window": self.loss_detector.state_dict(),
+            "grad_window": self.grad_detector.state_dict(),
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._restored = state_dict  # applied in on_fit_start, once the tensors exist on the device
+
+    def _load(self, state: dict) -> None:
+        for k, v in state["counters"].items():
+            self.counters[k].copy_(v)
+        self.loss_detector.load_state_dict(state["loss_window"])
+        self.grad_detector.load_state_dict(state["grad_window"])
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            rank_zero_warn(message)

@@ -1,0 +1,90 @@
+"""A table at the end of `python train.py`: how the run went, in one screen."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import lightning as L
+from rich.console import Console
+from rich.table import Table
+
+from lmlab.callbacks.dashboard import wandb_loggers
+from lmlab.callbacks.stability import StabilityMonitor
+from lmlab.callbacks.throughput import ThroughputMonitor
+from lmlab.cost import format_quantity
+
+
+class RunSummary(L.Callback):
+    """Prints final and best val loss, perplexity, steps, tokens, time, throughput, MFU, spikes and
+    non-finite steps when fit ends (rank 0), and puts the same numbers in the W&B run summary.
+
+    Counters and throughput come from the StabilityMonitor and ThroughputMonitor of the same
+    trainer when present (their latest values, not only the last logged ones).
+    """
+
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console()
+        self.summary: dict[str, float | int | None] = {}
+
+    def on_fit_start(self, trainer, pl_module):
+        self._start = time.perf_counter()
+        self._best_val = math.inf
+
+    def on_validation_end(self, trainer, pl_module):
+        value = trainer.callback_metrics.get("val/loss")
+        if value is not None and not trainer.sanity_checking:
+            self._best_val = min(self._best_val, float(value))
+
+    def on_fit_end(self, trainer, pl_module):
+        self.summary = self.collect(trainer)
+        for logger in wandb_loggers(trainer):
+            logger.experiment.summary.update({f"summary/{k}": v for k, v in self.summary.items() if v is not None})
+        if trainer.is_global_zero:
+            self.console.print(self.table(self.summary))
+
+    def collect(self, trainer) -> dict:
+        metrics = trainer.callback_metrics
+        value = lambda key: float(metrics[key]) if key in metrics else None
+        seconds = time.perf_counter() - self._start
+        final_val = value("val/loss")
+        out = {
+            "val_loss": final_val,
+            "best_val_loss": self._best_val if math.isfinite(self._best_val) else None,
+            "val_ppl": math.exp(final_val) if final_val is not None else None,
+            "steps": trainer.global_step,
+            "tokens": value("train/tokens"),
+            "time_s": seconds,
+            "device_hours": seconds * trainer.world_size / 3600.0,
+        }
+        throughput = next((cb for cb in trainer.callbacks if isinstance(cb, ThroughputMonitor)), None)
+        if throughput is not None:
+            out["tokens"] = out["tokens"] or throughput.tokens_seen
+            out["tokens_per_s"], out["mfu"] = throughput.tokens_per_s, throughput.mfu
+        stability = next((cb for cb in trainer.callbacks if isinstance(cb, StabilityMonitor)), None)
+        if stability is not None and hasattr(stability, "counters"):
+            c = stability.counters
+            out |= {name: int(c[name]) for name in ("loss_spikes", "grad_norm_spikes", "nonfinite_steps",
+                                                    "skipped_steps")}
+        return out
+
+    @staticmethod
+    def table(summary: dict) -> Table:
+        table = Table(title="Run summary", show_header=False)
+        table.add_column("metric", style="bold")
+        table.add_column("value", justify="right")
+        labels = {
+            "val_loss": "val loss (final)", "best_val_loss": "val loss (best)", "val_ppl": "val perplexity",
+            "steps": "optimizer steps", "tokens": "tokens", "time_s": "time (s)", "device_hours": "device-hours",
+            "tokens_per_s": "tokens/s", "mfu": "MFU", "loss_spikes": "loss spikes",
+            "grad_norm_spikes": "grad-norm spikes", "nonfinite_steps": "non-finite steps",
+            "skipped_steps": "skipped steps",
+        }
+        for key, label in labels.items():
+            if key not in summary:
+                continue
+            v = summary[key]
+            text = "-" if v is None else f"{v:.2%}" if key == "mfu" else (
+                f"{v:.4f}" if key in ("val_loss", "best_val_loss") else format_quantity(v))
+            table.add_row(label, text)
+        return table

@@ -1,0 +1,179 @@
+"""Document sources: iterables of ``(doc_id, text)`` with a cheap, stable ``fingerprint()``.
+
+The fingerprint keys the tokenizer and token caches, so it must change whenever the documents could
+have changed (file sizes and modification times, dataset arguments) and must be cheap to compute,
+because every run and every distributed rank computes it to find its cache entries.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sysconfig
+from collections.abc import Iterator
+from pathlib import Path
+
+from lmlab.data.cache import cache_key
+
+GLOB_CHARS = frozenset("*?[")
+
+
+class Corpus:
+    """Base class of document sources."""
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        raise NotImplementedError
+
+
+class FileCorpus(Corpus):
+    """Documents that are UTF-8 text files, one document per file."""
+
+    def __init__(self, files: list[Path]):
+        self.files = files
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        for path in self.files:
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"data.corpus: {path} is not UTF-8 text ({e.reason}); remove it") from e
+            if text:
+                yield str(path), text
+
+    def fingerprint(self) -> str:
+        stats = [(str(p), s.st_size, s.st_mtime_ns) for p in self.files for s in [p.stat()]]
+        return cache_key(kind=type(self).__name__, files=stats)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self.files)} files)"
+
+
+class StdlibCode(FileCorpus):
+    """The Python standard library's own ``.py`` sources: a real code corpus (~730 files, 12 MB) anywhere.
+
+    Test folders, site-packages and caches are left out so the corpus is library code only.
+    """
+
+    EXCLUDED_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
+
+    def __init__(self):
+        root = Path(sysconfig.get_paths()["stdlib"])
+        files = []
+        for folder, subfolders, names in os.walk(root):
+            subfolders[:] = sorted(d for d in subfolders if d not in self.EXCLUDED_DIRS)
+            files += [Path(folder, n) for n in sorted(names) if n.endswith(".py")]
+        if not files:
+            raise ValueError(f"data.corpus: found no .py files in the standard library folder {root}")
+        super().__init__(files)
+
+
+class TextFiles(FileCorpus):
+    """The user's own text files: ``paths`` is a file, a folder (recursive), a glob, or a list of those.
+
+    Hidden files and folders (names starting with '.') and ``__pycache__`` are skipped inside folders.
+    """
+
+    def __init__(self, paths: str | os.PathLike | list[str | os.PathLike]):
+        entries = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+        if not entries:
+            raise ValueError("data.corpus.paths is empty; give a file, a folder, a glob or a list of those")
+        files: list[Path] = []
+        for entry in entries:
+            matched = _expand(str(entry))
+            if not matched:
+                raise ValueError(f"data.corpus.paths: {str(entry)!r} matches no file (cwd: {os.getcwd()})")
+            files += matched
+        files = sorted(set(files))
+        if all(f.stat().st_size == 0 for f in files):
+            raise ValueError(f"data.corpus.paths: all {len(files)} matched files are empty")
+        super().__init__(files)
+
+
+def _expand(entry: str) -> list[Path]:
+    """Files named by one ``paths`` entry: a file, all files under a folder, or the files a glob matches."""
+    entry = os.path.expanduser(entry)
+    if GLOB_CHARS & set(entry):
+        candidates = [Path(p) for p in glob.glob(entry, recursive=True)]
+    else:
+        candidates = [Path(entry)]
+    files = []
+    for path in candidates:
+        if path.is_file():
+            files.append(path.resolve())
+        elif path.is_dir():
+            files += _files_under(path)
+    return files
+
+
+def _files_under(folder: Path) -> list[Path]:
+    files = []
+    for parent, subfolders, names in os.walk(folder):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".") and d != "__pycache__"]
+        files += [Path(parent, n).resolve() for n in names if not n.startswith(".")]
+    return files
+
+
+class HFDataset(Corpus):
+    """A Hugging Face dataset (``datasets.load_dataset``): local json/csv/text/parquet files or a hub name.
+
+    The dataset loads on first iteration, so configuring it costs nothing and a cached run never loads it.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        name: str | None = None,
+        split: str = "train",
+        text_field: str = "text",
+        data_files: str | list[str] | dict[str, str | list[str]] | None = None,
+    ):
+        self.path = path
+        self.name = name
+        self.split = split
+        self.text_field = text_field
+        self.data_files = data_files
+
+    def _local_files(self) -> list[Path]:
+        """Local files behind the dataset (its data files and a local dataset folder), for the fingerprint."""
+        entries = [self.path]
+        if isinstance(self.data_files, dict):
+            for value in self.data_files.values():
+                entries += [value] if isinstance(value, str) else list(value)
+        elif self.data_files is not None:
+            entries += [self.data_files] if isinstance(self.data_files, str) else list(self.data_files)
+        return sorted({f for e in entries for f in _expand(str(e))})
+
+    def fingerprint(self) -> str:
+        stats = [(str(p), s.st_size, s.st_mtime_ns) for p in self._local_files() for s in [p.stat()]]
+        args = dict(path=self.path, name=self.name, split=self.split, data_files=self.data_files)
+        return cache_key(kind="HFDataset", args=args, text_field=self.text_field, files=stats)
+
+    def load(self):
+        try:
+            import datasets
+        except ImportError as e:
+            raise ImportError(
+                "data.corpus=HFDataset needs the Hugging Face `datasets` package: pip install 'lmlab[hf]'"
+            ) from e
+        dataset = datasets.load_dataset(self.path, self.name, split=self.split, data_files=self.data_files)
+        if self.text_field not in dataset.column_names:
+            raise ValueError(
+                f"data.corpus.text_field={self.text_field!r} is not a column of dataset {self.path!r} "
+                f"(split {self.split!r}); available columns: {dataset.column_names}"
+            )
+        return dataset
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        dataset = self.load().select_columns([self.text_field])
+        index = 0
+        for batch in dataset.iter(batch_size=1024):
+            for text in batch[self.text_field]:
+                if text:
+                    yield f"{self.split}:{index}", text
+                index += 1
+
+    def __repr__(self) -> str:
+        return f"HFDataset({self.path!r}, name={self.name!r}, split={self.split!r}, text={self.text_field!r})"

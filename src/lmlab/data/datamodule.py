@@ -1,0 +1,166 @@
+"""The LightningDataModule: corpus -> cached tokenizer -> cached packed tokens -> block DataLoaders.
+
+``prepare_data`` (one process per node) trains/encodes into the cache; ``setup`` (every rank, also in
+``ddp_spawn`` children) only reads the cache. Everything held is picklable: memory maps open lazily.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerFast
+
+from lmlab.data.blocks import TokenBlocks
+from lmlab.data.corpus import Corpus
+from lmlab.data.packing import PackedCorpus, pack_corpus, packed_cache_dir
+from lmlab.data.sampler import ResumableShuffleSampler
+from lmlab.data.tokenizer import cached_tokenizer, check_vocab_size, load_tokenizer, tokenizer_cache_dir
+
+DEFAULT_CACHE_DIR = "~/.cache/lmlab"
+
+
+class LMDataModule(L.LightningDataModule):
+    """Language-model data: blocks of ``block_size + 1`` tokens from a corpus, split by document.
+
+    Batches are LongTensors ``x`` of shape ``[batch_size, block_size + 1]``: inputs ``x[:, :-1]``, targets
+    ``x[:, 1:]``. ``seed`` fixes the order of training batches; ``split_seed`` fixes which documents are held
+    out, and is separate so runs with different seeds are compared on the same validation documents.
+    """
+
+    def __init__(
+        self,
+        corpus: Corpus,
+        vocab_size: int = 4096,
+        block_size: int = 128,
+        batch_size: int = 32,
+        val_fraction: float = 0.05,
+        num_workers: int = 0,
+        cache_dir: str = DEFAULT_CACHE_DIR,
+        seed: int = 1234,
+        split_seed: int = 0,
+    ):
+        super().__init__()
+        if not (hasattr(corpus, "fingerprint") and hasattr(corpus, "__iter__")):
+            raise ValueError(
+                "data.corpus must be a corpus (iterable of (doc_id, text) with fingerprint()) such as "
+                f"lmlab.data.StdlibCode, TextFiles or HFDataset; got {type(corpus).__name__}"
+            )
+        check_vocab_size(vocab_size)
+        for field, value in (("block_size", block_size), ("batch_size", batch_size)):
+            if value < 1:
+                raise ValueError(f"data.{field}={value} must be a positive integer (>= 1)")
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction={val_fraction} must lie strictly between 0 and 1")
+        if num_workers < 0:
+            raise ValueError(f"data.num_workers={num_workers} must be >= 0 (0 loads in the main process)")
+        self.corpus = corpus
+        self.vocab_size = vocab_size
+        self.block_size = block_size
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.num_workers = num_workers
+        self.cache_dir = Path(os.path.expanduser(cache_dir))
+        self.seed = seed
+        self.split_seed = split_seed
+        self._tokenizer: PreTrainedTokenizerFast | None = None
+        self.packed: PackedCorpus | None = None
+        self.train_blocks: TokenBlocks | None = None
+        self.val_blocks: TokenBlocks | None = None
+
+    def prepare_data(self) -> None:
+        """Train the tokenizer and encode the corpus, unless both are cached already."""
+        self._tokenizer = cached_tokenizer(self.corpus, self.vocab_size, self.cache_dir)
+        pack_corpus(self.corpus, self._tokenizer, self.cache_dir, self.val_fraction, self.split_seed)
+
+    def load_tokenizer(self) -> PreTrainedTokenizerFast:
+        """The cached tokenizer; works in any process once ``prepare_data`` has run on this node."""
+        folder = tokenizer_cache_dir(self.corpus, self.vocab_size, self.cache_dir)
+        if not folder.is_dir():
+            raise RuntimeError(f"no tokenizer cached at {folder}; call prepare_data() first")
+        return load_tokenizer(folder)
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerFast:
+        if self._tokenizer is None:
+            self._tokenizer = self.load_tokenizer()
+        return self._tokenizer
+
+    def save_tokenizer(self, folder: str | Path) -> None:
+        """Write tokenizer.json + tokenizer_config.json, which ``AutoTokenizer.from_pretrained`` reloads."""
+        self.tokenizer.save_pretrained(str(folder))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.packed is not None:
+            return
+        folder = packed_cache_dir(
+            self.corpus, self.tokenizer, self.cache_dir, self.val_fraction, self.split_seed
+        )
+        if not folder.is_dir():
+            raise RuntimeError(f"no packed tokens cached at {folder}; call prepare_data() first")
+        packed = PackedCorpus.load(folder)
+        self._check_split_size("training", packed.n_train_tokens)
+        self._check_split_size("validation", packed.n_val_tokens)
+        path = str(packed.tokens_path)
+        self.train_blocks = TokenBlocks(path, packed.dtype, 0, packed.val_start, self.block_size)
+        self.val_blocks = TokenBlocks(path, packed.dtype, packed.val_start, packed.n_tokens, self.block_size)
+        self.packed = packed
+
+    def _check_split_size(self, split: str, n_tokens: int) -> None:
+        needed = self.batch_size * self.block_size + 1
+        if n_tokens < needed:
+            raise ValueError(
+                f"data: the {split} split has {n_tokens} tokens, fewer than one batch of "
+                f"data.batch_size x data.block_size + 1 = {self.batch_size} x {self.block_size} + 1 = "
+                f"{needed}; use a larger corpus or a smaller data.batch_size/data.block_size"
+                + (", or a larger data.val_fraction" if split == "validation" else "")
+            )
+
+    def train_dataloader(self) -> DataLoader:
+        resume_epoch, resume_batches = self._resume_position()
+        sampler = ResumableShuffleSampler(
+            self.train_blocks, self.seed, resume_epoch, resume_samples=resume_batches * self.batch_size
+        )
+        return self._loader(self.train_blocks, sampler=sampler, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_blocks, shuffle=False)
+
+    def _loader(self, blocks: TokenBlocks, **kwargs) -> DataLoader:
+        return DataLoader(
+            blocks,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+            **kwargs,
+        )
+
+    def _resume_position(self) -> tuple[int, int]:
+        """(epoch, batches trained in it) while Lightning resumes a fit from a checkpoint, else (0, 0).
+
+        Lightning restores its loop progress before it asks for the training DataLoader.
+        """
+        trainer = self.trainer
+        if trainer is None or not trainer.fit_loop.restarting:
+            return 0, 0
+        return (
+            trainer.fit_loop.epoch_progress.current.processed,
+            trainer.fit_loop.epoch_loop.batch_progress.current.processed,
+        )
+
+    def val_prompts(self, n: int, n_tokens: int) -> list[list[int]]:
+        """The first ``n_tokens`` ids of ``n`` validation blocks spread evenly over the split (fixed).
+
+        Returns fewer than ``n`` prompts when the validation split has fewer blocks.
+        """
+        if not 1 <= n_tokens <= self.block_size:
+            raise ValueError(f"n_tokens={n_tokens} must lie in [1, data.block_size={self.block_size}]")
+        self.setup()
+        n = min(n, len(self.val_blocks))
+        picks = np.linspace(0, len(self.val_blocks) - 1, n).round().astype(int)
+        return [self.val_blocks[int(i)][:n_tokens].tolist() for i in picks]

@@ -1,0 +1,83 @@
+"""A byte-level BPE tokenizer trained on the corpus, wrapped as a ``transformers`` tokenizer and cached.
+
+Byte-level means every string round-trips exactly (``decode(encode(x)) == x``) with no unknown token,
+which matters for code. The cache entry is keyed by the corpus fingerprint, the vocabulary size and
+the training settings below, and is saved with ``save_pretrained`` so ``AutoTokenizer`` reloads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from lmlab.data.cache import atomic_directory, cache_key
+from lmlab.data.corpus import Corpus
+
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"
+SPECIAL_TOKENS = (EOS_TOKEN, PAD_TOKEN)
+BYTE_ALPHABET_SIZE = 256
+MIN_VOCAB_SIZE = BYTE_ALPHABET_SIZE + len(SPECIAL_TOKENS)
+SETTINGS = dict(model="byte-level-bpe", special_tokens=SPECIAL_TOKENS, add_prefix_space=False, version=1)
+
+log = logging.getLogger(__name__)
+
+
+def check_vocab_size(vocab_size: int) -> None:
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise ValueError(
+            f"data.vocab_size={vocab_size} is too small for a byte-level BPE: it needs at least "
+            f"{MIN_VOCAB_SIZE} (256 byte tokens + the special tokens {list(SPECIAL_TOKENS)})"
+        )
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on ``texts``; EOS doubles as BOS (GPT-2's convention), pad is its own token."""
+    check_vocab_size(vocab_size)
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token=EOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def tokenizer_cache_dir(corpus: Corpus, vocab_size: int, cache_dir: Path) -> Path:
+    key = cache_key(corpus=corpus.fingerprint(), vocab_size=vocab_size, settings=SETTINGS)
+    return cache_dir / "tokenizers" / key
+
+
+def cached_tokenizer(corpus: Corpus, vocab_size: int, cache_dir: Path) -> PreTrainedTokenizerFast:
+    """The tokenizer for this corpus and vocabulary size: loaded from the cache, or trained and cached."""
+    folder = tokenizer_cache_dir(corpus, vocab_size, cache_dir)
+    if not folder.is_dir():
+        log.info("training a byte-level BPE tokenizer (vocab %d) on %r", vocab_size, corpus)
+        tokenizer = train_tokenizer((text for _, text in corpus), vocab_size)
+        with atomic_directory(folder) as tmp:
+            tokenizer.save_pretrained(tmp)
+    return load_tokenizer(folder)
+
+
+def load_tokenizer(folder: str | Path) -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast.from_pretrained(str(folder))
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
+    """Hash of the whole tokenizer definition (vocabulary, merges, pre-tokenizer): it fixes the ids."""
+    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]

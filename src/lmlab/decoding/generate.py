@@ -1,0 +1,68 @@
+"""Greedy decoding and sampling: one token per row per step from a KV cache, as HF ``generate()``.
+
+Finished rows (EOS emitted) continue with the pad token and the loop ends once every row has
+finished; that check is the only host sync per step and runs only when an EOS id is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from lmlab.decoding.incremental import IncrementalLM
+from lmlab.decoding.inputs import check_prompt, check_sampling, eos_ids, pad_id
+from lmlab.decoding.processors import repetition_penalty as penalise
+from lmlab.decoding.processors import sample_from, warp_logits
+from lmlab.models.hf import as_causal_lm
+
+
+@torch.no_grad()
+def greedy(model, input_ids, max_new_tokens, eos_token_id=None, attention_mask=None, pad_token_id=None):
+    """Most likely next token at each step -> LongTensor [B, prompt + new]."""
+    return _decode(model, input_ids, max_new_tokens, lambda logits, seen: logits.argmax(-1),
+                   eos_token_id, attention_mask, pad_token_id)
+
+
+@torch.no_grad()
+def sample(model, input_ids, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0,
+           repetition_penalty=1.0, eos_token_id=None, attention_mask=None, generator=None, pad_token_id=None):
+    """Ancestral sampling from the processed distribution (temperature 0 = greedy).
+
+    Deterministic for a seeded ``generator`` (on the model's device)."""
+    check_sampling(temperature, top_k, top_p, min_p, repetition_penalty)
+
+    def choose(logits, seen):
+        logits = penalise(logits, seen, repetition_penalty)
+        if temperature == 0:
+            return logits.argmax(-1)
+        return sample_from(warp_logits(logits, temperature, top_k, top_p, min_p).softmax(-1), generator)
+
+    return _decode(model, input_ids, max_new_tokens, choose, eos_token_id, attention_mask, pad_token_id)
+
+
+def _decode(model, input_ids, max_new_tokens, choose: Callable, eos_token_id, attention_mask, pad_token_id):
+    """The shared loop: ``choose(logits [B, V], tokens so far [B, L]) -> next token [B]``."""
+    model = as_causal_lm(model)
+    check_prompt(model, input_ids, max_new_tokens, attention_mask)
+    batch, prompt_len = input_ids.shape
+    eos = eos_ids(eos_token_id, input_ids.device)
+    pad = pad_id(model, pad_token_id, eos)
+    total = prompt_len + max_new_tokens
+    tokens = input_ids.new_full((batch, total), pad, dtype=torch.long)
+    tokens[:, :prompt_len] = input_ids
+    unfinished = torch.ones(batch, dtype=torch.bool, device=input_ids.device)
+    lm = IncrementalLM(model, batch, total, attention_mask)
+    logits = lm.forward(tokens[:, :prompt_len])
+    for cur in range(prompt_len, total):
+        if cur > prompt_len:
+            logits = lm.forward(tokens[:, cur - 1 : cur])
+        nxt = choose(logits[:, -1].float(), tokens[:, :cur])
+        if eos is None:
+            tokens[:, cur] = nxt
+            continue
+        tokens[:, cur] = torch.where(unfinished, nxt, pad)
+        unfinished &= ~torch.isin(tokens[:, cur], eos)
+        if not unfinished.any():
+            return tokens[:, : cur + 1]
+    return tokens

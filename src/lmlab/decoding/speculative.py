@@ -1,0 +1,155 @@
+"""Speculative decoding: a cheap drafter proposes tokens, one target forward verifies them all.
+
+Lossless (Leviathan et al. 2023, Chen et al. 2023): draft token x is accepted with probability
+min(1, p(x) / q(x)); the first rejection is replaced by a sample from norm(max(0, p - q)); after
+a full accept the target adds a bonus token from p. p and q are the processed (temperature /
+top-k / top-p) distributions of target and draft, so the output follows the target's sampling
+distribution exactly. At temperature 0 a draft token is accepted iff it is the target's argmax,
+which reproduces greedy decoding token for token.
+
+The drafter is a second causal LM or "prompt_lookup": copy the tokens that followed the earliest
+earlier occurrence of the context's last n-gram (as HF's prompt lookup decoding). Rejected
+positions are cropped from both KV caches instead of being recomputed. Batch size 1, as HF.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lmlab.decoding.incremental import IncrementalLM
+from lmlab.decoding.inputs import check_prompt, check_sampling, eos_ids
+from lmlab.decoding.processors import sample_from, warp_logits
+from lmlab.models.hf import as_causal_lm
+
+PROMPT_LOOKUP = "prompt_lookup"
+
+
+def speculative_accept(p: torch.Tensor, q: torch.Tensor, draft_tokens: torch.Tensor, generator=None):
+    """The acceptance step, batched.
+
+    p [B, k + 1, V]: target distributions at the k draft positions and the one after them;
+    q [B, k, V]: the distributions the draft tokens [B, k] were drawn from.
+    Returns (number accepted [B], next token [B]): the target's correction at the first rejected
+    position, or the bonus token drawn from p[:, k] when all k were accepted.
+    """
+    batch, k = draft_tokens.shape
+    index = draft_tokens[..., None]
+    p_draft, q_draft = p[:, :k].gather(-1, index)[..., 0], q.gather(-1, index)[..., 0]
+    u = torch.rand(p_draft.shape, generator=generator, device=p.device, dtype=p.dtype)
+    accepted = (u * q_draft < p_draft).long().cumprod(-1).sum(-1)  # u < p/q, without dividing by q = 0
+    q_after = torch.cat([q, q.new_zeros(batch, 1, q.shape[-1])], 1)  # residual after a full accept: p
+    rows = torch.arange(batch, device=p.device)
+    residual = (p[rows, accepted] - q_after[rows, accepted]).clamp_min(0)
+    residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, p[rows, accepted])  # p == q: no mass
+    return accepted, sample_from(residual, generator)
+
+
+def prompt_lookup(tokens: torch.Tensor, num_tokens: int, max_ngram_size: int = 2) -> torch.Tensor:
+    """Draft [num <= num_tokens] for a 1-D context: what followed the earliest earlier occurrence of
+    its last n-gram (longest n first); empty when nothing matches."""
+    length = tokens.shape[0]
+    for size in range(min(max_ngram_size, length - 1), 0, -1):
+        windows = tokens.unfold(0, size, 1)[:-1]  # every n-gram except the suffix itself
+        hits = (windows == tokens[-size:]).all(-1).nonzero()
+        if len(hits):
+            start = int(hits[0]) + size
+            return tokens[start : start + num_tokens]
+    return tokens[:0]
+
+
+@torch.no_grad()
+def speculative(target, draft, input_ids, max_new_tokens, num_draft_tokens=4, temperature=0.0, top_k=0,
+                top_p=1.0, eos_token_id=None, generator=None, max_ngram_size=2):
+    """-> (sequences [1, prompt + new], stats dict).
+
+    stats: proposed / accepted draft tokens, acceptance_rate, target_forwards (each verifies a draft
+    and yields >= 1 token), draft_forwards, new_tokens, mean_accepted (per target forward) and
+    tokens_per_target_forward (1.0 for plain decoding).
+    """
+    target = as_causal_lm(target)
+    check_prompt(target, input_ids, max_new_tokens)
+    check_sampling(temperature, top_k, top_p)
+    if input_ids.shape[0] != 1:
+        raise ValueError(f"speculative decoding takes batch size 1 (as HF); input_ids has {len(input_ids)}")
+    if isinstance(num_draft_tokens, bool) or not isinstance(num_draft_tokens, int) or num_draft_tokens < 1:
+        raise ValueError(f"num_draft_tokens={num_draft_tokens!r}; must be an int >= 1")
+    lookup = isinstance(draft, str)
+    if lookup and draft != PROMPT_LOOKUP:
+        raise ValueError(f"draft={draft!r}; allowed: a causal LM or {PROMPT_LOOKUP!r}")
+    if not lookup:
+        draft = as_causal_lm(draft)
+        check_prompt(draft, input_ids, max_new_tokens)
+        if draft.config.vocab_size != target.config.vocab_size:
+            vocabs = draft.config.vocab_size, target.config.vocab_size
+            raise ValueError(f"draft vocab_size={vocabs[0]} != target vocab_size={vocabs[1]}")
+    eos = eos_ids(eos_token_id, input_ids.device)
+    greedy = temperature == 0
+    warp = lambda logits: warp_logits(logits.float(), temperature, top_k, top_p).softmax(-1)
+
+    prompt_len = input_ids.shape[1]
+    total = prompt_len + max_new_tokens
+    tokens = input_ids.new_empty((1, total), dtype=torch.long)
+    tokens[:, :prompt_len] = input_ids
+    length = prompt_len
+    verifier = IncrementalLM(target, 1, total)
+    drafter = None if lookup else IncrementalLM(draft, 1, total)
+    stats = dict(proposed=0, accepted=0, target_forwards=0, draft_forwards=0)
+
+    while length < total:
+        budget = min(num_draft_tokens, total - length - 1)  # the target always adds one token itself
+        if lookup:
+            proposal, q = prompt_lookup(tokens[0, :length], budget, max_ngram_size)[None], None
+        else:
+            proposal, q = _draft(drafter, tokens[:, drafter.length : length], budget, greedy, warp, generator)
+            stats["draft_forwards"] += budget
+        k = proposal.shape[1]
+        logits = verifier.forward(torch.cat([tokens[:, verifier.length : length], proposal], 1))[:, -k - 1 :]
+        if greedy:
+            choice = logits.argmax(-1)
+            accepted = (proposal == choice[:, :k]).long().cumprod(-1).sum(-1)
+            nxt = choice[0, accepted]
+        else:
+            p = warp(logits)
+            q = F.one_hot(proposal, p.shape[-1]).to(p.dtype) if q is None else q
+            accepted, nxt = speculative_accept(p, q, proposal, generator)
+        new = torch.cat([proposal[0], nxt]).scatter(0, accepted.view(1), nxt)  # drafts[:n], then target's
+        first_eos = torch.full((), k + 1, device=new.device)
+        if eos is not None:
+            is_eos = torch.isin(new, eos) & (torch.arange(k + 1, device=new.device) <= accepted)
+            first_eos = torch.where(is_eos.any(), is_eos.long().argmax(), first_eos)
+        n_accepted, first_eos = torch.stack([accepted.view(()), first_eos]).tolist()  # the round's one sync
+        stats["proposed"] += k
+        stats["accepted"] += n_accepted
+        stats["target_forwards"] += 1
+        keep = min(n_accepted, first_eos) + 1
+        tokens[:, length : length + keep] = new[:keep]
+        length += keep
+        if first_eos <= n_accepted:
+            break
+        verifier.keep(length - 1)
+        if drafter is not None:
+            drafter.keep(length - 1)
+
+    stats["new_tokens"] = length - prompt_len
+    stats["acceptance_rate"] = stats["accepted"] / max(stats["proposed"], 1)
+    stats["mean_accepted"] = stats["accepted"] / stats["target_forwards"]
+    stats["tokens_per_target_forward"] = stats["new_tokens"] / stats["target_forwards"]
+    return tokens[:, :length], stats
+
+
+def _draft(drafter: IncrementalLM, pending: torch.Tensor, k: int, greedy: bool, warp, generator):
+    """k tokens from the draft model, fed ``pending`` (the context its cache lacks) first.
+
+    -> (tokens [1, k], the distributions they were drawn from [1, k, V], or None when greedy)."""
+    proposal, dists = [], []
+    for _ in range(k):
+        logits = drafter.forward(pending)[:, -1]
+        if greedy:
+            pending = logits.argmax(-1, keepdim=True)
+        else:
+            dists.append(warp(logits))
+            pending = sample_from(dists[-1], generator)[:, None]
+        proposal.append(pending)
+    proposal = torch.cat(proposal, 1) if proposal else pending[:, :0]
+    return proposal, (torch.stack(dists, 1) if dists else None)

@@ -1,0 +1,8 @@
+"""Training losses in plain PyTorch, all computed in log-space."""
+
+from lmlab.losses.contrastive import info_nce
+from lmlab.losses.distillation import kl_divergence
+from lmlab.losses.language_modeling import LanguageModelingLoss, cross_entropy
+from lmlab.losses.regression import mse
+
+__all__ = ["cross_entropy", "mse", "kl_divergence", "info_nce", "LanguageModelingLoss"]

@@ -1,0 +1,104 @@
+"""Adam and AdamW with torch's exact update, as multi-tensor ``torch._foreach_*`` ops."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from lmlab.optim.skippable import Cohort, SkippableOptimizer, check_hyperparameters, coefficient_dtype
+
+
+def _denominator_coefficients(
+    cohort: Cohort, lr: float, beta1: float, beta2: float, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, offset) with ``lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps) == m / (sqrt(v) * scale + offset)``.
+
+    Folding the bias corrections into the denominator keeps the op count of torch's foreach Adam while
+    every per-step scalar stays a 0-dim device tensor. Computed in float64 from the shared step counter.
+    On a skipped step scale = 0 and offset = inf, so the update m / inf is exactly 0.
+    """
+    step = cohort.step.to(torch.float64)
+    bias_correction1 = 1.0 - torch.pow(beta1, step)
+    bias_correction2_sqrt = torch.sqrt(1.0 - torch.pow(beta2, step))
+    scale = bias_correction1 / (lr * bias_correction2_sqrt)
+    offset = bias_correction1 * (eps / lr)
+    if cohort.skip is not None:
+        scale = torch.where(cohort.skip, 0.0, scale)
+        offset = torch.where(cohort.skip, math.inf, offset)
+    dtype = coefficient_dtype(cohort.dtype)
+    return scale.to(dtype), offset.to(dtype)
+
+
+def adam_update(
+    cohort: Cohort, lr: float, betas: Sequence[float], eps: float, weight_decay: float, decoupled: bool
+) -> None:
+    """One Adam(W) step on a cohort whose step counter is already advanced.
+
+    Same math as ``torch.optim.Adam``/``AdamW``: decoupled decay ``p *= 1 - lr*wd`` first (AdamW) or
+    L2 ``g += wd*p`` (Adam); ``m = lerp(m, g, 1-b1)``; ``v = b2*v + (1-b2)*g^2``;
+    ``p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps)``.
+    """
+    beta1, beta2 = betas
+    params, grads = cohort.params, cohort.grads
+    exp_avgs, exp_avg_sqs = cohort.state_list("exp_avg"), cohort.state_list("exp_avg_sq")
+    if weight_decay and decoupled:
+        torch._foreach_mul_(params, cohort.scalar(1.0 - lr * weight_decay, if_skipped=1.0))
+    elif weight_decay:
+        grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    torch._foreach_lerp_(exp_avgs, cohort.unless_skipped(grads, exp_avgs), 1.0 - beta1)  # lerp to itself
+    square_grads = cohort.unless_skipped(grads, 0.0)
+    torch._foreach_mul_(exp_avg_sqs, cohort.scalar(beta2, if_skipped=1.0))
+    torch._foreach_addcmul_(exp_avg_sqs, square_grads, square_grads, value=1.0 - beta2)
+    scale, offset = _denominator_coefficients(cohort, lr, beta1, beta2, eps)
+    denominators = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_mul_(denominators, scale)
+    torch._foreach_add_(denominators, offset)
+    torch._foreach_addcdiv_(params, exp_avgs, denominators, value=-1.0)
+
+
+class Adam(SkippableOptimizer):
+    """Adam (Kingma & Ba, 2015); ``weight_decay`` is an L2 term added to the gradient, as in torch."""
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: Sequence[float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        decoupled_weight_decay: bool = False,
+    ):
+        check_hyperparameters(lr, betas, eps, weight_decay)
+        defaults = dict(
+            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+            decoupled_weight_decay=decoupled_weight_decay,
+        )  # fmt: skip
+        super().__init__(params, defaults)
+
+    def init_state(self, param: torch.Tensor, group: dict) -> dict:
+        return {
+            "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
+            "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format),
+        }
+
+    def update(self, group: dict, cohort: Cohort) -> None:
+        adam_update(
+            cohort, group["lr"], group["betas"], group["eps"], group["weight_decay"],
+            decoupled=group["decoupled_weight_decay"],
+        )  # fmt: skip
+
+
+class AdamW(Adam):
+    """AdamW (Loshchilov & Hutter, 2019): decay decoupled from the gradient, ``p *= 1 - lr*wd``."""
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: Sequence[float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+    ):
+        super().__init__(params, lr, betas, eps, weight_decay, decoupled_weight_decay=True)

@@ -1,0 +1,55 @@
+"""SGD with momentum, dampening, Nesterov and L2 weight decay, as in torch.optim.SGD."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from lmlab.optim.skippable import Cohort, SkippableOptimizer, check_hyperparameters
+
+
+class SGD(SkippableOptimizer):
+    """``g += wd*p``; ``buf = momentum*buf + (1-dampening)*g`` (``buf = g`` at the first step);
+    ``p -= lr * (g + momentum*buf if nesterov else buf)``."""
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+    ):
+        check_hyperparameters(lr, weight_decay=weight_decay)
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"optimizer.momentum={momentum} must be in [0, 1)")
+        if not 0.0 <= dampening <= 1.0:
+            raise ValueError(f"optimizer.dampening={dampening} must be in [0, 1]")
+        if nesterov and (momentum == 0 or dampening != 0):
+            raise ValueError("optimizer.nesterov=true needs optimizer.momentum > 0 and optimizer.dampening=0")
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay)
+        super().__init__(params, {**defaults, "nesterov": nesterov})
+
+    def init_state(self, param: torch.Tensor, group: dict) -> dict:
+        if not group["momentum"]:
+            return {}
+        return {"momentum_buffer": torch.zeros_like(param, memory_format=torch.preserve_format)}
+
+    def update(self, group: dict, cohort: Cohort) -> None:
+        lr, momentum, dampening = group["lr"], group["momentum"], group["dampening"]
+        params, grads = cohort.params, cohort.grads
+        if group["weight_decay"]:
+            grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+        grads = cohort.unless_skipped(grads, 0.0)
+        if momentum:
+            buffers = cohort.state_list("momentum_buffer")
+            torch._foreach_mul_(buffers, cohort.scalar(momentum, if_skipped=1.0))
+            # torch starts the buffer as the first gradient, undamped. (After a skip on a parameter's very
+            # first step the buffer starts from zero and damped instead: the only difference.)
+            torch._foreach_add_(buffers, grads, alpha=1.0 if cohort.new else 1.0 - dampening)
+            grads = torch._foreach_add(grads, buffers, alpha=momentum) if group["nesterov"] else buffers
+        if cohort.skip is not None:
+            grads = torch._foreach_mul(grads, cohort.scalar(1.0, if_skipped=0.0))
+        torch._foreach_add_(params, grads, alpha=-lr)

@@ -1,0 +1,104 @@
+"""Tiny, real configurations: a few stdlib files as corpus, a 1-layer GPT, CPU, seconds per run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from lmlab.cli import CONF_DIR
+
+ROOT = Path(CONF_DIR).parent
+# real source files of a few stdlib packages: ~60 documents, ~100k tokens
+CORPUS_PACKAGES = ("json", "email", "http")
+
+
+def pytest_collection_modifyitems(items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("corpus")
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for package in CORPUS_PACKAGES:
+        for f in sorted((stdlib / package).glob("*.py")):
+            shutil.copy(f, out / f"{package}_{f.name}")
+    return out
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def tiny_overrides(corpus_dir: Path, cache_dir: Path, *chosen: str) -> list[str]:
+    """Overrides for a seconds-long run; a group the caller chooses (`group=option`) drops its own."""
+    by_group = {
+        "data": ["data=text_files", f"data.corpus.paths={corpus_dir}"],
+        "model": ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=64"],
+        "trainer": ["trainer=cpu"],
+        "logger": ["logger=csv"],
+    }
+    chosen_groups = {o.split("=", 1)[0].lstrip("+~") for o in chosen if "=" in o and "." not in o.split("=")[0]}
+    common = [
+        "data.vocab_size=384", "data.block_size=32", "data.batch_size=8", f"paths.cache_dir={cache_dir}",
+        "trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.limit_val_batches=2",
+        "trainer.log_every_n_steps=1", "sched.warmup_steps=2",
+        "samples.num_prompts=1", "samples.max_new_tokens=4",
+    ]
+    picked = [o for group, overrides in by_group.items() if group not in chosen_groups for o in overrides]
+    return picked + common + list(chosen)
+
+
+@pytest.fixture
+def make_cfg(corpus_dir, cache_dir, tmp_path):
+    """compose('train', tiny overrides + yours), with the run directory in tmp_path."""
+
+    def make(*overrides: str, run_dir: Path | None = None) -> DictConfig:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("train", overrides=tiny_overrides(corpus_dir, cache_dir, *overrides),
+                          return_hydra_config=True)
+        run_dir = run_dir or tmp_path / "run"
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(run_dir)
+            cfg.hydra.runtime.output_dir = str(run_dir)
+            cfg.hydra.job.num = 0
+        HydraConfig.instance().set_config(cfg)
+        return cfg
+
+    yield make
+    GlobalHydra.instance().clear()
+
+
+@pytest.fixture
+def run_train_py(corpus_dir, cache_dir, tmp_path):
+    """`python train.py <tiny overrides> <yours>` as a user would type it; returns the completed process."""
+
+    def run(*overrides: str, run_dir: Path | None = None, multirun: bool = False, timeout: int = 300):
+        run_dir = run_dir or tmp_path / "run"
+        where = f"hydra.sweep.dir={run_dir}" if multirun else f"hydra.run.dir={run_dir}"
+        cmd = [sys.executable, str(ROOT / "train.py"), *(["-m"] if multirun else []),
+               *tiny_overrides(corpus_dir, cache_dir, where, *overrides)]
+        env = {**os.environ, "WANDB_MODE": "offline"}  # never reach for the network in tests
+        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=timeout, env=env)
+        assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        return proc
+
+    return run

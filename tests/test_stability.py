@@ -1,0 +1,302 @@
+"""StabilityMonitor on real short Lightning runs of a tiny GPT (CPU), checked against values
+computed independently from gradient copies, parameter snapshots and the optimizer state.
+
+`TinyLM` and `fit_tiny` are shared with test_throughput_cost.py and test_report.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader
+
+from lmlab.callbacks.stability import SpikeDetector, StabilityMonitor, layer_name
+from lmlab.models import GPT
+from lmlab.optim import param_groups
+
+VOCAB, BLOCK = 64, 16
+
+
+def markov_sequences(n: int, seed: int = 0) -> torch.Tensor:
+    """Sequences from a random Markov chain with 4 likely successors per token: a learnable
+    corpus with an entropy floor, so the loss falls and then stays noisy like real text."""
+    g = torch.Generator().manual_seed(seed)
+    successors = torch.randint(0, VOCAB, (VOCAB, 4), generator=g)
+    seqs = torch.empty(n, BLOCK + 1, dtype=torch.long)
+    seqs[:, 0] = torch.randint(0, VOCAB, (n,), generator=g)
+    for t in range(1, BLOCK + 1):
+        pick = torch.randint(0, 4, (n,), generator=g)
+        seqs[:, t] = successors[seqs[:, t - 1], pick]
+    return seqs
+
+
+class TinyLM(L.LightningModule):
+    """Follows LitLM's contract: batch [B, T+1], `train/loss`, `val/loss`, `val/ppl`, and
+    `forward_stats` when `collect_forward_stats` is set. `inject` = {step: "nan" | "spike"}
+    corrupts the logits of that optimizer step (on `inject_rank` only, when given)."""
+
+    def __init__(self, optimizer: str = "adamw", lr: float = 3e-3, inject: dict | None = None,
+                 inject_rank: int | None = None):
+        super().__init__()
+        torch.manual_seed(0)
+        self.model = GPT(vocab_size=VOCAB, block_size=BLOCK, n_layer=2, n_head=2, n_embd=32)
+        self.optimizer_name, self.lr = optimizer, lr
+        self.inject, self.inject_rank = inject or {}, inject_rank
+        self.collect_forward_stats = False
+        self.forward_stats: dict[str, torch.Tensor] = {}
+        self.recorded: dict[int, dict] = {}  # step -> independent measurements (see Recorder)
+
+    def training_step(self, batch, batch_idx):
+        inputs, targets = batch[:, :-1], batch[:, 1:]
+        logits = self.model(inputs).logits
+        kind = self.inject.get(self.global_step)
+        if kind and (self.inject_rank is None or self.inject_rank == self.global_rank):
+            logits = logits * (math.nan if kind == "nan" else 300.0)
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        if self.collect_forward_stats:
+            with torch.no_grad():
+                lse = torch.logsumexp(logits.float(), dim=-1)
+                self.forward_stats = {"max_logit": logits.detach().max().float(), "z_loss": lse.pow(2).mean()}
+        self.log("train/loss", loss, on_step=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss = F.cross_entropy(self.model(batch[:, :-1]).logits.flatten(0, 1), batch[:, 1:].flatten())
+        self.log("val/loss", loss)
+        self.log("val/ppl", loss.exp())
+
+    def configure_optimizers(self):
+        groups = param_groups(self.model, weight_decay=0.1)
+        if self.optimizer_name == "adamw":
+            return torch.optim.AdamW(groups, lr=self.lr)
+        if self.optimizer_name == "skippable_sgd":
+            return SkippableSGD(groups, lr=self.lr)
+        return torch.optim.SGD(groups, lr=self.lr)
+
+
+class SkippableSGD(torch.optim.SGD):
+    """Plain SGD that honours the `skip_step` contract of lmlab optimizers with tensor ops only."""
+
+    def __init__(self, params, lr):
+        super().__init__(params, lr=lr)
+        self.skip_step = torch.tensor(False)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        with torch.enable_grad():
+            loss = closure() if closure is not None else None
+        params = [p for g in self.param_groups for p in g["params"]]
+        before = [p.clone() for p in params]
+        super().step()
+        for p, old in zip(params, before, strict=True):
+            p.copy_(torch.where(self.skip_step, old, p))
+        return loss
+
+
+def fit_tiny(run_dir: Path, callbacks: list, steps: int, module: TinyLM | None = None, n_seqs: int = 256,
+             val: bool = False, **trainer_kwargs) -> tuple[L.Trainer, TinyLM]:
+    """A real short CPU run logging to `<run_dir>/metrics.csv`, as lmlab's train CLI does."""
+    module = module or TinyLM()
+    data = markov_sequences(n_seqs)
+    train = DataLoader(data, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(1))
+    val_loader = DataLoader(markov_sequences(32, seed=7), batch_size=16) if val else None
+    kwargs = dict(max_steps=steps, accelerator="cpu", devices=1, log_every_n_steps=1, enable_checkpointing=False,
+                  enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                  limit_val_batches=2 if val else 0)
+    kwargs.update(trainer_kwargs)
+    trainer = L.Trainer(logger=CSVLogger(run_dir, name="", version=""), callbacks=callbacks, **kwargs)
+    trainer.fit(module, train, val_loader)
+    return trainer, module
+
+
+def read_metrics(run_dir: Path) -> dict[str, dict[int, float]]:
+    """metrics.csv as {column: {step: value}} (rows are sparse: one per logging call)."""
+    out: dict[str, dict[int, float]] = {}
+    with open(Path(run_dir) / "metrics.csv") as f:
+        for row in csv.DictReader(f):
+            for key, value in row.items():
+                if key != "step" and value != "":
+                    out.setdefault(key, {})[int(row["step"])] = float(value)
+    return out
+
+
+class Recorder(L.Callback):
+    """Independent measurements around each optimizer step; registered before the monitor only
+    in hooks where order does not matter (it runs after backward and reads, never writes)."""
+
+    def __init__(self, clip: float):
+        self.clip = clip
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        pl_module.recorded[trainer.global_step] = {"before": [p.detach().clone() for p in pl_module.parameters()]}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        rec = pl_module.recorded[trainer.global_step - 1]
+        rec["after"] = [p.detach().clone() for p in pl_module.parameters()]
+        rec["state"] = [s["exp_avg_sq"].clone() for s in trainer.optimizers[0].state.values()]
+        rec["forward_stats"] = {k: v.item() for k, v in pl_module.forward_stats.items()}
+
+
+class GradCopy(L.Callback):
+    """Copies the (unscaled, unclipped) gradients in on_before_optimizer_step, clipping comes after."""
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        grads = [p.grad.detach().clone() for p in pl_module.parameters()]
+        pl_module.recorded[trainer.global_step]["grads"] = grads
+
+
+def test_layer_names_group_parameters_by_block():
+    assert layer_name("model.blocks.3.attn.qkv.weight") == "blocks.3"
+    assert layer_name("model.wte.weight") == "wte"
+    assert layer_name("model.hf.model.layers.11.mlp.up_proj.weight") == "hf.model.layers.11"
+    assert layer_name("model.norm_f.weight") == "norm_f"
+
+
+def test_spike_detector_matches_rolling_statistics():
+    torch.manual_seed(0)
+    values = torch.randn(300) * 0.1 + 3.0
+    values[200] = 3.0 + 0.1 * 8  # 8 sigma above
+    det = SpikeDetector(window=50, warmup=20, threshold=6.0, device=torch.device("cpu"))
+    flags = []
+    for i, v in enumerate(values):
+        flags.append(bool(det.update(v)))
+        if i >= 20:
+            ref = values[max(0, i - 50):i]
+            assert det.mean.item() == pytest.approx(ref.mean().item(), rel=1e-6)
+            assert det.std.item() == pytest.approx(ref.std().item(), rel=1e-5)
+    assert [i for i, f in enumerate(flags) if f] == [200]
+    assert not any(det.update(torch.tensor(x)) for x in (math.nan, math.inf))  # not spikes, not stored
+    assert det.count.item() == 300
+
+
+def test_grad_norm_clip_and_update_ratio_equal_independent_values(tmp_path):
+    clip = 0.05
+    monitor = StabilityMonitor(log_every_n_steps=2, per_layer="scalars")
+    trainer, module = fit_tiny(tmp_path, [Recorder(clip), monitor, GradCopy()], steps=6, gradient_clip_val=clip)
+    m = read_metrics(tmp_path)
+    logged_steps = sorted(m["stability/grad_norm"])
+    assert logged_steps == [1, 3, 5]
+    for step in logged_steps:
+        rec = module.recorded[step]
+        copies = [torch.zeros_like(g, requires_grad=True) for g in rec["grads"]]
+        for c, g in zip(copies, rec["grads"], strict=True):
+            c.grad = g.clone()
+        total = torch.nn.utils.clip_grad_norm_(copies, clip).item()
+        clipped = torch.linalg.vector_norm(torch.stack([c.grad.norm() for c in copies])).item()
+        assert m["stability/grad_norm"][step] == pytest.approx(total, rel=1e-5)
+        assert m["stability/grad_norm_clipped"][step] == pytest.approx(clipped, rel=1e-4)
+        assert total > clip and m["stability/clip_rate"][step] == 1.0
+        before, after = rec["before"], rec["after"]
+        delta = math.sqrt(sum(((a - b) ** 2).sum().item() for a, b in zip(after, before, strict=True)))
+        norm_before = math.sqrt(sum((b**2).sum().item() for b in before))
+        assert m["stability/update_ratio"][step] == pytest.approx(delta / norm_before, rel=1e-4)
+        norm_after = math.sqrt(sum((a**2).sum().item() for a in after))
+        assert m["stability/param_norm"][step] == pytest.approx(norm_after, rel=1e-5)
+        # per group: decayed matrices vs the rest, as lmlab's param_groups splits them
+        groups = param_groups(module.model, 0.1)
+        index = {id(p): i for i, p in enumerate(module.parameters())}
+        for g, group in enumerate(groups):
+            ids = [index[id(p)] for p in group["params"]]
+            d = math.sqrt(sum(((after[i] - before[i]) ** 2).sum().item() for i in ids))
+            b = math.sqrt(sum((before[i] ** 2).sum().item() for i in ids))
+            assert m[f"stability/update_ratio/group{g}"][step] == pytest.approx(d / b, rel=1e-4)
+        # per block: blocks.0 is its own parameters' norm; with wte, norm_f (and wpe) squares add up to the total
+        layer_sq = sum(v[step] ** 2 for k, v in m.items() if k.startswith("stability/grad_norm/"))
+        assert layer_sq == pytest.approx(total**2, rel=1e-4)
+        names = [n for n, _ in module.named_parameters()]
+        block0 = math.sqrt(sum(rec["grads"][i].pow(2).sum().item() for i, n in enumerate(names)
+                               if n.startswith("model.blocks.0.")))
+        assert m["stability/grad_norm/blocks.0"][step] == pytest.approx(block0, rel=1e-5)
+        state = rec["state"]
+        assert m["stability/exp_avg_sq_max"][step] == pytest.approx(max(s.max().item() for s in state), rel=1e-5)
+        assert m["stability/exp_avg_sq_min"][step] == pytest.approx(min(s.min().item() for s in state), abs=1e-12)
+        mean = sum(s.sum().item() for s in state) / sum(s.numel() for s in state)
+        assert m["stability/exp_avg_sq_mean"][step] == pytest.approx(mean, rel=1e-5)
+        for key, value in rec["forward_stats"].items():
+            assert m[f"stability/{key}"][step] == pytest.approx(value, rel=1e-6)
+    assert m["stability/nonfinite_steps"][5] == 0 and m["stability/skipped_steps"][5] == 0
+
+
+def test_nan_batch_counts_nonfinite_steps(tmp_path):
+    module = TinyLM(inject={3: "nan"})
+    fit_tiny(tmp_path, [StabilityMonitor()], steps=6, module=module)
+    nonfinite = read_metrics(tmp_path)["stability/nonfinite_steps"]
+    # policy log: the NaN update goes through and every later step is NaN too
+    assert [nonfinite[s] for s in range(6)] == [0, 0, 0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "skippable_sgd"])
+def test_skip_policy_leaves_params_and_state_of_bad_step(tmp_path, optimizer):
+    module = TinyLM(optimizer=optimizer, lr=1e-2, inject={3: "nan"})
+    monitor = StabilityMonitor(policy="skip")
+    if optimizer == "adamw":  # no skip_step: the documented fallback reads one flag per step
+        with pytest.warns(UserWarning, match="has no skip_step"):
+            trainer, _ = fit_tiny(tmp_path, [Recorder(0.0), monitor], steps=6, module=module)
+    else:
+        trainer, _ = fit_tiny(tmp_path, [Recorder(0.0), monitor], steps=6, module=module)
+    rec = module.recorded
+    for before, after in zip(rec[3]["before"], rec[3]["after"], strict=True):
+        assert torch.equal(before, after)
+    if optimizer == "adamw":
+        assert all(torch.equal(a, b) for a, b in zip(rec[2]["state"], rec[3]["state"], strict=True))
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+    assert not all(torch.equal(a, b) for a, b in zip(rec[4]["before"], rec[4]["after"], strict=True))
+    m = read_metrics(tmp_path)
+    assert m["stability/nonfinite_steps"][5] == 1 and m["stability/skipped_steps"][5] == 1
+    assert m["stability/skipped_steps"][2] == 0
+
+
+def test_halt_policy_stops_with_message_and_usable_checkpoint(tmp_path):
+    module = TinyLM(inject={3: "nan"})
+    monitor = StabilityMonitor(policy="halt")
+    with pytest.warns(UserWarning, match="halted training at step 3: the loss is not finite"):
+        trainer, _ = fit_tiny(tmp_path, [Recorder(0.0), monitor], steps=20, module=module)
+    assert trainer.global_step == 4  # step 3 ran (its update skipped), then the run stopped
+    assert monitor.halt_checkpoint == tmp_path / "checkpoints" / "halt-step3.ckpt"
+    state = torch.load(monitor.halt_checkpoint, weights_only=False)["state_dict"]
+    for (name, _), before in zip(module.named_parameters(), module.recorded[3]["before"], strict=True):
+        assert torch.equal(state[name], before)
+    resumed = TinyLM()
+    resumed.load_state_dict(state)
+    x = markov_sequences(4)
+    assert torch.isfinite(resumed.model(x[:, :-1]).logits).all()
+
+
+def test_loss_spike_detected_once_and_no_false_spikes_on_a_normal_run(tmp_path):
+    steps, spike_at = 150, 110
+    normal = StabilityMonitor(log_every_n_steps=10)  # default window 128, warm-up 64, 6 sigma
+    fit_tiny(tmp_path / "normal", [normal], steps=steps, log_every_n_steps=10)
+    m = read_metrics(tmp_path / "normal")
+    last = max(m["stability/loss_spikes"])
+    assert m["stability/loss_spikes"][last] == 0 and m["stability/grad_norm_spikes"][last] == 0
+    assert m["train/loss"][last] < m["train/loss"][9] - 0.5  # it did learn
+
+    spiked = StabilityMonitor(log_every_n_steps=10)
+    fit_tiny(tmp_path / "spike", [spiked], steps=steps, module=TinyLM(inject={spike_at: "spike"}),
+             log_every_n_steps=10)
+    m = read_metrics(tmp_path / "spike")
+    assert m["stability/loss_spikes"][last] == 1
+    assert m["stability/spike_step"][last] == spike_at
+    assert m["stability/loss_spikes"][spike_at - 1] == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [({"policy": "ignore"}, "stability.policy"), ({"per_layer": "all"}, "stability.per_layer"),
+     ({"spike_warmup": 1}, "stability.spike_warmup"), ({"spike_threshold": 0}, "stability.spike_threshold")],
+)
+def test_bad_arguments_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        StabilityMonitor(**kwargs)
+
+
+def test_log_interval_must_align_with_trainer(tmp_path):
+    with pytest.raises(ValueError, match="multiple of trainer.log_every_n_steps"):
+        fit_tiny(tmp_path, [StabilityMonitor(log_every_n_steps=3)], steps=2, log_every_n_steps=2)
