@@ -32,10 +32,12 @@ def options():
 
 
 @pytest.mark.parametrize("group,option", options())
-def test_config_option_runs_fast_dev_run(make_cfg, group, option, hf_dataset_file):
+def test_config_option_runs_fast_dev_run(make_cfg, group, option, hf_dataset_file, corpus_dir):
     if (group, option) == ("trainer", "ddp"):
         pytest.skip("strategy=ddp re-executes sys.argv; run as a subprocess in test_train.py")
     extra = list(EXTRA.get((group, option), []))
+    if (group, option) == ("data", "text_files"):
+        extra.append(f"data.corpus.paths={corpus_dir}")
     if (group, option) == ("data", "hf_dataset"):
         extra += ["data.corpus.path=json", f"data.corpus.data_files={hf_dataset_file}"]
     cfg = make_cfg(f"{group}={option}", *extra, "debug=fast")

@@ -57,8 +57,10 @@ def prompts(batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | Non
 
 @functools.cache
 def emitted_eos(kind: str, seed: int = 0) -> int:
-    """The token greedy decoding emits most often for the first prompt: an EOS that really occurs."""
-    new = greedy(build(kind, seed), prompts(1)[0], 12)[0, PROMPT_LEN:]
+    """The token 4-beam search emits most often on the test prompts: an EOS that really occurs."""
+    ids, mask = prompts(3)
+    beams, _ = beam_search(build(kind, seed), ids, 10, 4, num_return_sequences=4, attention_mask=mask)
+    new = beams[:, PROMPT_LEN:]
     return int(new[new != PAD].mode().values)
 
 
@@ -222,7 +224,7 @@ def test_speculative_greedy_equals_greedy(kind):
                 assert stats["accepted"] == stats["proposed"] > 0
             if draft is unrelated:
                 assert stats["acceptance_rate"] < 0.3
-            if draft == "prompt_lookup":
+            if draft == "prompt_lookup" and eos_id is None:
                 assert stats["proposed"] > 0
 
 

@@ -111,7 +111,8 @@ def fit_tiny(run_dir: Path, callbacks: list, steps: int, module: TinyLM | None =
                   enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                   limit_val_batches=2 if val else 0)
     kwargs.update(trainer_kwargs)
-    trainer = L.Trainer(logger=CSVLogger(run_dir, name="", version=""), callbacks=callbacks, **kwargs)
+    kwargs.setdefault("logger", CSVLogger(run_dir, name="", version=""))
+    trainer = L.Trainer(callbacks=callbacks, **kwargs)
     trainer.fit(module, train, val_loader)
     return trainer, module
 

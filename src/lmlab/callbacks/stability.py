@@ -211,6 +211,7 @@ class StabilityMonitor(L.Callback):
             loss = loss / self.scaler._scale
         self._step_loss = loss if self._step_loss is None else self._step_loss + loss
 
+    @torch.no_grad()
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         step = trainer.global_step
         grads = [p.grad for p in self.params]
@@ -287,6 +288,7 @@ class StabilityMonitor(L.Callback):
 
     # ---- logging steps ---------------------------------------------------------------------
 
+    @torch.no_grad()
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self._pending is None:
             return  # not an optimizer step, or not a logging step

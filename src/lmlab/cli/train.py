@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import hydra
@@ -31,6 +32,8 @@ from lmlab.loggers import AppendingCSVLogger
 from lmlab.module import LitLM
 
 log = logging.getLogger("lmlab")
+# lmlab's sampler resumes mid-epoch itself (lmlab.data.sampler); Lightning cannot know that
+warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
 
 
 def git_sha() -> str | None:
@@ -120,6 +123,7 @@ def train(cfg: DictConfig) -> float | None:
         (run_dir / "run.json").write_text(json.dumps(info, indent=2))
 
     datamodule.prepare_data()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # encoding is done; DataLoader workers fork
     tokenizer = datamodule.load_tokenizer()
     if rank_zero_only.rank == 0:
         tokenizer.save_pretrained(run_dir / "tokenizer")
@@ -171,5 +175,4 @@ def print_samples(module: LitLM, datamodule, tokenizer, cfg: DictConfig) -> None
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return train(cfg)

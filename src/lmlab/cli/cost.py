@@ -1,0 +1,135 @@
+"""`lmlab cost [--json] [--price P] [hydra overrides...]`: what a training config will cost.
+
+Composes the same config as `python train.py` (conf/train.yaml and the overrides), builds only
+the model, measures training throughput with a few forward/backward steps on random tokens and
+decode speed with a KV cache, and prints the projection of :mod:`lmlab.cost`: FLOPs, device-hours
+and money for the configured steps and for a compute-optimal token budget, and the cost per
+million generated tokens. Multi-device throughput is projected as per-device throughput times
+the number of devices.
+
+Read from the config: model, data.block_size, data.batch_size, trainer.max_steps,
+trainer.accumulate_grad_batches, trainer.devices, trainer.num_nodes, trainer.precision,
+trainer.accelerator, and callbacks.throughput.{price_per_device_hour, peak_flops,
+tokens_per_param} when that callback is configured (the flags override them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from lmlab.cli import CONF_DIR
+from lmlab.cost import (
+    CostProjection,
+    format_quantity,
+    measure_decode_speed,
+    measure_train_throughput,
+    model_shape,
+    peak_flops_per_device,
+    precision_dtype,
+    train_flops_per_token,
+)
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def world_size(trainer_cfg: DictConfig, device: torch.device) -> int:
+    devices = trainer_cfg.get("devices", 1)
+    if isinstance(devices, str) and devices.lstrip("-").isdigit():
+        devices = int(devices)
+    if devices in ("auto", -1):
+        devices = torch.cuda.device_count() if device.type == "cuda" else 1
+    elif not isinstance(devices, int):
+        devices = len(devices)  # a list of device ids
+    return max(devices, 1) * int(trainer_cfg.get("num_nodes", 1))
+
+
+def project_from_config(cfg: DictConfig, measure_steps: int = 5, decode_tokens: int = 32,
+                        price: float | None = None, peak_flops: float | None = None) -> tuple[dict, CostProjection]:
+    """(measured inputs, projection) for a composed train config."""
+    accelerator = cfg.trainer.get("accelerator", "auto")
+    use_cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    device = torch.device("cuda" if use_cuda else "cpu")
+    precision = str(cfg.trainer.get("precision", "32-true"))
+    dtype = precision_dtype(precision)
+    throughput_cfg = OmegaConf.select(cfg, "callbacks.throughput", default=None) or {}
+    price = price if price is not None else throughput_cfg.get("price_per_device_hour")
+    peak_flops = peak_flops if peak_flops is not None else throughput_cfg.get("peak_flops")
+
+    model = instantiate(cfg.model).to(device)
+    autocast = dtype if "mixed" in precision else None
+    if "true" in precision:
+        model = model.to(dtype)
+    batch_size, seq_len = int(cfg.data.batch_size), int(cfg.data.block_size)
+    per_device = measure_train_throughput(model, batch_size, seq_len, steps=measure_steps, autocast_dtype=autocast)
+    decode = measure_decode_speed(model, new_tokens=decode_tokens, autocast_dtype=autocast) if decode_tokens else None
+    shape = model_shape(model)
+    n_devices = world_size(cfg.trainer, device)
+    accumulate = int(cfg.trainer.get("accumulate_grad_batches", 1))
+    inputs = {
+        "device": torch.cuda.get_device_name(device) if use_cuda else "cpu",
+        "precision": precision,
+        "world_size": n_devices,
+        "batch_size": batch_size,
+        "seq_len": seq_len,
+        "accumulate_grad_batches": accumulate,
+        "max_steps": int(cfg.trainer.max_steps),
+        "n_params": shape.n_params,
+        "n_matmul_params": shape.n_matmul_params,
+        "n_layer": shape.n_layer,
+        "d_attn": shape.d_attn,
+        "tokens_per_s_per_device": per_device,
+        "decode_tokens_per_s": decode,
+        "price_per_device_hour": price,
+    }
+    projection = CostProjection(
+        flops_per_token=train_flops_per_token(shape, seq_len),
+        n_params=shape.n_params,
+        tokens_per_step=batch_size * seq_len * accumulate * n_devices,
+        max_steps=int(cfg.trainer.max_steps),
+        world_size=n_devices,
+        tokens_per_s=per_device * n_devices,
+        peak_flops=peak_flops_per_device(device, dtype, peak_flops),
+        price_per_device_hour=price,
+        decode_tokens_per_s=decode,
+        tokens_per_param=float(throughput_cfg.get("tokens_per_param", 20.0)),
+    )
+    return inputs, projection
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="lmlab cost", description=__doc__.split("\n\n")[1])
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py (model=gpt_small ...)")
+    parser.add_argument("--price", type=float, help="money per device-hour")
+    parser.add_argument("--peak-flops", type=float, help="peak FLOP/s of one device (default: detected)")
+    parser.add_argument("--measure-steps", type=int, default=5, help="timed forward/backward steps")
+    parser.add_argument("--decode-tokens", type=int, default=32, help="tokens generated to time decoding (0: skip)")
+    parser.add_argument("--json", action="store_true", help="print inputs and metrics as JSON")
+    args = parser.parse_args(argv)
+    if args.measure_steps < 1 or args.decode_tokens < 0:
+        parser.error("--measure-steps must be >= 1 and --decode-tokens >= 0")
+    inputs, projection = project_from_config(compose_config(args.overrides), args.measure_steps,
+                                             args.decode_tokens, args.price, args.peak_flops)
+    result = {"inputs": inputs, "metrics": projection.metrics()}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        table = Table(title=f"lmlab cost: {inputs['device']}, {inputs['precision']}, {inputs['world_size']} device(s)")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key, value in result["metrics"].items():
+            table.add_row(key, f"{value:.2%}" if key == "cost/mfu" else format_quantity(value))
+        Console().print(table)
+    return result

@@ -1,0 +1,151 @@
+"""`lmlab report` on real runs, the end-of-run summary table and the W&B offline record."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import struct
+
+import pytest
+import yaml
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from rich.console import Console
+from test_stability import TinyLM, fit_tiny, read_metrics
+
+from lmlab.callbacks.dashboard import WandbDashboard
+from lmlab.callbacks.stability import StabilityMonitor
+from lmlab.callbacks.summary import RunSummary
+from lmlab.callbacks.throughput import ThroughputMonitor
+from lmlab.cli import report
+
+PLOTS = {"loss", "lr", "grad_norm", "update_ratio", "throughput"}
+
+
+def telemetry(per_layer: str = "scalars"):
+    return [StabilityMonitor(per_layer=per_layer), ThroughputMonitor(peak_flops=1e10, decode_tokens=0),
+            LearningRateMonitor()]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """A two-job multirun directory as Hydra and lmlab's train CLI lay it out, from real runs."""
+    root = tmp_path_factory.mktemp("multirun")
+    for job, lr in enumerate((3e-3, 3e-2)):
+        run_dir = root / str(job)
+        fit_tiny(run_dir, telemetry(), steps=12, module=TinyLM(lr=lr), val=True, val_check_interval=4,
+                 log_every_n_steps=2, gradient_clip_val=0.5)
+        config = {"optimized_metric": "val/loss", "optimizer": {"lr": lr}, "trainer": {"gradient_clip_val": 0.5},
+                  "paths": {"output_dir": str(run_dir)}}
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    (root / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"sweeper": {"direction": "minimize"}}}))
+    return root
+
+
+def images(page: str) -> dict[str, bytes]:
+    return {alt: base64.b64decode(data)
+            for alt, data in re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)"', page)}
+
+
+def test_report_of_a_sweep_overlays_runs_and_ranks_them(sweep, tmp_path, capsys):
+    out = report.main([str(sweep), "--out", str(tmp_path / "sweep.html")])
+    assert out == tmp_path / "sweep.html" and "report written" in capsys.readouterr().out
+    page = out.read_text()
+    pngs = images(page)
+    assert set(pngs) == PLOTS
+    for png in pngs.values():
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
+    rows = re.findall(r"<tr><td>(\d+)</td><td>(\d+)</td><td>([^<]*)</td><td>([^<]*)</td>", page)
+    final = {job: read_metrics(sweep / job)["val/loss"] for job in ("0", "1")}
+    final = {job: v[max(v)] for job, v in final.items()}
+    ranked = sorted(final, key=final.get)
+    assert [r[1] for r in rows] == ranked  # both runs, best val/loss first
+    assert {r[2] for r in rows} == {"optimizer.lr=0.003", "optimizer.lr=0.03"}
+    assert float(rows[0][3]) == pytest.approx(final[ranked[0]], rel=1e-3)
+    assert "ranked by val/loss (min)" in page
+
+
+def test_report_of_one_run_defaults_next_to_it(sweep):
+    out = report.main([str(sweep / "1")])
+    assert out == sweep / "1" / "report.html"
+    assert set(images(out.read_text())) == PLOTS
+
+
+def test_report_needs_metrics(tmp_path):
+    with pytest.raises(FileNotFoundError, match="metrics.csv"):
+        report.main([str(tmp_path)])
+
+
+def test_report_marks_spikes_on_the_grad_norm_plot(tmp_path):
+    monitor = StabilityMonitor(spike_window=8, spike_warmup=4)
+    fit_tiny(tmp_path, [monitor], steps=10, module=TinyLM(inject={7: "spike"}))
+    runs = report.load_runs(tmp_path)
+    assert set(runs[0].series("stability/spike_step")[1]) >= {7.0}
+    fig = report.plot_grad_norm(runs)
+    markers = [line for line in fig.axes[0].lines if line.get_marker() == "x"]
+    assert [m.get_xdata()[0] for m in markers] == [7]
+
+
+def test_run_summary_table(tmp_path):
+    console = Console(file=io.StringIO(), width=100)
+    summary = RunSummary(console=console)
+    fit_tiny(tmp_path, [*telemetry(), summary], steps=8, val=True, val_check_interval=4, log_every_n_steps=2)
+    val = read_metrics(tmp_path)["val/loss"]
+    s = summary.summary
+    assert s["best_val_loss"] == pytest.approx(min(val.values()), rel=1e-6)
+    assert s["val_loss"] == pytest.approx(val[max(val)], rel=1e-6)
+    assert (s["steps"], s["tokens"], s["loss_spikes"], s["nonfinite_steps"]) == (8, 8 * 8 * 16, 0, 0)
+    assert s["tokens_per_s"] > 0 and 0 < s["mfu"]
+    text = console.file.getvalue()
+    for label in ("val loss (best)", "val perplexity", "tokens/s", "MFU", "loss spikes", "non-finite steps"):
+        assert label in text
+
+
+def wandb_records(path):
+    """Records of a W&B `.wandb` file: LevelDB-log framing (32 KiB blocks, 7-byte headers) of protobufs."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, chunk = 7, b""
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # block trailer padding
+            pos += 32768 - pos % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0:
+            break
+        chunk += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a full record, or the last piece of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(chunk)
+            chunk = b""
+            yield record
+
+
+def test_wandb_offline_run_records_the_namespaces(tmp_path, monkeypatch):
+    import wandb
+
+    for key in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR"):
+        monkeypatch.delenv(key, raising=False)
+    wandb_logger = WandbLogger(save_dir=str(tmp_path), project="lmlab-test", offline=True)
+    try:
+        fit_tiny(tmp_path, [*telemetry("histogram"), WandbDashboard()], steps=4, log_every_n_steps=2,
+                 logger=[CSVLogger(tmp_path, name="", version=""), wandb_logger])
+    finally:
+        wandb.finish()
+    (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    keys, metrics = set(), {}
+    for record in wandb_records(run_file):
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            keys |= {"/".join(item.nested_key) or item.key for item in record.history.item}
+        elif kind == "metric":
+            metrics[record.metric.name or record.metric.glob_name] = record.metric
+    for namespace in ("stability/", "perf/", "cost/"):
+        assert any(k.startswith(namespace) for k in keys), namespace
+    assert {"stability/grad_norm/per_layer", "stability/param_norm/per_layer"} <= keys  # histograms
+    assert metrics["stability/*"].step_metric == "trainer/global_step"
+    assert metrics["val/loss"].summary.min and metrics["stability/loss_spikes"].summary.max
