@@ -1,6 +1,6 @@
 """Time one optimizer step: lmlab's Adam/AdamW against torch's AdamW (foreach, fused, single-tensor).
 
-    python benchmarks/optim_step.py [--steps 20] [--repeats 7]
+    python benchmarks/optim_step.py [--steps 20] [--repeats 7] [--threads N]
 
 All optimizers step the same parameter shapes: GPT-2 124M on a GPU, a small GPT on CPU. Param groups
 as in training (matrices decayed, the rest not). Measurements are interleaved round-robin, so load on a
@@ -76,12 +76,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20, help="optimizer steps per timed block")
     parser.add_argument("--repeats", type=int, default=7, help="timed blocks per optimizer (median)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         shape_name, shapes = "gpt2-124M", gpt_shapes(50257, 1024, 12, 768)
     else:
-        shape_name, shapes = "gpt-small (vocab 4096, 4 layers, 256 wide)", gpt_shapes(4096, 256, 4, 256)
+        shape_name, shapes = "small gpt (vocab 4096, 2 layers, 128 wide)", gpt_shapes(4096, 256, 2, 128)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     optimizers = {}
@@ -101,8 +104,9 @@ def main():
             times[name].append((time.perf_counter() - start) / args.steps * 1e3)
     median_ms = {name: statistics.median(t) for name, t in times.items()}
     base = median_ms["torch_adamw_foreach"]
+    on_gpu = device.type == "cuda"
     report = {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "device": torch.cuda.get_device_name() if on_gpu else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         "shapes": shape_name,
         "num_params": sum(torch.Size(s).numel() for s in shapes),

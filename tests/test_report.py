@@ -24,8 +24,11 @@ PLOTS = {"loss", "lr", "grad_norm", "update_ratio", "throughput"}
 
 
 def telemetry(per_layer: str = "scalars"):
-    return [StabilityMonitor(per_layer=per_layer), ThroughputMonitor(peak_flops=1e10, decode_tokens=0),
-            LearningRateMonitor()]
+    return [
+        StabilityMonitor(per_layer=per_layer),
+        ThroughputMonitor(peak_flops=1e10, decode_tokens=0),
+        LearningRateMonitor(),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -34,18 +37,32 @@ def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("multirun")
     for job, lr in enumerate((3e-3, 3e-2)):
         run_dir = root / str(job)
-        fit_tiny(run_dir, telemetry(), steps=12, module=TinyLM(lr=lr), val=True, val_check_interval=4,
-                 log_every_n_steps=2, gradient_clip_val=0.5)
-        config = {"optimized_metric": "val/loss", "optimizer": {"lr": lr}, "trainer": {"gradient_clip_val": 0.5},
-                  "paths": {"output_dir": str(run_dir)}}
+        fit_tiny(
+            run_dir,
+            telemetry(),
+            steps=12,
+            module=TinyLM(lr=lr),
+            val=True,
+            val_check_interval=4,
+            log_every_n_steps=2,
+            gradient_clip_val=0.5,
+        )
+        config = {
+            "optimized_metric": "val/loss",
+            "optimizer": {"lr": lr},
+            "trainer": {"gradient_clip_val": 0.5},
+            "paths": {"output_dir": str(run_dir)},
+        }
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     (root / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"sweeper": {"direction": "minimize"}}}))
     return root
 
 
 def images(page: str) -> dict[str, bytes]:
-    return {alt: base64.b64decode(data)
-            for alt, data in re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)"', page)}
+    return {
+        alt: base64.b64decode(data)
+        for alt, data in re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)"', page)
+    }
 
 
 def test_report_of_a_sweep_overlays_runs_and_ranks_them(sweep, tmp_path, capsys):
@@ -113,10 +130,10 @@ def wandb_records(path):
         if 32768 - pos % 32768 < 7:  # block trailer padding
             pos += 32768 - pos % 32768
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if kind == 0:
             break
-        chunk += data[pos + 7:pos + 7 + length]
+        chunk += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # a full record, or the last piece of one
             record = wandb_internal_pb2.Record()
@@ -132,8 +149,13 @@ def test_wandb_offline_run_records_the_namespaces(tmp_path, monkeypatch):
         monkeypatch.delenv(key, raising=False)
     wandb_logger = WandbLogger(save_dir=str(tmp_path), project="lmlab-test", offline=True)
     try:
-        fit_tiny(tmp_path, [*telemetry("histogram"), WandbDashboard()], steps=4, log_every_n_steps=2,
-                 logger=[CSVLogger(tmp_path, name="", version=""), wandb_logger])
+        fit_tiny(
+            tmp_path,
+            [*telemetry("histogram"), WandbDashboard()],
+            steps=4,
+            log_every_n_steps=2,
+            logger=[CSVLogger(tmp_path, name="", version=""), wandb_logger],
+        )
     finally:
         wandb.finish()
     (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
@@ -146,6 +168,9 @@ def test_wandb_offline_run_records_the_namespaces(tmp_path, monkeypatch):
             metrics[record.metric.name or record.metric.glob_name] = record.metric
     for namespace in ("stability/", "perf/", "cost/"):
         assert any(k.startswith(namespace) for k in keys), namespace
-    assert {"stability/grad_norm/per_layer", "stability/param_norm/per_layer"} <= keys  # histograms
+    assert {
+        "stability/grad_norm/per_layer/_type",
+        "stability/param_norm/per_layer/_type",
+    } <= keys  # histograms
     assert metrics["stability/*"].step_metric == "trainer/global_step"
     assert metrics["val/loss"].summary.min and metrics["stability/loss_spikes"].summary.max

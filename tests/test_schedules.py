@@ -129,3 +129,32 @@ def test_bad_arguments_name_the_field(make, match):
     with pytest.raises(ValueError, match=match):
         make(opt)
     assert opt.param_groups[0]["lr"] == BASE_LRS[0]  # raised before touching the optimizer
+
+
+def test_lr_inside_a_lightning_run_follows_schedule(tmp_path):
+    """Stepped by Lightning with interval=step: the LR at optimizer step s is base_lr * m(s)."""
+    lightning = pytest.importorskip("lightning")
+    from lmlab.optim import AdamW
+
+    class Tiny(lightning.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+            self.seen = []
+
+        def training_step(self, batch, batch_idx):
+            self.seen.append(self.optimizers().param_groups[0]["lr"])
+            return self.layer(batch).square().mean()
+
+        def configure_optimizers(self):
+            optimizer = AdamW(self.parameters(), lr=BASE_LRS[0])
+            scheduler = WarmupCosine(optimizer, W, T, min_lr_ratio=R)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    model = Tiny()
+    trainer = lightning.Trainer(
+        max_steps=T + 3, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(model, torch.utils.data.DataLoader(torch.randn(4 * (T + 3), 2), batch_size=4))
+    assert model.seen == pytest.approx([BASE_LRS[0] * _cosine(s) for s in range(T + 3)], rel=1e-12, abs=0)

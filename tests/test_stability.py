@@ -42,8 +42,13 @@ class TinyLM(L.LightningModule):
     `forward_stats` when `collect_forward_stats` is set. `inject` = {step: "nan" | "spike"}
     corrupts the logits of that optimizer step (on `inject_rank` only, when given)."""
 
-    def __init__(self, optimizer: str = "adamw", lr: float = 3e-3, inject: dict | None = None,
-                 inject_rank: int | None = None):
+    def __init__(
+        self,
+        optimizer: str = "adamw",
+        lr: float = 3e-3,
+        inject: dict | None = None,
+        inject_rank: int | None = None,
+    ):
         super().__init__()
         torch.manual_seed(0)
         self.model = GPT(vocab_size=VOCAB, block_size=BLOCK, n_layer=2, n_head=2, n_embd=32)
@@ -100,20 +105,40 @@ class SkippableSGD(torch.optim.SGD):
         return loss
 
 
-def fit_tiny(run_dir: Path, callbacks: list, steps: int, module: TinyLM | None = None, n_seqs: int = 256,
-             val: bool = False, **trainer_kwargs) -> tuple[L.Trainer, TinyLM]:
+def fit_tiny(
+    run_dir: Path,
+    callbacks: list,
+    steps: int,
+    module: TinyLM | None = None,
+    n_seqs: int = 256,
+    val: bool = False,
+    **trainer_kwargs,
+) -> tuple[L.Trainer, TinyLM]:
     """A real short CPU run logging to `<run_dir>/metrics.csv`, as lmlab's train CLI does."""
     module = module or TinyLM()
     data = markov_sequences(n_seqs)
     train = DataLoader(data, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(1))
     val_loader = DataLoader(markov_sequences(32, seed=7), batch_size=16) if val else None
-    kwargs = dict(max_steps=steps, accelerator="cpu", devices=1, log_every_n_steps=1, enable_checkpointing=False,
-                  enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                  limit_val_batches=2 if val else 0)
+    kwargs = dict(
+        max_steps=steps,
+        accelerator="cpu",
+        devices=1,
+        log_every_n_steps=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=2 if val else 0,
+    )
     kwargs.update(trainer_kwargs)
     kwargs.setdefault("logger", CSVLogger(run_dir, name="", version=""))
     trainer = L.Trainer(callbacks=callbacks, **kwargs)
-    trainer.fit(module, train, val_loader)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: threads only contend (10x slower on a shared 2-core machine)
+    try:
+        trainer.fit(module, train, val_loader)
+    finally:
+        torch.set_num_threads(threads)
     return trainer, module
 
 
@@ -136,7 +161,9 @@ class Recorder(L.Callback):
         self.clip = clip
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        pl_module.recorded[trainer.global_step] = {"before": [p.detach().clone() for p in pl_module.parameters()]}
+        pl_module.recorded[trainer.global_step] = {
+            "before": [p.detach().clone() for p in pl_module.parameters()]
+        }
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         rec = pl_module.recorded[trainer.global_step - 1]
@@ -169,7 +196,7 @@ def test_spike_detector_matches_rolling_statistics():
     for i, v in enumerate(values):
         flags.append(bool(det.update(v)))
         if i >= 20:
-            ref = values[max(0, i - 50):i]
+            ref = values[max(0, i - 50) : i]
             assert det.mean.item() == pytest.approx(ref.mean().item(), rel=1e-6)
             assert det.std.item() == pytest.approx(ref.std().item(), rel=1e-5)
     assert [i for i, f in enumerate(flags) if f] == [200]
@@ -180,7 +207,9 @@ def test_spike_detector_matches_rolling_statistics():
 def test_grad_norm_clip_and_update_ratio_equal_independent_values(tmp_path):
     clip = 0.05
     monitor = StabilityMonitor(log_every_n_steps=2, per_layer="scalars")
-    trainer, module = fit_tiny(tmp_path, [Recorder(clip), monitor, GradCopy()], steps=6, gradient_clip_val=clip)
+    trainer, module = fit_tiny(
+        tmp_path, [Recorder(clip), monitor, GradCopy()], steps=6, gradient_clip_val=clip
+    )
     m = read_metrics(tmp_path)
     logged_steps = sorted(m["stability/grad_norm"])
     assert logged_steps == [1, 3, 5]
@@ -208,16 +237,25 @@ def test_grad_norm_clip_and_update_ratio_equal_independent_values(tmp_path):
             d = math.sqrt(sum(((after[i] - before[i]) ** 2).sum().item() for i in ids))
             b = math.sqrt(sum((before[i] ** 2).sum().item() for i in ids))
             assert m[f"stability/update_ratio/group{g}"][step] == pytest.approx(d / b, rel=1e-4)
-        # per block: blocks.0 is its own parameters' norm; with wte, norm_f (and wpe) squares add up to the total
+        # per block: squares of all layers add up to the total; blocks.0 is its own parameters' norm
         layer_sq = sum(v[step] ** 2 for k, v in m.items() if k.startswith("stability/grad_norm/"))
         assert layer_sq == pytest.approx(total**2, rel=1e-4)
         names = [n for n, _ in module.named_parameters()]
-        block0 = math.sqrt(sum(rec["grads"][i].pow(2).sum().item() for i, n in enumerate(names)
-                               if n.startswith("model.blocks.0.")))
+        block0 = math.sqrt(
+            sum(
+                rec["grads"][i].pow(2).sum().item()
+                for i, n in enumerate(names)
+                if n.startswith("model.blocks.0.")
+            )
+        )
         assert m["stability/grad_norm/blocks.0"][step] == pytest.approx(block0, rel=1e-5)
         state = rec["state"]
-        assert m["stability/exp_avg_sq_max"][step] == pytest.approx(max(s.max().item() for s in state), rel=1e-5)
-        assert m["stability/exp_avg_sq_min"][step] == pytest.approx(min(s.min().item() for s in state), abs=1e-12)
+        assert m["stability/exp_avg_sq_max"][step] == pytest.approx(
+            max(s.max().item() for s in state), rel=1e-5
+        )
+        assert m["stability/exp_avg_sq_min"][step] == pytest.approx(
+            min(s.min().item() for s in state), abs=1e-12
+        )
         mean = sum(s.sum().item() for s in state) / sum(s.numel() for s in state)
         assert m["stability/exp_avg_sq_mean"][step] == pytest.approx(mean, rel=1e-5)
         for key, value in rec["forward_stats"].items():
@@ -280,8 +318,13 @@ def test_loss_spike_detected_once_and_no_false_spikes_on_a_normal_run(tmp_path):
     assert m["train/loss"][last] < m["train/loss"][9] - 0.5  # it did learn
 
     spiked = StabilityMonitor(log_every_n_steps=10)
-    fit_tiny(tmp_path / "spike", [spiked], steps=steps, module=TinyLM(inject={spike_at: "spike"}),
-             log_every_n_steps=10)
+    fit_tiny(
+        tmp_path / "spike",
+        [spiked],
+        steps=steps,
+        module=TinyLM(inject={spike_at: "spike"}),
+        log_every_n_steps=10,
+    )
     m = read_metrics(tmp_path / "spike")
     assert m["stability/loss_spikes"][last] == 1
     assert m["stability/spike_step"][last] == spike_at
@@ -290,8 +333,12 @@ def test_loss_spike_detected_once_and_no_false_spikes_on_a_normal_run(tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs, field",
-    [({"policy": "ignore"}, "stability.policy"), ({"per_layer": "all"}, "stability.per_layer"),
-     ({"spike_warmup": 1}, "stability.spike_warmup"), ({"spike_threshold": 0}, "stability.spike_threshold")],
+    [
+        ({"policy": "ignore"}, "stability.policy"),
+        ({"per_layer": "all"}, "stability.per_layer"),
+        ({"spike_warmup": 1}, "stability.spike_warmup"),
+        ({"spike_threshold": 0}, "stability.spike_threshold"),
+    ],
 )
 def test_bad_arguments_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):

@@ -29,7 +29,9 @@ def gpt_matmul_params_by_hand(V, T, L, d, tied=True, learned_pos=True):
     """Every weight of lmlab's GPT (biases and LayerNorms included), minus lookup tables."""
     block = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d)
     head = V * d  # the LM head (the tied embedding, counted once)
-    return L * block + 2 * d + head, L * block + 2 * d + head + (T * d if learned_pos else 0) + (0 if tied else V * d)
+    return L * block + 2 * d + head, L * block + 2 * d + head + (T * d if learned_pos else 0) + (
+        0 if tied else V * d
+    )
 
 
 def test_flops_per_token_of_gpt_by_hand():
@@ -43,8 +45,18 @@ def test_flops_per_token_of_gpt_by_hand():
 
 
 def test_untied_gqa_model_counts_head_not_input_table():
-    model = GPT(vocab_size=50, block_size=8, n_layer=1, n_head=4, n_kv_head=1, n_embd=16, tie_embeddings=False,
-                position="rope", bias=False, norm="rmsnorm")
+    model = GPT(
+        vocab_size=50,
+        block_size=8,
+        n_layer=1,
+        n_head=4,
+        n_kv_head=1,
+        n_embd=16,
+        tie_embeddings=False,
+        position="rope",
+        bias=False,
+        norm="rmsnorm",
+    )
     shape = model_shape(model)
     total = sum(p.numel() for p in model.parameters())
     assert shape.n_matmul_params == total - 50 * 16  # input table out, LM head in
@@ -52,9 +64,17 @@ def test_untied_gqa_model_counts_head_not_input_table():
 
 
 def test_hf_model_shape_from_config_fields():
-    model = HFCausalLM.from_config("llama", vocab_size=97, hidden_size=32, intermediate_size=64,
-                                   num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-                                   head_dim=16, max_position_embeddings=64)
+    model = HFCausalLM.from_config(
+        "llama",
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=64,
+    )
     shape = model_shape(model)
     assert (shape.n_layer, shape.d_attn, shape.vocab_size) == (3, 4 * 16, 97)
     assert shape.n_matmul_params == sum(p.numel() for p in model.parameters()) - 97 * 32  # untied
@@ -76,11 +96,21 @@ def test_mfu_of_gpt2_124m_matches_the_measured_h200_figure():
 
 @pytest.mark.parametrize(
     "name, dtype, peak",
-    [("NVIDIA H100 80GB HBM3", "bf16", 989e12), ("NVIDIA H200", "bf16", 989e12), ("NVIDIA GH200 480GB", "fp16", 989e12),
-     ("NVIDIA H100 PCIe", "bf16", 756e12), ("NVIDIA H100 NVL", "bf16", 835e12), ("NVIDIA A100-SXM4-80GB", "bf16", 312e12),
-     ("NVIDIA A100-SXM4-40GB", "tf32", 156e12), ("NVIDIA A10G", "bf16", 125e12), ("NVIDIA L4", "bf16", 121e12),
-     ("NVIDIA L40S", "bf16", 362e12), ("NVIDIA GeForce RTX 4090", "bf16", 165.2e12), ("Tesla T4", "fp16", 65e12),
-     ("Tesla V100-SXM2-16GB", "fp16", 125e12)],
+    [
+        ("NVIDIA H100 80GB HBM3", "bf16", 989e12),
+        ("NVIDIA H200", "bf16", 989e12),
+        ("NVIDIA GH200 480GB", "fp16", 989e12),
+        ("NVIDIA H100 PCIe", "bf16", 756e12),
+        ("NVIDIA H100 NVL", "bf16", 835e12),
+        ("NVIDIA A100-SXM4-80GB", "bf16", 312e12),
+        ("NVIDIA A100-SXM4-40GB", "tf32", 156e12),
+        ("NVIDIA A10G", "bf16", 125e12),
+        ("NVIDIA L4", "bf16", 121e12),
+        ("NVIDIA L40S", "bf16", 362e12),
+        ("NVIDIA GeForce RTX 4090", "bf16", 165.2e12),
+        ("Tesla T4", "fp16", 65e12),
+        ("Tesla V100-SXM2-16GB", "fp16", 125e12),
+    ],
 )
 def test_peak_flops_table(name, dtype, peak):
     assert lookup_peak_flops(name, dtype) == peak
@@ -109,9 +139,17 @@ def test_precision_names():
 
 
 def test_cost_projection_equals_the_formula():
-    p = CostProjection(flops_per_token=8e8, n_params=124_000_000, tokens_per_step=32 * 1024 * 4, max_steps=5000,
-                       world_size=4, tokens_per_s=2e6, peak_flops=989e12, price_per_device_hour=2.5,
-                       decode_tokens_per_s=500.0)
+    p = CostProjection(
+        flops_per_token=8e8,
+        n_params=124_000_000,
+        tokens_per_step=32 * 1024 * 4,
+        max_steps=5000,
+        world_size=4,
+        tokens_per_s=2e6,
+        peak_flops=989e12,
+        price_per_device_hour=2.5,
+        decode_tokens_per_s=500.0,
+    )
     m = p.metrics()
     train_tokens = 32 * 1024 * 4 * 5000
     assert m["cost/train_tokens"] == train_tokens
@@ -130,7 +168,9 @@ def test_cost_projection_equals_the_formula():
 
 def test_throughput_monitor_in_a_real_run(tmp_path):
     peak, price = 1e10, 3.0
-    monitor = ThroughputMonitor(peak_flops=peak, price_per_device_hour=price, decode_tokens=4, warmup_intervals=1)
+    monitor = ThroughputMonitor(
+        peak_flops=peak, price_per_device_hour=price, decode_tokens=4, warmup_intervals=1
+    )
     fit_tiny(tmp_path, [monitor], steps=6, log_every_n_steps=2)
     m = read_metrics(tmp_path)
     flops = 6 * gpt_matmul_params_by_hand(VOCAB, BLOCK, 2, 32)[0] + 12 * 2 * 32 * BLOCK
@@ -142,17 +182,28 @@ def test_throughput_monitor_in_a_real_run(tmp_path):
     assert m["cost/flops_per_token"][0] == flops
     assert m["cost/train_flops"][0] == flops * 8 * BLOCK * 6
     # after one warm-up interval the projection uses the second measurement (logged at step 3)
-    (cost_step, train_cost), = m["cost/train_cost"].items()
+    ((cost_step, train_cost),) = m["cost/train_cost"].items()
     assert cost_step == 3
     assert train_cost == pytest.approx(price * 8 * BLOCK * 6 / m["perf/tokens_per_s"][3] / 3600, rel=1e-6)
-    assert m["cost/decode_cost_per_mtok"][3] == pytest.approx(price * 1e6 / m["cost/decode_tokens_per_s"][3] / 3600)
+    assert m["cost/decode_cost_per_mtok"][3] == pytest.approx(
+        price * 1e6 / m["cost/decode_tokens_per_s"][3] / 3600
+    )
     assert monitor.tokens_seen == 6 * 8 * BLOCK
 
 
 def test_lmlab_cost_prints_the_numbers_of_its_formula(capsys):
-    overrides = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=64", "data.vocab_size=128",
-                 "data.batch_size=4", "data.block_size=16", "trainer.max_steps=50", "trainer.accelerator=cpu",
-                 "trainer.accumulate_grad_batches=2"]
+    overrides = [
+        "model.n_layer=1",
+        "model.n_head=2",
+        "model.n_embd=32",
+        "model.block_size=64",
+        "data.vocab_size=128",
+        "data.batch_size=4",
+        "data.block_size=16",
+        "trainer.max_steps=50",
+        "trainer.accelerator=cpu",
+        "trainer.accumulate_grad_batches=2",
+    ]
     cost_cli.main(["--json", "--price", "2.0", "--measure-steps", "1", "--decode-tokens", "4", *overrides])
     printed = json.loads(capsys.readouterr().out)
     inputs, m = printed["inputs"], printed["metrics"]

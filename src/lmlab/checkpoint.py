@@ -49,25 +49,27 @@ def build_tokenizer(spec: dict):
     return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(spec["json"]), **spec["special_tokens"])
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A .ckpt file, or a run directory (its checkpoints/best.ckpt, else checkpoints/last.ckpt)."""
+def resolve_checkpoint(path: str | Path, field: str = "ckpt") -> Path:
+    """A .ckpt file, or a run directory (its checkpoints/best.ckpt, else checkpoints/last.ckpt).
+
+    ``field`` names the config field in errors."""
     path = Path(path).expanduser()
     if path.is_dir():
         for name in ("best.ckpt", "last.ckpt"):
             if (path / "checkpoints" / name).is_file():
                 return path / "checkpoints" / name
-        raise FileNotFoundError(f"ckpt={path}: a run directory, but it has no checkpoints/best.ckpt or last.ckpt")
+        raise FileNotFoundError(f"{field}={path}: a run directory, but it has no checkpoints/best.ckpt or last.ckpt")
     if not path.is_file():
-        raise FileNotFoundError(f"ckpt={path} does not exist (give a .ckpt file or a run directory)")
+        raise FileNotFoundError(f"{field}={path} does not exist (give a .ckpt file or a run directory)")
     return path
 
 
-def load_checkpoint(path: str | Path, map_location="cpu"):
+def load_checkpoint(path: str | Path, map_location="cpu", field: str = "ckpt"):
     """(model in eval mode, tokenizer, raw checkpoint dict) from a checkpoint file or run directory."""
-    path = resolve_checkpoint(path)
+    path = resolve_checkpoint(path, field)
     ckpt = torch.load(path, map_location=map_location, weights_only=False)
     if "lmlab" not in ckpt:
-        raise ValueError(f"ckpt={path} was not written by lmlab (no 'lmlab' entry)")
+        raise ValueError(f"{field}={path} was not written by lmlab (no 'lmlab' entry)")
     meta = ckpt["lmlab"]
     model = build_model(meta["model"])
     prefix = "model."

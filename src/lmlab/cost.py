@@ -23,7 +23,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import torch
 import torch.nn as nn
@@ -55,10 +55,16 @@ PEAK_FLOPS: tuple[tuple[str, dict[str, float]], ...] = (
 
 _DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.float64: "fp64"}
 _PRECISIONS = {
-    "bf16-mixed": torch.bfloat16, "bf16-true": torch.bfloat16, "bf16": torch.bfloat16,
-    "16-mixed": torch.float16, "16-true": torch.float16, "16": torch.float16,
-    "32-true": torch.float32, "32": torch.float32,
-    "64-true": torch.float64, "64": torch.float64,
+    "bf16-mixed": torch.bfloat16,
+    "bf16-true": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "16-mixed": torch.float16,
+    "16-true": torch.float16,
+    "16": torch.float16,
+    "32-true": torch.float32,
+    "32": torch.float32,
+    "64-true": torch.float64,
+    "64": torch.float64,
 }
 
 
@@ -103,7 +109,9 @@ def precision_dtype(precision: str | int) -> torch.dtype:
     return dtype
 
 
-def peak_flops_per_device(device: torch.device | str, dtype: torch.dtype, override: float | None = None) -> float | None:
+def peak_flops_per_device(
+    device: torch.device | str, dtype: torch.dtype, override: float | None = None
+) -> float | None:
     """Peak FLOP/s of one device for matmuls in ``dtype``.
 
     ``override`` wins. CUDA devices are looked up in :data:`PEAK_FLOPS` by name (None, with a
@@ -132,14 +140,16 @@ def lookup_peak_flops(device_name: str, dtype_name: str | None) -> float | None:
     for key, peaks in PEAK_FLOPS:
         if key in lowered:
             if dtype_name not in peaks:
-                warnings.warn(f"{device_name} has no tensor-core peak for {dtype_name}; set peak_flops", stacklevel=3)
+                warnings.warn(
+                    f"{device_name} has no tensor-core peak for {dtype_name}; set peak_flops", stacklevel=3
+                )
                 return None
             return peaks[dtype_name]
     warnings.warn(f"peak FLOP/s of {device_name!r} unknown; set peak_flops to get MFU", stacklevel=3)
     return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def measured_matmul_flops(dtype: torch.dtype = torch.float32, size: int = 512, seconds: float = 0.2) -> float:
     """Best FLOP/s of square CPU matmuls over about ``seconds``: the CPU's practical peak."""
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
@@ -194,7 +204,9 @@ class CostProjection:
         if self.tokens_per_s:
             out["cost/tokens_per_s"] = self.tokens_per_s
             if self.peak_flops:
-                out["cost/mfu"] = mfu(self.flops_per_token, self.tokens_per_s, self.peak_flops, self.world_size)
+                out["cost/mfu"] = mfu(
+                    self.flops_per_token, self.tokens_per_s, self.peak_flops, self.world_size
+                )
             for name, tokens in (("train", train_tokens), ("optimal", optimal_tokens)):
                 hours = tokens / self.tokens_per_s / 3600.0
                 out[f"cost/{name}_hours"] = hours
@@ -216,7 +228,11 @@ def _synchronize(device: torch.device) -> None:
 
 
 def measure_train_throughput(
-    model: nn.Module, batch_size: int, seq_len: int, steps: int = 5, warmup: int = 2,
+    model: nn.Module,
+    batch_size: int,
+    seq_len: int,
+    steps: int = 5,
+    warmup: int = 2,
     autocast_dtype: torch.dtype | None = None,
 ) -> float:
     """Tokens/s of forward + cross-entropy + backward on random tokens (no optimizer step)."""
@@ -244,7 +260,10 @@ def measure_train_throughput(
 
 @torch.inference_mode()
 def measure_decode_speed(
-    model: nn.Module, batch_size: int = 1, new_tokens: int = 32, prompt_len: int = 8,
+    model: nn.Module,
+    batch_size: int = 1,
+    new_tokens: int = 32,
+    prompt_len: int = 8,
     autocast_dtype: torch.dtype | None = None,
 ) -> float:
     """Generated tokens/s of greedy decoding with the model's KV cache (prefill not timed)."""

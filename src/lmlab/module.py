@@ -15,7 +15,7 @@ import torch.nn as nn
 from torchmetrics import MeanMetric
 
 from lmlab.checkpoint import model_spec, tokenizer_spec
-from lmlab.optim import param_groups
+from lmlab.optim import Muon, muon_param_groups, param_groups
 
 
 class LitLM(L.LightningModule):
@@ -48,7 +48,13 @@ class LitLM(L.LightningModule):
     def training_step(self, batch: torch.Tensor, batch_idx: int):
         inputs, targets = batch[:, :-1], batch[:, 1:]
         logits = self.forward_fn(inputs).logits
-        loss = self.loss(logits, targets)
+        teacher = getattr(self.loss, "teacher", None)
+        if teacher is None:
+            loss = self.loss(logits, targets)
+        else:
+            with torch.no_grad():
+                teacher_logits = teacher(inputs).logits
+            loss = self.loss(logits, targets, teacher_logits)
         if self.collect_forward_stats:
             with torch.no_grad():
                 lse = torch.logsumexp(logits.float(), dim=-1)
@@ -73,7 +79,8 @@ class LitLM(L.LightningModule):
 
     def configure_optimizers(self):
         weight_decay = getattr(self.optimizer_factory, "keywords", {}).get("weight_decay", 0.0)
-        optimizer = self.optimizer_factory(param_groups(self.model, weight_decay))
+        groups = muon_param_groups if _builds(self.optimizer_factory, Muon) else param_groups
+        optimizer = self.optimizer_factory(groups(self.model, weight_decay))
         self._avoid_fused_with_clipping(optimizer)
         if self.scheduler_factory is None:
             return optimizer
@@ -100,3 +107,8 @@ class LitLM(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.tokens_seen = checkpoint.get("lmlab", {}).get("tokens_seen", 0)
+
+
+def _builds(factory: Callable, cls: type) -> bool:
+    func = getattr(factory, "func", factory)  # Hydra's _partial_ gives a functools.partial
+    return isinstance(func, type) and issubclass(func, cls)

@@ -10,8 +10,13 @@ NAMESPACES = ("train", "val", "stability", "perf", "cost", "decode")
 STEP_METRIC = "trainer/global_step"  # what Lightning's WandbLogger logs as the step
 
 
-def log_metrics(trainer: L.Trainer, metrics: dict, step: int, pl_module: L.LightningModule | None = None,
-                prog_bar: tuple[str, ...] = ()) -> dict[str, float]:
+def log_metrics(
+    trainer: L.Trainer,
+    metrics: dict,
+    step: int,
+    pl_module: L.LightningModule | None = None,
+    prog_bar: tuple[str, ...] = (),
+) -> dict[str, float]:
     """Write `metrics` to every logger once, at `step`, reading all tensors to the host in one transfer.
 
     Lightning's ``self.log`` would re-write a callback's last values at each of the trainer's
@@ -28,8 +33,9 @@ def log_metrics(trainer: L.Trainer, metrics: dict, step: int, pl_module: L.Light
         logger.log_metrics(values, step=step)
     if pl_module is not None:
         for key, value in values.items():
-            pl_module.log(key, value, logger=False, prog_bar=key in prog_bar, on_step=True, on_epoch=False,
-                          batch_size=1)
+            pl_module.log(
+                key, value, logger=False, prog_bar=key in prog_bar, on_step=True, on_epoch=False, batch_size=1
+            )
     return values
 
 
@@ -45,8 +51,14 @@ class WandbDashboard(L.Callback):
     """
 
     MIN_SUMMARY = ("val/loss", "val/ppl")
-    MAX_SUMMARY = ("stability/loss_spikes", "stability/grad_norm_spikes", "stability/nonfinite_steps",
-                   "stability/skipped_steps", "stability/max_logit", "perf/peak_mem_gb")
+    MAX_SUMMARY = (
+        "stability/loss_spikes",
+        "stability/grad_norm_spikes",
+        "stability/nonfinite_steps",
+        "stability/skipped_steps",
+        "stability/max_logit",
+        "perf/peak_mem_gb",
+    )
 
     def on_fit_start(self, trainer, pl_module):
         for logger in wandb_loggers(trainer):

@@ -41,7 +41,7 @@ def all_reduce(tensor: torch.Tensor, op: str) -> torch.Tensor:
 
 
 def layer_name(param_name: str) -> str:
-    """Group a parameter by block: `model.blocks.3.attn.qkv.weight` -> `blocks.3`, `model.wte.weight` -> `wte`."""
+    """Block of a parameter: `model.blocks.3.attn.qkv.weight` -> `blocks.3`, `model.wte.weight` -> `wte`."""
     parts = param_name.removeprefix("model.").split(".")
     for i, part in enumerate(parts):
         if part.isdigit():
@@ -104,6 +104,8 @@ class StabilityMonitor(L.Callback):
             `<run dir>/checkpoints`.
     """
 
+    COUNTERS = ("nonfinite_steps", "skipped_steps", "loss_spikes", "grad_norm_spikes", "spike_step")
+
     def __init__(
         self,
         log_every_n_steps: int | None = None,
@@ -122,8 +124,8 @@ class StabilityMonitor(L.Callback):
             raise ValueError(f"stability.per_layer={per_layer!r}; allowed: {', '.join(PER_LAYER)}")
         if spike_window < 2 or not 2 <= spike_warmup <= spike_window:
             raise ValueError(
-                f"stability.spike_window={spike_window} must be >= 2 and stability.spike_warmup={spike_warmup} "
-                "between 2 and the window"
+                f"stability.spike_window={spike_window} must be >= 2 and "
+                f"stability.spike_warmup={spike_warmup} between 2 and the window"
             )
         if spike_threshold <= 0:
             raise ValueError(f"stability.spike_threshold={spike_threshold} must be > 0")
@@ -161,14 +163,18 @@ class StabilityMonitor(L.Callback):
         device = pl_module.device
         named = [(n, p) for n, p in pl_module.named_parameters() if p.requires_grad]
         self.params = [p for _, p in named]
-        self.layers = sorted({layer_name(n) for n, _ in named}, key=lambda s: [int(t) if t.isdigit() else t
-                                                                             for t in s.split(".")])
+        self.layers = sorted(
+            {layer_name(n) for n, _ in named},
+            key=lambda s: [int(t) if t.isdigit() else t for t in s.split(".")],
+        )
         index = {name: i for i, name in enumerate(self.layers)}
         self.layer_index = torch.tensor([index[layer_name(n)] for n, _ in named], device=device)
         self.optimizer = trainer.optimizers[0]
         group_of = {id(p): g for g, group in enumerate(self.optimizer.param_groups) for p in group["params"]}
         n_groups = len(self.optimizer.param_groups)
-        self.group_names = [str(g.get("name", f"group{i}")) for i, g in enumerate(self.optimizer.param_groups)]
+        self.group_names = [
+            str(g.get("name", f"group{i}")) for i, g in enumerate(self.optimizer.param_groups)
+        ]
         # parameters the optimizer does not own go to an extra bucket that is never logged
         self.group_index = torch.tensor([group_of.get(id(p), n_groups) for p in self.params], device=device)
         self.n_groups = n_groups
@@ -178,15 +184,16 @@ class StabilityMonitor(L.Callback):
         self.clip = self.clip_val or (trainer.gradient_clip_val if by_norm else None)
         self.scaler = getattr(trainer.precision_plugin, "scaler", None)
         if self.per_layer == "histogram" and not wandb_loggers(trainer):
-            self._warn_once("hist", "StabilityMonitor: per_layer=histogram needs a WandbLogger; logging scalars")
+            self._warn_once(
+                "hist", "StabilityMonitor: per_layer=histogram needs a WandbLogger; logging scalars"
+            )
 
         window, warmup, threshold = self.spike_args
         self.loss_detector = SpikeDetector(window, warmup, threshold, device)
         self.grad_detector = SpikeDetector(window, warmup, threshold, device)
-        zero = lambda dtype=torch.long: torch.zeros((), dtype=dtype, device=device)
-        self.counters = {name: zero() for name in ("nonfinite_steps", "skipped_steps", "loss_spikes",
-                                                   "grad_norm_spikes", "clipped")}
-        self.counters["spike_step"] = zero() - 1
+        self.counters = {n: torch.zeros((), dtype=torch.long, device=device) for n in self.COUNTERS}
+        self.counters["clipped"] = torch.zeros((), dtype=torch.long, device=device)  # in this log interval
+        self.counters["spike_step"] -= 1  # the step of the latest spike; -1: none yet
         if self._restored:
             self._load(self._restored)
         self._interval_steps = 0
@@ -217,17 +224,23 @@ class StabilityMonitor(L.Callback):
         grads = [p.grad for p in self.params]
         present = [g for g in grads if g is not None]
         norms = torch._foreach_norm(present, 2, dtype=torch.float32) if present else []
-        grad_norm = torch.linalg.vector_norm(torch.stack(norms)) if norms else self.layer_index.new_zeros(
-            (), dtype=torch.float32)
-        loss, self._step_loss = self._step_loss, None  # None: the step had no backward (training_step -> None)
-        loss = all_reduce(loss, "mean") if loss is not None else None
+        grad_norm = (
+            torch.linalg.vector_norm(torch.stack(norms))
+            if norms
+            else self.layer_index.new_zeros((), dtype=torch.float32)
+        )
+        # None when the step had no backward (training_step returned None)
+        loss = all_reduce(self._step_loss, "mean") if self._step_loss is not None else None
+        self._step_loss = None
 
         c = self.counters
         grad_nonfinite = ~torch.isfinite(grad_norm)
         loss_nonfinite = ~torch.isfinite(loss) if loss is not None else torch.zeros_like(grad_nonfinite)
         nonfinite = grad_nonfinite | loss_nonfinite
         loss_spike = self.loss_detector.update(loss) if loss is not None else torch.zeros_like(nonfinite)
-        grad_spike = self.grad_detector.update(grad_norm) if self.detect_grad_spikes else torch.zeros_like(nonfinite)
+        grad_spike = (
+            self.grad_detector.update(grad_norm) if self.detect_grad_spikes else torch.zeros_like(nonfinite)
+        )
         c["nonfinite_steps"] += nonfinite
         c["loss_spikes"] += loss_spike
         c["grad_norm_spikes"] += grad_spike
@@ -247,8 +260,11 @@ class StabilityMonitor(L.Callback):
         if self._is_log_step(trainer) or self._halt_pending:
             if self.per_layer != "off":
                 zero = grad_norm.new_zeros(())
-                per_param = norms if len(present) == len(grads) else [
-                    g.norm(dtype=torch.float32) if g is not None else zero for g in grads]
+                per_param = (
+                    norms
+                    if len(present) == len(grads)
+                    else [g.norm(dtype=torch.float32) if g is not None else zero for g in grads]
+                )
                 stats["layer_grad_norms"] = self._by_layer(torch.stack(per_param))
             self._pending = {"stats": stats, "before": [p.detach().clone() for p in self.params]}
 
@@ -262,8 +278,11 @@ class StabilityMonitor(L.Callback):
             if self.policy == "skip":
                 return bad
         elif self.policy == "skip":
-            self._warn_once("skip", f"StabilityMonitor: {type(optimizer).__name__} has no skip_step; "
-                            "policy=skip reads one flag to the host per step")
+            self._warn_once(
+                "skip",
+                f"StabilityMonitor: {type(optimizer).__name__} has no skip_step; "
+                "policy=skip reads one flag to the host per step",
+            )
         if bad.item():  # the one host read per step of halt, or of skip without skip_step
             if not honours_skip:
                 for group in optimizer.param_groups:  # torch optimizers leave params without grads alone
@@ -279,12 +298,19 @@ class StabilityMonitor(L.Callback):
             return f"the loss is not finite ({loss.item()})"
         if not torch.isfinite(grad_norm).item():
             return f"stability/grad_norm is not finite ({grad_norm.item()})"
-        loss_spiked = loss is not None and (loss > self.loss_detector.mean + self.spike_args[2] *
-                                            self.loss_detector.std).item()
-        det, name, value = (self.loss_detector, "loss", loss) if loss_spiked else (
-            self.grad_detector, "stability/grad_norm", grad_norm)
-        return (f"{name} spiked to {value.item():.4g}, above its rolling mean {det.mean.item():.4g} "
-                f"+ {self.spike_args[2]:g} x std {det.std.item():.4g}")
+        loss_spiked = (
+            loss is not None
+            and (loss > self.loss_detector.mean + self.spike_args[2] * self.loss_detector.std).item()
+        )
+        det, name, value = (
+            (self.loss_detector, "loss", loss)
+            if loss_spiked
+            else (self.grad_detector, "stability/grad_norm", grad_norm)
+        )
+        return (
+            f"{name} spiked to {value.item():.4g}, above its rolling mean {det.mean.item():.4g} "
+            f"+ {self.spike_args[2]:g} x std {det.std.item():.4g}"
+        )
 
     # ---- logging steps ---------------------------------------------------------------------
 
@@ -301,7 +327,9 @@ class StabilityMonitor(L.Callback):
             for kind, norms in layers.items():
                 metrics |= {f"{kind}/{name}": value for name, value in zip(self.layers, norms, strict=True)}
         # the step Lightning logs this batch's own metrics at
-        log_metrics(trainer, {f"stability/{k}": v for k, v in metrics.items()}, trainer.global_step - 1, pl_module)
+        log_metrics(
+            trainer, {f"stability/{k}": v for k, v in metrics.items()}, trainer.global_step - 1, pl_module
+        )
         if self._halt_pending:
             self._halt(trainer)
 
@@ -310,7 +338,7 @@ class StabilityMonitor(L.Callback):
         m, before = dict(pending["stats"]), pending["before"]
         layer_grad_norms = m.pop("layer_grad_norms", None)
         c = self.counters
-        for name in ("nonfinite_steps", "skipped_steps", "loss_spikes", "grad_norm_spikes", "spike_step"):
+        for name in self.COUNTERS:
             m[name] = c[name].float()
         if self.clip:
             m["clip_rate"] = c["clipped"].float() / self._interval_steps
@@ -319,11 +347,15 @@ class StabilityMonitor(L.Callback):
 
         param_norms = torch.stack(torch._foreach_norm(self.params, 2, dtype=torch.float32))
         m["param_norm"] = torch.linalg.vector_norm(param_norms)
-        delta = torch.stack(torch._foreach_norm(torch._foreach_sub(self.params, before), 2, dtype=torch.float32))
+        delta = torch.stack(
+            torch._foreach_norm(torch._foreach_sub(self.params, before), 2, dtype=torch.float32)
+        )
         before_norms = torch.stack(torch._foreach_norm(before, 2, dtype=torch.float32))
         m["update_ratio"] = torch.linalg.vector_norm(delta) / torch.linalg.vector_norm(before_norms)
         if self.n_groups > 1:
-            sq = lambda v: torch.zeros(self.n_groups + 1, device=v.device).index_add_(0, self.group_index, v**2)
+            sq = lambda v: torch.zeros(self.n_groups + 1, device=v.device).index_add_(
+                0, self.group_index, v**2
+            )
             ratios = (sq(delta) / sq(before_norms)).sqrt()
             m |= {f"update_ratio/{name}": ratios[g] for g, name in enumerate(self.group_names)}
         m |= self._optimizer_state_stats()
@@ -338,7 +370,9 @@ class StabilityMonitor(L.Callback):
         return m, layers
 
     def _by_layer(self, per_param: torch.Tensor) -> torch.Tensor:
-        sq = torch.zeros(len(self.layers), device=per_param.device).index_add_(0, self.layer_index, per_param**2)
+        sq = torch.zeros(len(self.layers), device=per_param.device).index_add_(
+            0, self.layer_index, per_param**2
+        )
         return sq.sqrt()
 
     def _optimizer_state_stats(self) -> dict:
@@ -358,14 +392,19 @@ class StabilityMonitor(L.Callback):
 
         step = trainer.global_step - 1
         for logger in wandb_loggers(trainer):
-            logger.log_metrics({f"stability/{k}/per_layer": wandb.Histogram(v.cpu().numpy())
-                                for k, v in layers.items()}, step=step)
+            logger.log_metrics(
+                {f"stability/{k}/per_layer": wandb.Histogram(v.cpu().numpy()) for k, v in layers.items()},
+                step=step,
+            )
 
     def _halt(self, trainer) -> None:
         step, reason = self._halt_pending
         self._halt_pending = None
-        directory = self.halt_checkpoint_dir or getattr(trainer.checkpoint_callback, "dirpath", None) or (
-            Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints")
+        directory = (
+            self.halt_checkpoint_dir
+            or getattr(trainer.checkpoint_callback, "dirpath", None)
+            or (Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints")
+        )
         path = Path(directory) / f"halt-step{step}.ckpt"
         trainer.save_checkpoint(path)  # every rank calls it; the update of the bad step was skipped
         trainer.should_stop = True

@@ -39,7 +39,9 @@ class RunSummary(L.Callback):
     def on_fit_end(self, trainer, pl_module):
         self.summary = self.collect(trainer)
         for logger in wandb_loggers(trainer):
-            logger.experiment.summary.update({f"summary/{k}": v for k, v in self.summary.items() if v is not None})
+            logger.experiment.summary.update(
+                {f"summary/{k}": v for k, v in self.summary.items() if v is not None}
+            )
         if trainer.is_global_zero:
             self.console.print(self.table(self.summary))
 
@@ -64,8 +66,10 @@ class RunSummary(L.Callback):
         stability = next((cb for cb in trainer.callbacks if isinstance(cb, StabilityMonitor)), None)
         if stability is not None and hasattr(stability, "counters"):
             c = stability.counters
-            out |= {name: int(c[name]) for name in ("loss_spikes", "grad_norm_spikes", "nonfinite_steps",
-                                                    "skipped_steps")}
+            out |= {
+                name: int(c[name])
+                for name in ("loss_spikes", "grad_norm_spikes", "nonfinite_steps", "skipped_steps")
+            }
         return out
 
     @staticmethod
@@ -74,17 +78,30 @@ class RunSummary(L.Callback):
         table.add_column("metric", style="bold")
         table.add_column("value", justify="right")
         labels = {
-            "val_loss": "val loss (final)", "best_val_loss": "val loss (best)", "val_ppl": "val perplexity",
-            "steps": "optimizer steps", "tokens": "tokens", "time_s": "time (s)", "device_hours": "device-hours",
-            "tokens_per_s": "tokens/s", "mfu": "MFU", "loss_spikes": "loss spikes",
-            "grad_norm_spikes": "grad-norm spikes", "nonfinite_steps": "non-finite steps",
+            "val_loss": "val loss (final)",
+            "best_val_loss": "val loss (best)",
+            "val_ppl": "val perplexity",
+            "steps": "optimizer steps",
+            "tokens": "tokens",
+            "time_s": "time (s)",
+            "device_hours": "device-hours",
+            "tokens_per_s": "tokens/s",
+            "mfu": "MFU",
+            "loss_spikes": "loss spikes",
+            "grad_norm_spikes": "grad-norm spikes",
+            "nonfinite_steps": "non-finite steps",
             "skipped_steps": "skipped steps",
         }
         for key, label in labels.items():
             if key not in summary:
                 continue
             v = summary[key]
-            text = "-" if v is None else f"{v:.2%}" if key == "mfu" else (
-                f"{v:.4f}" if key in ("val_loss", "best_val_loss") else format_quantity(v))
+            text = (
+                "-"
+                if v is None
+                else f"{v:.2%}"
+                if key == "mfu"
+                else (f"{v:.4f}" if key in ("val_loss", "best_val_loss") else format_quantity(v))
+            )
             table.add_row(label, text)
         return table

@@ -33,7 +33,9 @@ def tokens_in_batch(batch) -> tuple[int, int]:
     if isinstance(batch, dict):
         batch = batch["input_ids"]
     if not isinstance(batch, torch.Tensor) or batch.ndim != 2:
-        raise ValueError(f"ThroughputMonitor expects batches as [B, T+1] token tensors, got {type(batch).__name__}")
+        raise ValueError(
+            f"ThroughputMonitor expects batches as [B, T+1] token tensors, got {type(batch).__name__}"
+        )
     return batch.shape[0], batch.shape[1] - 1
 
 
@@ -74,7 +76,9 @@ class ThroughputMonitor(L.Callback):
         if price_per_device_hour is not None and price_per_device_hour < 0:
             raise ValueError(f"throughput.price_per_device_hour={price_per_device_hour} must be >= 0 or null")
         if decode_tokens < 0 or warmup_intervals < 0 or tokens_per_param <= 0:
-            raise ValueError("throughput: decode_tokens and warmup_intervals must be >= 0, tokens_per_param > 0")
+            raise ValueError(
+                "throughput: decode_tokens and warmup_intervals must be >= 0, tokens_per_param > 0"
+            )
         self.log_every_n_steps = log_every_n_steps
         self.peak_flops_override = peak_flops
         self.price_per_device_hour = price_per_device_hour
@@ -114,8 +118,9 @@ class ThroughputMonitor(L.Callback):
         self.flops_per_token = train_flops_per_token(shape, seq_len)
         decode_tps = None
         if self.decode_tokens:
-            decode_tps = measure_decode_speed(self.model, new_tokens=self.decode_tokens,
-                                              autocast_dtype=self.autocast_dtype)
+            decode_tps = measure_decode_speed(
+                self.model, new_tokens=self.decode_tokens, autocast_dtype=self.autocast_dtype
+            )
         self.projection = CostProjection(
             flops_per_token=self.flops_per_token,
             n_params=shape.n_params,
@@ -173,7 +178,9 @@ class ThroughputMonitor(L.Callback):
 
     def on_train_end(self, trainer, pl_module):
         if self.projection is not None and self.projection.tokens_per_s is None and self.tokens_per_s:
-            rank_zero_warn("ThroughputMonitor: run shorter than the warm-up; cost projected from the first interval")
+            rank_zero_warn(
+                "ThroughputMonitor: run shorter than the warm-up; cost projected from the first interval"
+            )
             self.projection.tokens_per_s = self.tokens_per_s
             self._log_cost(trainer)
 

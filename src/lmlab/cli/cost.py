@@ -56,8 +56,13 @@ def world_size(trainer_cfg: DictConfig, device: torch.device) -> int:
     return max(devices, 1) * int(trainer_cfg.get("num_nodes", 1))
 
 
-def project_from_config(cfg: DictConfig, measure_steps: int = 5, decode_tokens: int = 32,
-                        price: float | None = None, peak_flops: float | None = None) -> tuple[dict, CostProjection]:
+def project_from_config(
+    cfg: DictConfig,
+    measure_steps: int = 5,
+    decode_tokens: int = 32,
+    price: float | None = None,
+    peak_flops: float | None = None,
+) -> tuple[dict, CostProjection]:
     """(measured inputs, projection) for a composed train config."""
     accelerator = cfg.trainer.get("accelerator", "auto")
     use_cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
@@ -73,8 +78,14 @@ def project_from_config(cfg: DictConfig, measure_steps: int = 5, decode_tokens: 
     if "true" in precision:
         model = model.to(dtype)
     batch_size, seq_len = int(cfg.data.batch_size), int(cfg.data.block_size)
-    per_device = measure_train_throughput(model, batch_size, seq_len, steps=measure_steps, autocast_dtype=autocast)
-    decode = measure_decode_speed(model, new_tokens=decode_tokens, autocast_dtype=autocast) if decode_tokens else None
+    per_device = measure_train_throughput(
+        model, batch_size, seq_len, steps=measure_steps, autocast_dtype=autocast
+    )
+    decode = (
+        measure_decode_speed(model, new_tokens=decode_tokens, autocast_dtype=autocast)
+        if decode_tokens
+        else None
+    )
     shape = model_shape(model)
     n_devices = world_size(cfg.trainer, device)
     accumulate = int(cfg.trainer.get("accumulate_grad_batches", 1))
@@ -115,18 +126,23 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--price", type=float, help="money per device-hour")
     parser.add_argument("--peak-flops", type=float, help="peak FLOP/s of one device (default: detected)")
     parser.add_argument("--measure-steps", type=int, default=5, help="timed forward/backward steps")
-    parser.add_argument("--decode-tokens", type=int, default=32, help="tokens generated to time decoding (0: skip)")
+    parser.add_argument(
+        "--decode-tokens", type=int, default=32, help="tokens generated to time decoding (0: skip)"
+    )
     parser.add_argument("--json", action="store_true", help="print inputs and metrics as JSON")
     args = parser.parse_args(argv)
     if args.measure_steps < 1 or args.decode_tokens < 0:
         parser.error("--measure-steps must be >= 1 and --decode-tokens >= 0")
-    inputs, projection = project_from_config(compose_config(args.overrides), args.measure_steps,
-                                             args.decode_tokens, args.price, args.peak_flops)
+    inputs, projection = project_from_config(
+        compose_config(args.overrides), args.measure_steps, args.decode_tokens, args.price, args.peak_flops
+    )
     result = {"inputs": inputs, "metrics": projection.metrics()}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        table = Table(title=f"lmlab cost: {inputs['device']}, {inputs['precision']}, {inputs['world_size']} device(s)")
+        table = Table(
+            title=f"lmlab cost: {inputs['device']}, {inputs['precision']}, {inputs['world_size']} device(s)"
+        )
         table.add_column("metric")
         table.add_column("value", justify="right")
         for key, value in result["metrics"].items():

@@ -82,17 +82,26 @@ def load_runs(path: Path) -> list[Run]:
     if (path / "metrics.csv").is_file():
         dirs = [path]
     else:
-        dirs = sorted((d for d in path.iterdir() if (d / "metrics.csv").is_file()),
-                      key=lambda d: (not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0, d.name))
+        dirs = sorted(
+            (d for d in path.iterdir() if (d / "metrics.csv").is_file()),
+            key=lambda d: (not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0, d.name),
+        )
     if not dirs:
-        raise FileNotFoundError(f"{path}: neither a run directory with metrics.csv nor a multirun directory of them")
+        raise FileNotFoundError(
+            f"{path}: neither a run directory with metrics.csv nor a multirun directory of them"
+        )
     runs = []
     for d in dirs:
         config_file = d / "config.yaml"
-        config = _flatten(OmegaConf.to_container(OmegaConf.load(config_file))) if config_file.is_file() else {}
+        config = (
+            _flatten(OmegaConf.to_container(OmegaConf.load(config_file))) if config_file.is_file() else {}
+        )
         runs.append(Run(d.name, d, read_metrics_csv(d / "metrics.csv"), config))
-    differing = sorted(k for k in set().union(*(r.config for r in runs))
-                       if not k.startswith(_NOT_SETTINGS) and len({repr(r.config.get(k)) for r in runs}) > 1)
+    differing = sorted(
+        k
+        for k in set().union(*(r.config for r in runs))
+        if not k.startswith(_NOT_SETTINGS) and len({repr(r.config.get(k)) for r in runs}) > 1
+    )
     for run in runs:
         settings = " ".join(f"{k}={run.config.get(k)}" for k in differing)
         run.label = f"{run.name}: {settings}" if settings else run.name
@@ -101,11 +110,14 @@ def load_runs(path: Path) -> list[Run]:
 
 def sweep_objective(path: Path, runs: list[Run]) -> tuple[str, bool]:
     """(metric name, maximise?) from the jobs' `optimized_metric` and the sweeper's direction."""
-    metric = next((r.config["optimized_metric"] for r in runs if r.config.get("optimized_metric")), "val/loss")
+    metric = next(
+        (r.config["optimized_metric"] for r in runs if r.config.get("optimized_metric")), "val/loss"
+    )
     direction = "minimize"
     if (Path(path) / "multirun.yaml").is_file():
-        direction = OmegaConf.select(OmegaConf.load(Path(path) / "multirun.yaml"), "hydra.sweeper.direction",
-                                     default="minimize")
+        direction = OmegaConf.select(
+            OmegaConf.load(Path(path) / "multirun.yaml"), "hydra.sweeper.direction", default="minimize"
+        )
     return metric, str(direction).lower().startswith("max")
 
 
@@ -183,8 +195,12 @@ def plot_update_ratio(runs: list[Run]) -> Figure | None:
         for key in sorted(k for k in run.metrics if k.startswith("stability/update_ratio")):
             name = key.removeprefix("stability/")
             style = dict(lw=1.5) if key == "stability/update_ratio" else dict(lw=0.8, ls="--")
-            ax.plot(*run.metrics[key], color=_color(i), label=f"{name} {run.label}" if len(runs) > 1 else name,
-                    **style)
+            ax.plot(
+                *run.metrics[key],
+                color=_color(i),
+                label=f"{name} {run.label}" if len(runs) > 1 else name,
+                **style,
+            )
             drawn = True
     return _finish(fig, ax, drawn)
 
@@ -197,7 +213,9 @@ def plot_throughput(runs: list[Run]) -> Figure | None:
         if s is not None:
             mfu = run.last("perf/mfu")
             suffix = f" (MFU {mfu:.1%})" if mfu is not None else ""
-            ax.plot(*s, color=_color(i), marker=".", label=(run.label if len(runs) > 1 else "tokens/s") + suffix)
+            ax.plot(
+                *s, color=_color(i), marker=".", label=(run.label if len(runs) > 1 else "tokens/s") + suffix
+            )
             drawn = True
     return _finish(fig, ax, drawn)
 
@@ -209,8 +227,13 @@ def _finish(fig: Figure, ax, drawn: bool) -> Figure | None:
     return fig
 
 
-PLOTS = {"loss": plot_loss, "lr": plot_lr, "grad_norm": plot_grad_norm, "update_ratio": plot_update_ratio,
-         "throughput": plot_throughput}
+PLOTS = {
+    "loss": plot_loss,
+    "lr": plot_lr,
+    "grad_norm": plot_grad_norm,
+    "update_ratio": plot_update_ratio,
+    "throughput": plot_throughput,
+}
 
 
 # ---- table and page -------------------------------------------------------------------------
@@ -222,17 +245,19 @@ def summary_rows(runs: list[Run], metric: str, maximize: bool) -> list[dict]:
     for run in runs:
         s = run.series(metric)
         tps = run.series("perf/tokens_per_s")
-        rows.append({
-            "run": run.name,
-            "settings": run.label.partition(": ")[2],
-            f"{metric} (final)": float(s[1][-1]) if s is not None else None,
-            f"{metric} (best)": float((s[1].max() if maximize else s[1].min())) if s is not None else None,
-            "steps": int(max(v[0][-1] for v in run.metrics.values())) + 1 if run.metrics else 0,
-            "tokens/s": float(np.median(tps[1])) if tps is not None else None,
-            "MFU": run.last("perf/mfu"),
-            "loss spikes": run.last("stability/loss_spikes"),
-            "non-finite steps": run.last("stability/nonfinite_steps"),
-        })
+        rows.append(
+            {
+                "run": run.name,
+                "settings": run.label.partition(": ")[2],
+                f"{metric} (final)": float(s[1][-1]) if s is not None else None,
+                f"{metric} (best)": float(s[1].max() if maximize else s[1].min()) if s is not None else None,
+                "steps": int(max(v[0][-1] for v in run.metrics.values())) + 1 if run.metrics else 0,
+                "tokens/s": float(np.median(tps[1])) if tps is not None else None,
+                "MFU": run.last("perf/mfu"),
+                "loss spikes": run.last("stability/loss_spikes"),
+                "non-finite steps": run.last("stability/nonfinite_steps"),
+            }
+        )
     key = f"{metric} (final)"
     rows.sort(key=lambda r: (r[key] is None, -(r[key] or 0) if maximize else (r[key] or 0)))
     return rows
@@ -252,21 +277,30 @@ def render_html(path: Path, runs: list[Run]) -> str:
     metric, maximize = sweep_objective(path, runs)
     rows = summary_rows(runs, metric, maximize)
     header = "".join(f"<th>{html.escape(k)}</th>" for k in ["rank", *rows[0]])
-    body = "".join("<tr>" + f"<td>{i + 1}</td>" + "".join(f"<td>{_cell(k, v)}</td>" for k, v in row.items())
-                   + "</tr>" for i, row in enumerate(rows))
+    body = "".join(
+        "<tr>" + f"<td>{i + 1}</td>" + "".join(f"<td>{_cell(k, v)}</td>" for k, v in row.items()) + "</tr>"
+        for i, row in enumerate(rows)
+    )
     figures = []
     for name, plot in PLOTS.items():
         fig = plot(runs)
         if fig is not None:
-            figures.append(f'<figure id="{name}"><img alt="{name}" src="data:image/png;base64,{_png(fig)}">'
-                           f"</figure>")
+            figures.append(
+                f'<figure id="{name}"><img alt="{name}" src="data:image/png;base64,{_png(fig)}"></figure>'
+            )
     info = ""
     if len(runs) == 1 and (runs[0].path / "run.json").is_file():
         run_json = json.loads((runs[0].path / "run.json").read_text())
-        info = "<p class=info>" + " · ".join(f"<b>{html.escape(str(k))}</b> {html.escape(str(v))}"
-                                             for k, v in run_json.items()) + "</p>"
-    kind = "sweep of {} runs, ranked by {} ({})".format(len(runs), metric, "max" if maximize else "min") \
-        if len(runs) > 1 else "single run"
+        info = (
+            "<p class=info>"
+            + " · ".join(f"<b>{html.escape(str(k))}</b> {html.escape(str(v))}" for k, v in run_json.items())
+            + "</p>"
+        )
+    kind = (
+        "sweep of {} runs, ranked by {} ({})".format(len(runs), metric, "max" if maximize else "min")
+        if len(runs) > 1
+        else "single run"
+    )
     title = html.escape(str(Path(path).resolve()))
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>lmlab report: {title}</title>

@@ -103,6 +103,20 @@ def check_model_fits_data(model, datamodule) -> None:
         )
 
 
+def check_teacher(loss, model, tokenizer) -> None:
+    """A teacher must share the student's tokenizer, or its logits index different tokens."""
+    teacher_tokenizer = getattr(loss, "teacher_tokenizer", None)
+    if teacher_tokenizer is None:
+        return
+    if teacher_tokenizer.backend_tokenizer.to_str() != tokenizer.backend_tokenizer.to_str():
+        raise ValueError("loss.teacher was trained with a different tokenizer than this run's data "
+                         "(data.corpus and data.vocab_size must match the teacher's run)")
+    vocab = model(torch.zeros(1, 1, dtype=torch.long)).logits.shape[-1]
+    teacher_vocab = loss.teacher(torch.zeros(1, 1, dtype=torch.long)).logits.shape[-1]
+    if vocab != teacher_vocab:
+        raise ValueError(f"loss.teacher has {teacher_vocab} output logits, the model {vocab}")
+
+
 def train(cfg: DictConfig) -> float | None:
     check_config(cfg)
     run_dir = Path(cfg.paths.output_dir)
@@ -112,6 +126,7 @@ def train(cfg: DictConfig) -> float | None:
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
     check_model_fits_data(model, datamodule)
+    loss = instantiate(cfg.loss)
     optimizer, scheduler = instantiate(cfg.optimizer), instantiate(cfg.sched)
     if scheduler is not None:  # schedules validate their arguments on construction: fail now, not later
         scheduler(optimizer([torch.zeros(1, requires_grad=True)]))
@@ -125,10 +140,11 @@ def train(cfg: DictConfig) -> float | None:
     datamodule.prepare_data()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # encoding is done; DataLoader workers fork
     tokenizer = datamodule.load_tokenizer()
+    check_teacher(loss, model, tokenizer)
     if rank_zero_only.rank == 0:
         tokenizer.save_pretrained(run_dir / "tokenizer")
 
-    module = LitLM(model, instantiate(cfg.loss), optimizer, scheduler, compile=cfg.compile, tokenizer=tokenizer)
+    module = LitLM(model, loss, optimizer, scheduler, compile=cfg.compile, tokenizer=tokenizer)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = build_loggers(cfg, run_dir, info)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=run_dir)

@@ -4,5 +4,6 @@ from lmlab.losses.contrastive import info_nce
 from lmlab.losses.distillation import kl_divergence
 from lmlab.losses.language_modeling import LanguageModelingLoss, cross_entropy
 from lmlab.losses.regression import mse
+from lmlab.losses.teacher import TeacherLoss
 
-__all__ = ["cross_entropy", "mse", "kl_divergence", "info_nce", "LanguageModelingLoss"]
+__all__ = ["cross_entropy", "mse", "kl_divergence", "info_nce", "LanguageModelingLoss", "TeacherLoss"]

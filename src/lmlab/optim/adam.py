@@ -47,10 +47,10 @@ def adam_update(
         torch._foreach_mul_(params, cohort.scalar(1.0 - lr * weight_decay, if_skipped=1.0))
     elif weight_decay:
         grads = torch._foreach_add(grads, params, alpha=weight_decay)
-    torch._foreach_lerp_(exp_avgs, cohort.unless_skipped(grads, exp_avgs), 1.0 - beta1)  # lerp to itself
-    square_grads = cohort.unless_skipped(grads, 0.0)
+    grads = cohort.zero_if_skipped(grads)
+    cohort.lerp_(exp_avgs, grads, 1.0 - beta1)
     torch._foreach_mul_(exp_avg_sqs, cohort.scalar(beta2, if_skipped=1.0))
-    torch._foreach_addcmul_(exp_avg_sqs, square_grads, square_grads, value=1.0 - beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
     scale, offset = _denominator_coefficients(cohort, lr, beta1, beta2, eps)
     denominators = torch._foreach_sqrt(exp_avg_sqs)
     torch._foreach_mul_(denominators, scale)

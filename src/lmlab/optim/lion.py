@@ -32,7 +32,7 @@ class Lion(SkippableOptimizer):
     def update(self, group: dict, cohort: Cohort) -> None:
         lr, (beta1, beta2), weight_decay = group["lr"], group["betas"], group["weight_decay"]
         params, exp_avgs = cohort.params, cohort.state_list("exp_avg")
-        grads = cohort.unless_skipped(cohort.grads, exp_avgs)  # on a skip the moment lerps to itself
+        grads = cohort.zero_if_skipped(cohort.grads)
         if weight_decay:
             torch._foreach_mul_(params, cohort.scalar(1.0 - lr * weight_decay, if_skipped=1.0))
         directions = torch._foreach_lerp(exp_avgs, grads, 1.0 - beta1)
@@ -40,4 +40,4 @@ class Lion(SkippableOptimizer):
         if cohort.skip is not None:
             torch._foreach_mul_(directions, cohort.scalar(1.0, if_skipped=0.0))
         torch._foreach_add_(params, directions, alpha=-lr)
-        torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta2)
+        cohort.lerp_(exp_avgs, grads, 1.0 - beta2)

@@ -156,8 +156,8 @@ class Muon(SkippableOptimizer):
             return
         momentum, params = group["momentum"], cohort.params
         buffers = cohort.state_list("momentum_buffer")
-        grads = cohort.unless_skipped(cohort.grads, buffers)  # on a skip the buffer lerps to itself
-        torch._foreach_lerp_(buffers, grads, 1.0 - momentum)
+        grads = cohort.zero_if_skipped(cohort.grads)
+        cohort.lerp_(buffers, grads, 1.0 - momentum)
         directions = torch._foreach_lerp(grads, buffers, momentum) if group["nesterov"] else buffers
         if weight_decay:
             torch._foreach_mul_(params, cohort.scalar(1.0 - lr * weight_decay, if_skipped=1.0))

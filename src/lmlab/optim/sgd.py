@@ -42,7 +42,7 @@ class SGD(SkippableOptimizer):
         params, grads = cohort.params, cohort.grads
         if group["weight_decay"]:
             grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
-        grads = cohort.unless_skipped(grads, 0.0)
+        grads = cohort.zero_if_skipped(grads)
         if momentum:
             buffers = cohort.state_list("momentum_buffer")
             torch._foreach_mul_(buffers, cohort.scalar(momentum, if_skipped=1.0))

@@ -3,9 +3,10 @@
 Skipping. ``optimizer.skip_step`` is None or a 0-dim bool tensor on the parameters' device (set by the
 stability callback). When it holds True, ``step()`` leaves parameters and all state (moments, step
 counts) bit-identical, even if gradients hold NaN/inf; when False, the step is bit-identical to a step
-with ``skip_step=None``. The decision stays on the device: non-finite gradients are replaced with
-``torch.where`` and every increment is multiplied by, or selected with, the flag; no ``.item()``, no
-Python branch on a tensor value.
+with ``skip_step=None``. The decision stays on the device: gradients are replaced by zeros with
+``torch.where`` (NaN/inf never enter the arithmetic) and every coefficient is selected with the flag
+(moment weights 0, decay factors 1, update scales 0); no ``.item()``, no Python branch on a tensor.
+Cost: one extra elementwise pass over the gradients while a flag is set.
 
 Step counters. Bias corrections need the step count on the device (a host count could not see a skip).
 The count lives in ``state["step"]`` (float32, 0-dim, like torch's fused/capturable Adam), but all
@@ -80,19 +81,22 @@ class Cohort:
         full = torch.full((), value, dtype=coefficient_dtype(self.dtype), device=self.device)
         return torch.where(self.skip, if_skipped, full)
 
-    def unless_skipped(
-        self, tensors: list[torch.Tensor], replacement: list[torch.Tensor] | float
-    ) -> list[torch.Tensor]:
-        """``tensors`` (gradients), each replaced by ``replacement`` (state tensors or a constant) on a skip.
+    def zero_if_skipped(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``tensors`` (gradients), each replaced by zeros on a skipped step.
 
-        Replacing rather than multiplying keeps NaN/inf gradients out of the arithmetic. With no skip flag
-        the tensors themselves come back (no copy, no extra kernels).
+        Replacing (``torch.where``) rather than multiplying keeps NaN/inf gradients out of the arithmetic.
+        With no skip flag the tensors themselves come back (no copy, no extra kernels).
         """
         if self.skip is None:
             return tensors
-        if isinstance(replacement, list):
-            return [torch.where(self.skip, r, t) for r, t in zip(replacement, tensors, strict=True)]
-        return [torch.where(self.skip, replacement, t) for t in tensors]
+        return [torch.where(self.skip, 0.0, t) for t in tensors]
+
+    def lerp_(self, tensors: list[torch.Tensor], ends: list[torch.Tensor], weight: float) -> None:
+        """``tensors += weight * (ends - tensors)`` in place, with weight 0 (bit-exact no-op) on a skip."""
+        if self.skip is None:
+            torch._foreach_lerp_(tensors, ends, weight)
+        else:
+            torch._foreach_lerp_(tensors, ends, [self.scalar(weight, if_skipped=0.0)] * len(tensors))
 
 
 class SkippableOptimizer(Optimizer):
@@ -128,7 +132,6 @@ class SkippableOptimizer(Optimizer):
 
     def cohorts(self, group: dict) -> list[Cohort]:
         """Group the parameters with grads into cohorts and advance each cohort's counter (unless skipped)."""
-        users = Counter(id(self.state[p]["step"]) for p in group["params"] if "step" in self.state.get(p, {}))
         cohorts: dict[tuple, Cohort] = {}
         new_counters: dict[tuple, torch.Tensor] = {}
         for p in group["params"]:
@@ -148,11 +151,15 @@ class SkippableOptimizer(Optimizer):
             cohort.params.append(p)
             cohort.grads.append(p.grad)
             cohort.states.append(state)
+        if any(p.grad is None for p in group["params"]):  # a counter's sharers without a grad: split them off
+            states = (self.state.get(p, {}) for p in group["params"])
+            users = Counter(id(state["step"]) for state in states if "step" in state)
+            for cohort in cohorts.values():
+                if len(cohort.params) < users[id(cohort.step)]:
+                    cohort.step = cohort.step.clone()
+                    for state in cohort.states:
+                        state["step"] = cohort.step
         for cohort in cohorts.values():
-            if len(cohort.params) < users[id(cohort.step)]:  # some sharers have no grad: split them off
-                cohort.step = cohort.step.clone()
-                for state in cohort.states:
-                    state["step"] = cohort.step
             cohort.skip = self._skip_on(cohort.device)
             cohort.step.add_(1.0 if cohort.skip is None else (~cohort.skip).float())
         return list(cohorts.values())

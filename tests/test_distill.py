@@ -1,0 +1,49 @@
+"""Distillation against a teacher checkpoint trained in the test."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmlab.checkpoint import load_checkpoint
+from lmlab.cli.train import train
+from lmlab.losses import kl_divergence
+
+
+@pytest.fixture
+def teacher_dir(make_cfg, tmp_path) -> Path:
+    run_dir = tmp_path / "teacher"
+    train(make_cfg("trainer.max_steps=30", "trainer.val_check_interval=30", "optimizer.lr=1e-2",
+                   "sched.warmup_steps=5", run_dir=run_dir))
+    return run_dir
+
+
+def teacher_kl(student, teacher, tokens) -> float:
+    with torch.no_grad():
+        return kl_divergence(student(tokens).logits, teacher(tokens).logits).item()
+
+
+def test_kl_distillation_moves_the_student_towards_the_teacher(make_cfg, teacher_dir, tmp_path):
+    teacher, tokenizer, _ = load_checkpoint(teacher_dir)
+    tokens = torch.tensor([tokenizer.encode("def loads(s, *, cls=None, object_hook=None):\n    return")])
+    student_dir = tmp_path / "student"
+    cfg = make_cfg("loss=kl", f"loss.teacher={teacher_dir}", "loss.temperature=1.0", "trainer.max_steps=30",
+                   "trainer.val_check_interval=30", "optimizer.lr=1e-2", "sched.warmup_steps=5", "seed=7",
+                   run_dir=student_dir)
+    untrained = load_checkpoint(teacher_dir)[0]
+    torch.manual_seed(7)
+    for p in untrained.parameters():  # a fresh student of the same shape
+        torch.nn.init.normal_(p, std=0.02)
+    train(cfg)
+    student, _, _ = load_checkpoint(student_dir / "checkpoints" / "last.ckpt")
+    assert teacher_kl(student, teacher, tokens) < 0.5 * teacher_kl(untrained, teacher, tokens)
+
+
+def test_missing_teacher_is_a_clear_error(make_cfg, tmp_path):
+    with pytest.raises(Exception, match="loss.teacher=.*does not exist"):  # wrapped by Hydra's instantiate
+        train(make_cfg("loss=distill", f"loss.teacher={tmp_path / 'nowhere'}"))
+
+
+def test_teacher_with_another_tokenizer_is_refused(make_cfg, teacher_dir):
+    with pytest.raises(ValueError, match="different tokenizer"):
+        train(make_cfg("loss=distill", f"loss.teacher={teacher_dir}", "data.vocab_size=320"))
