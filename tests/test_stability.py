@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins.precision import MixedPrecision
 from torch.utils.data import DataLoader
 
 from lmlab.callbacks.stability import SpikeDetector, StabilityMonitor, layer_name
@@ -117,7 +118,7 @@ def fit_tiny(
     """A real short CPU run logging to `<run_dir>/metrics.csv`, as lmlab's train CLI does."""
     module = module or TinyLM()
     data = markov_sequences(n_seqs)
-    train = DataLoader(data, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(1))
+    train = DataLoader(data, batch_size=8)  # (a seeded generator here breaks ddp_spawn pickling)
     val_loader = DataLoader(markov_sequences(32, seed=7), batch_size=16) if val else None
     kwargs = dict(
         max_steps=steps,
@@ -292,6 +293,35 @@ def test_skip_policy_leaves_params_and_state_of_bad_step(tmp_path, optimizer):
     assert m["stability/skipped_steps"][2] == 0
 
 
+def test_fp16_grad_scaler_overflows_are_counted_skipped_and_not_halted(tmp_path):
+    """16-mixed (fp16 autocast + GradScaler, here on CPU): a high initial loss scale overflows the
+    first steps; the scaler skips them, the monitor counts them and `halt` does not fire."""
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**22)
+    monitor = StabilityMonitor(policy="halt")
+    trainer, module = fit_tiny(
+        tmp_path,
+        [Recorder(0.0), monitor],
+        steps=10,
+        plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)],
+    )
+    m = read_metrics(tmp_path)
+    overflowed = [s for s in range(10) if not math.isfinite(m["stability/grad_norm"].get(s, math.nan))]
+    assert overflowed and trainer.global_step == 10 and monitor.halt_message is None
+    assert m["stability/nonfinite_steps"][9] == m["stability/skipped_steps"][9] == len(overflowed)
+    for s in overflowed:  # the scaler skipped those updates
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(module.recorded[s]["before"], module.recorded[s]["after"], strict=True)
+        )
+    assert m["stability/loss_scale"][9] < 2.0**22
+    finite = [m["stability/grad_norm"][s] for s in range(10) if s not in overflowed]
+    assert finite and max(finite) < 100  # unscaled before measuring (scaled norms would be ~1e5 and up)
+    # the loss the spike test saw is the unscaled step loss
+    assert monitor.loss_detector.values[:10].tolist() == pytest.approx(
+        [m["train/loss"][s] for s in range(10)], rel=1e-6
+    )
+
+
 def test_halt_policy_stops_with_message_and_usable_checkpoint(tmp_path):
     module = TinyLM(inject={3: "nan"})
     monitor = StabilityMonitor(policy="halt")
@@ -329,6 +359,33 @@ def test_loss_spike_detected_once_and_no_false_spikes_on_a_normal_run(tmp_path):
     assert m["stability/loss_spikes"][last] == 1
     assert m["stability/spike_step"][last] == spike_at
     assert m["stability/loss_spikes"][spike_at - 1] == 0
+
+
+class ParamChecksum(L.Callback):
+    """Writes each rank's parameter checksum at the end of fit (to compare replicas across ranks)."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+
+    def on_fit_end(self, trainer, pl_module):
+        total = sum(p.double().sum().item() for p in pl_module.parameters())
+        (self.directory / f"rank{trainer.global_rank}.txt").write_text(repr(total))
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_ddp_ranks_take_the_same_decision_on_a_spike_seen_by_one_rank(tmp_path):
+    """Only rank 1's loss spikes; the all-reduced loss makes both ranks detect and skip it, so the
+    replicas stay identical (a rank-local decision would make them diverge)."""
+    module = TinyLM(optimizer="skippable_sgd", lr=0.05, inject={8: "spike"}, inject_rank=1)
+    monitor = StabilityMonitor(spike_window=8, spike_warmup=4, policy="skip", detect_grad_spikes=False)
+    fit_tiny(
+        tmp_path, [monitor, ParamChecksum(tmp_path)], steps=10, module=module, strategy="ddp_spawn", devices=2
+    )
+    m = read_metrics(tmp_path)
+    assert m["stability/loss_spikes"][9] == 1 and m["stability/spike_step"][9] == 8  # logged by rank 0
+    assert m["stability/skipped_steps"][9] == 1
+    assert (tmp_path / "rank0.txt").read_text() == (tmp_path / "rank1.txt").read_text()
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,10 @@ def test_train_py_end_to_end_with_wandb_offline(run_train_py, tmp_path):
     # one offline W&B run inside the run directory, with its binary record log
     (wandb_run,) = (run_dir / "wandb").glob("offline-run-*")
     assert list(wandb_run.glob("run-*.wandb"))
+    # the decoding callback: metrics in the CSV, the texts as a W&B table
+    assert column(rows, "decode/sample/tokens_per_s") and column(rows, "decode/sample/distinct_2")
+    (table,) = sorted(wandb_run.glob("files/media/table/decode/samples_*.table.json"))[-1:]
+    assert json.loads(table.read_text())["columns"] == ["step", "strategy", "prompt", "output"]
     # self-describing: resolved config, provenance, tokenizer, checkpoints that load alone
     assert "optimizer" in (run_dir / "config.yaml").read_text()
     info = json.loads((run_dir / "run.json").read_text())

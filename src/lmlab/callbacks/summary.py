@@ -33,7 +33,7 @@ class RunSummary(L.Callback):
 
     def on_validation_end(self, trainer, pl_module):
         value = trainer.callback_metrics.get("val/loss")
-        if value is not None and not trainer.sanity_checking:
+        if value is not None and trainer.state.fn == "fit" and not trainer.sanity_checking:
             self._best_val = min(self._best_val, float(value))
 
     def on_fit_end(self, trainer, pl_module):

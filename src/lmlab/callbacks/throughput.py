@@ -147,7 +147,7 @@ class ThroughputMonitor(L.Callback):
         self._val_start = time.perf_counter()
 
     def on_validation_end(self, trainer, pl_module):
-        if not trainer.sanity_checking:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:  # not in trainer.validate()
             self._val_time += time.perf_counter() - self._val_start
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):

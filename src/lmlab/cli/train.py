@@ -24,11 +24,13 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
-from rich.text import Text
 
 from lmlab.cli import CONF_DIR
+from lmlab.cli.display import print_results
+from lmlab.decoding.evaluate import evaluate_strategy, named_strategies
+from lmlab.data import CodePairsDataModule
 from lmlab.loggers import AppendingCSVLogger
+from lmlab.losses import InfoNCELoss
 from lmlab.module import LitLM
 
 log = logging.getLogger("lmlab")
@@ -103,6 +105,30 @@ def check_model_fits_data(model, datamodule) -> None:
         )
 
 
+def check_loss_fits_data(loss, model, datamodule) -> None:
+    """A contrastive loss compares embeddings of pair batches; SimCSE's two views differ only by dropout."""
+    pairs = isinstance(datamodule, CodePairsDataModule)
+    if isinstance(loss, InfoNCELoss) != pairs:
+        raise ValueError(
+            f"loss {type(loss).__name__} with data {type(datamodule).__name__}: loss=contrastive trains on "
+            "pair batches (data=code_pairs, which it selects unless data= is given), and only on those"
+        )
+    if pairs and datamodule.pairs == "simcse" and not dropout_differs(model):
+        raise ValueError("data.pairs=simcse needs dropout (the two views of a text differ only by it): "
+                         "set model.dropout > 0, e.g. model.dropout=0.1 (HF models: their dropout fields)")
+
+
+@torch.no_grad()
+def dropout_differs(model) -> bool:
+    """Whether two training-mode forward passes of one input differ."""
+    was_training = model.training
+    model.train()
+    ids = torch.zeros(1, 4, dtype=torch.long)
+    first, second = (model(ids, output_hidden=True).hidden for _ in range(2))
+    model.train(was_training)
+    return not torch.equal(first, second)
+
+
 def check_teacher(loss, model, tokenizer) -> None:
     """A teacher must share the student's tokenizer, or its logits index different tokens."""
     teacher_tokenizer = getattr(loss, "teacher_tokenizer", None)
@@ -127,6 +153,7 @@ def train(cfg: DictConfig) -> float | None:
     model = instantiate(cfg.model)
     check_model_fits_data(model, datamodule)
     loss = instantiate(cfg.loss)
+    check_loss_fits_data(loss, model, datamodule)
     optimizer, scheduler = instantiate(cfg.optimizer), instantiate(cfg.sched)
     if scheduler is not None:  # schedules validate their arguments on construction: fail now, not later
         scheduler(optimizer([torch.zeros(1, requires_grad=True)]))
@@ -158,7 +185,7 @@ def train(cfg: DictConfig) -> float | None:
         finish_wandb(loggers)
 
     metric = trainer.callback_metrics.get(cfg.optimized_metric)
-    if trainer.is_global_zero and not trainer.fast_dev_run:
+    if trainer.is_global_zero and not trainer.fast_dev_run and hasattr(datamodule, "val_prompts"):
         print_samples(module, datamodule, tokenizer, cfg)
     return float(metric) if metric is not None else None
 
@@ -173,20 +200,15 @@ def finish_wandb(loggers: list) -> None:
         wandb.finish()
 
 
-@torch.inference_mode()
 def print_samples(module: LitLM, datamodule, tokenizer, cfg: DictConfig) -> None:
+    """Continuations of a few validation prompts with the configured decoding strategies."""
     model = module.model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
-    decode = instantiate(cfg.decoding)
+    strategies = named_strategies(instantiate(cfg.decoding), HydraConfig.get().runtime.choices.decoding)
     prompts = datamodule.val_prompts(cfg.samples.num_prompts, 16)
-    console = Console()
-    console.print(f"\n[bold]Samples[/bold] ({cfg.decoding._target_.rsplit('.', 1)[-1]}; prompt, then bold continuation):")
-    for ids in prompts:
-        input_ids = torch.tensor([ids], device=next(model.parameters()).device)
-        out = decode(model, input_ids, max_new_tokens=cfg.samples.max_new_tokens)
-        out = out[0] if isinstance(out, tuple) else out
-        prompt, completion = tokenizer.decode(ids), tokenizer.decode(out[0, len(ids):].tolist())
-        console.rule()
-        console.print(Text(prompt) + Text(completion, style="bold"))
+    results = [evaluate_strategy(name, decode, model, prompts, cfg.samples.max_new_tokens,
+                                 tokenizer.eos_token_id, tokenizer.pad_token_id, cfg.seed)
+               for name, decode in strategies.items()]
+    print_results(results, tokenizer)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")

@@ -4,6 +4,7 @@ from lmlab.data.blocks import TokenBlocks
 from lmlab.data.corpus import Corpus, HFDataset, StdlibCode, TextFiles
 from lmlab.data.datamodule import LMDataModule
 from lmlab.data.packing import PackedCorpus, pack_corpus
+from lmlab.data.pairs import CodePairsDataModule
 from lmlab.data.sampler import ResumableShuffleSampler
 from lmlab.data.tokenizer import EOS_TOKEN, PAD_TOKEN, cached_tokenizer, load_tokenizer, train_tokenizer
 
@@ -22,4 +23,5 @@ __all__ = [
     "TokenBlocks",
     "ResumableShuffleSampler",
     "LMDataModule",
+    "CodePairsDataModule",
 ]

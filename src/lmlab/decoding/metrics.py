@@ -61,7 +61,7 @@ def repetition_rate(sequences, prompt_len, eos_token_id=None, n=4) -> float:
 def decode_metrics(sequences, prompt_len, eos_token_id=None) -> dict[str, float]:
     """mean_new_length, distinct_2 and repetition_rate (seq-rep-4) of a batch of outputs."""
     return {
-        "mean_new_length": float(generated_mask(sequences, prompt_len, eos_token_id).sum(-1).float().mean()),
+        "mean_new_length": float(generated_mask(sequences, prompt_len, eos_token_id).sum(-1).double().mean()),
         "distinct_2": distinct_n(sequences, prompt_len, eos_token_id, n=2),
         "repetition_rate": repetition_rate(sequences, prompt_len, eos_token_id, n=4),
     }

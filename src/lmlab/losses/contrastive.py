@@ -1,8 +1,9 @@
-"""InfoNCE with in-batch negatives, in its cross-entropy form."""
+"""InfoNCE with in-batch negatives in its cross-entropy form: a function and ``loss=contrastive``'s module."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from lmlab.losses.language_modeling import cross_entropy
@@ -26,3 +27,22 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.1) -> torc
     similarity = a @ b.T / temperature
     labels = torch.arange(a.size(0), device=a.device)
     return 0.5 * (cross_entropy(similarity, labels) + cross_entropy(similarity.T, labels))
+
+
+class InfoNCELoss(nn.Module):
+    """``loss=contrastive``: :func:`info_nce` as a module, ``forward(a, b) -> scalar`` on [N, D] embeddings.
+
+    0.05 is SimCSE's temperature; lower is sharper (harder negatives weigh more).
+    """
+
+    def __init__(self, temperature: float = 0.05):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"loss.temperature={temperature} must be > 0")
+        self.temperature = temperature
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return info_nce(a, b, self.temperature)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}"

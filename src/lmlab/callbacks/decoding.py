@@ -1,0 +1,65 @@
+"""Evaluate decoding strategies while training: the same prompts at every validation.
+
+Logs ``decode/<strategy>/{tokens_per_s, mean_new_length, distinct_2, repetition_rate, perplexity}``
+(plus acceptance figures for speculative decoding) and a W&B table of the texts.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_warn
+
+from lmlab.decoding.evaluate import evaluate_strategy, named_strategies
+
+
+class DecodingEvaluator(L.Callback):
+    """``strategies``: one decoding partial (named ``name``) or a mapping name -> partial."""
+
+    def __init__(self, strategies, name: str = "decoding", num_prompts: int = 4, prompt_tokens: int = 16,
+                 max_new_tokens: int = 32, every_n_validations: int = 1, seed: int = 0):
+        for field, value in (("num_prompts", num_prompts), ("prompt_tokens", prompt_tokens),
+                             ("max_new_tokens", max_new_tokens), ("every_n_validations", every_n_validations)):
+            if value < 1:
+                raise ValueError(f"callbacks.decoding.{field}={value} must be >= 1")
+        self.strategies = named_strategies(strategies, name)
+        self.num_prompts, self.prompt_tokens, self.max_new_tokens = num_prompts, prompt_tokens, max_new_tokens
+        self.every_n_validations, self.seed = every_n_validations, seed
+        self.validations = 0
+        self.rows: list[list] = []  # every table row so far: W&B tables are logged whole
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        context = pl_module.model.max_seq_len
+        if self.prompt_tokens + self.max_new_tokens > context:
+            raise ValueError(f"callbacks.decoding.prompt_tokens + max_new_tokens = "
+                             f"{self.prompt_tokens + self.max_new_tokens} exceeds the model's context ({context})")
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        datamodule = trainer.datamodule
+        if trainer.sanity_checking or not hasattr(datamodule, "val_prompts"):
+            return
+        self.validations += 1
+        if (self.validations - 1) % self.every_n_validations or not trainer.is_global_zero:
+            return
+        if "fsdp" in type(trainer.strategy).__name__.lower():
+            rank_zero_warn("callbacks.decoding: skipped under FSDP (parameters are sharded across ranks)")
+            return
+        prompts = datamodule.val_prompts(self.num_prompts, self.prompt_tokens)
+        tokenizer, model = pl_module.tokenizer, pl_module.model
+        was_training = model.training
+        model.eval()
+        for name, decode in self.strategies.items():
+            draft = decode.keywords.get("draft")
+            if isinstance(draft, torch.nn.Module):
+                draft.to(pl_module.device).eval()
+            result = evaluate_strategy(name, decode, model, prompts, self.max_new_tokens,
+                                       tokenizer.eos_token_id, tokenizer.pad_token_id, self.seed)
+            for key, value in result.metrics.items():
+                pl_module.log(f"decode/{name}/{key}", value, rank_zero_only=True)
+            self.rows += [[trainer.global_step, name, tokenizer.decode(p), tokenizer.decode(c)]
+                          for p, c in zip(result.prompts, result.completions)]
+        model.train(was_training)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_table("decode/samples", columns=["step", "strategy", "prompt", "output"], data=self.rows)
