@@ -89,17 +89,27 @@ def corpus_bytes(device) -> tuple[torch.Tensor, torch.Tensor]:
     return as_tensor(train), as_tensor(held_out)
 
 
-def train(model, data, steps, batch=8, block=64, lr=2e-3) -> float:
-    """Plain next-byte training with AdamW -> (model in eval mode, last loss)."""
+def train(model, data, steps, teacher=None, batch=8, block=64, lr=3e-3):
+    """Next-byte training with AdamW (warm-up, then linear decay) -> (model in eval mode, last loss).
+
+    With a ``teacher`` the loss is KL(teacher || model) on the same text: the draft is distilled
+    from the target, so it agrees with it as often as its size allows."""
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     g = torch.Generator(device="cpu").manual_seed(0)
+    warmup = max(1, steps // 10)
     for step in range(steps):
         starts = torch.randint(0, len(data) - block - 1, (batch,), generator=g).tolist()
         x = torch.stack([data[s : s + block + 1] for s in starts])
-        for group in opt.param_groups:  # linear decay keeps a short run stable
-            group["lr"] = lr * (1 - step / steps)
-        loss = F.cross_entropy(model(x[:, :-1]).logits.flatten(0, 1), x[:, 1:].flatten())
+        for group in opt.param_groups:
+            group["lr"] = lr * min((step + 1) / warmup, (steps - step) / (steps - warmup + 1))
+        logits = model(x[:, :-1]).logits.flatten(0, 1).float()
+        if teacher is None:
+            loss = F.cross_entropy(logits, x[:, 1:].flatten())
+        else:
+            with torch.no_grad():
+                target = teacher(x[:, :-1]).logits.flatten(0, 1).float().log_softmax(-1)
+            loss = F.kl_div(logits.log_softmax(-1), target, log_target=True, reduction="batchmean")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -110,13 +120,13 @@ def speculative_vs_greedy(args, device) -> dict:
     train_data, held_out = corpus_bytes(device)
     cuda = device.type == "cuda"
     common = dict(vocab_size=256, block_size=512, position="rope", norm="rmsnorm", mlp="swiglu", bias=False)
-    target_shape = dict(n_layer=12, n_embd=512, n_head=8) if cuda else dict(n_layer=8, n_embd=128, n_head=4)
+    target_shape = dict(n_layer=12, n_embd=512, n_head=8) if cuda else dict(n_layer=6, n_embd=128, n_head=4)
     torch.manual_seed(0)
     target = GPT(**common, **target_shape).to(device)
     draft = GPT(**common, n_layer=1, n_embd=128, n_head=4).to(device)
     start = time.perf_counter()
     target, target_loss = train(target, train_data, args.train_steps)
-    draft, draft_loss = train(draft, train_data, args.train_steps)
+    draft, draft_loss = train(draft, train_data, args.train_steps, teacher=target)
     train_s = time.perf_counter() - start
 
     n, k = 2 * args.new_tokens, 4
@@ -128,7 +138,7 @@ def speculative_vs_greedy(args, device) -> dict:
         "draft_greedy": lambda p: (greedy(draft, p, n), None),
     }
     out = dict(target=dict(target_shape, params=target.num_params(), train_loss=round(target_loss, 3)),
-               draft=dict(n_layer=1, n_embd=128, params=draft.num_params(), train_loss=round(draft_loss, 3)),
+               draft=dict(n_layer=1, n_embd=128, params=draft.num_params(), distill_kl=round(draft_loss, 3)),
                train_steps=args.train_steps, train_s=round(train_s, 1), new_tokens=n, num_draft_tokens=k)
     reference = {}
     for name, run in runs.items():

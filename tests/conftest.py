@@ -66,25 +66,38 @@ def tiny_overrides(corpus_dir: Path, cache_dir: Path, *chosen: str) -> list[str]
     return picked + common + list(chosen)
 
 
+def compose_train(corpus_dir: Path, cache_dir: Path, run_dir: Path, *overrides: str) -> DictConfig:
+    """compose('train', tiny overrides + yours) with its run directory at run_dir, as Hydra would set it."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=tiny_overrides(corpus_dir, cache_dir, *overrides),
+                      return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir)
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
 @pytest.fixture
 def make_cfg(corpus_dir, cache_dir, tmp_path):
-    """compose('train', tiny overrides + yours), with the run directory in tmp_path."""
-
-    def make(*overrides: str, run_dir: Path | None = None) -> DictConfig:
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            cfg = compose("train", overrides=tiny_overrides(corpus_dir, cache_dir, *overrides),
-                          return_hydra_config=True)
-        run_dir = run_dir or tmp_path / "run"
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(run_dir)
-            cfg.hydra.runtime.output_dir = str(run_dir)
-            cfg.hydra.job.num = 0
-        HydraConfig.instance().set_config(cfg)
-        return cfg
-
-    yield make
+    """compose_train with the run directory in tmp_path unless given."""
+    yield lambda *overrides, run_dir=None: compose_train(corpus_dir, cache_dir, run_dir or tmp_path / "run",
+                                                         *overrides)
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="session")
+def trained_run(corpus_dir, cache_dir, tmp_path_factory) -> Path:
+    """One short real run (30 steps) shared by tests that only read what it leaves behind."""
+    from lmlab.cli.train import train
+
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    train(compose_train(corpus_dir, cache_dir, run_dir, "trainer.max_steps=30", "trainer.val_check_interval=30",
+                        "optimizer.lr=1e-2", "sched.warmup_steps=5"))
+    GlobalHydra.instance().clear()
+    return run_dir
 
 
 @pytest.fixture

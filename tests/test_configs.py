@@ -32,14 +32,12 @@ def options():
 
 
 @pytest.mark.parametrize("group,option", options())
-def test_config_option_runs_fast_dev_run(make_cfg, group, option, hf_dataset_file, corpus_dir, tmp_path):
+def test_config_option_runs_fast_dev_run(make_cfg, group, option, hf_dataset_file, corpus_dir, request):
     if (group, option) == ("trainer", "ddp"):
         pytest.skip("strategy=ddp re-executes sys.argv; run as a subprocess in test_train.py")
     extra = list(EXTRA.get((group, option), []))
     if group == "loss" and option in ("distill", "kl", "mse"):
-        teacher = tmp_path / "teacher"
-        train(make_cfg("trainer.max_steps=2", run_dir=teacher))
-        extra.append(f"loss.teacher={teacher}")
+        extra.append(f"loss.teacher={request.getfixturevalue('trained_run')}")
     if (group, option) == ("data", "text_files"):
         extra.append(f"data.corpus.paths={corpus_dir}")
     if (group, option) == ("data", "hf_dataset"):

@@ -11,11 +11,8 @@ from lmlab.losses import kl_divergence
 
 
 @pytest.fixture
-def teacher_dir(make_cfg, tmp_path) -> Path:
-    run_dir = tmp_path / "teacher"
-    train(make_cfg("trainer.max_steps=30", "trainer.val_check_interval=30", "optimizer.lr=1e-2",
-                   "sched.warmup_steps=5", run_dir=run_dir))
-    return run_dir
+def teacher_dir(trained_run) -> Path:
+    return trained_run
 
 
 def teacher_kl(student, teacher, tokens) -> float:
