@@ -113,20 +113,18 @@ def test_greedy_equals_hf_generate(kind, batch, with_eos):
 @pytest.mark.parametrize("batch", [1, 3])
 def test_greedy_own_gpt_equals_uncached_reference(batch):
     model, (ids, mask) = build("gpt"), prompts(batch)
-    eos = EOS
-    out = greedy(model, ids, 20, eos_token_id=eos, attention_mask=mask, pad_token_id=PAD)
-    assert torch.equal(out, uncached_greedy(model, ids, mask, 20, eos))
-    assert (out[:, PROMPT_LEN:] == eos).any()
+    out = greedy(model, ids, 20, eos_token_id=EOS, attention_mask=mask, pad_token_id=PAD)
+    assert torch.equal(out, uncached_greedy(model, ids, mask, 20, EOS))
+    assert (out[:, PROMPT_LEN:] == EOS).any()
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2", "gpt"])
 def test_sample_top_k_1_and_temperature_0_equal_greedy(kind):
     model, (ids, mask) = build(kind), prompts(3)
-    eos = EOS
-    expected = greedy(model, ids, 12, eos_token_id=eos, attention_mask=mask)
+    expected = greedy(model, ids, 12, eos_token_id=EOS, attention_mask=mask)
     g = torch.Generator().manual_seed(0)
     for kwargs in (dict(top_k=1, temperature=0.7), dict(temperature=0.0)):
-        out = sample(model, ids, 12, eos_token_id=eos, attention_mask=mask, generator=g, **kwargs)
+        out = sample(model, ids, 12, eos_token_id=EOS, attention_mask=mask, generator=g, **kwargs)
         assert torch.equal(out, expected)
 
 
@@ -175,17 +173,16 @@ BEAM_CASES = list(itertools.product([2, 4], [0.5, 1.0, 2.0], [True, False]))
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
 def test_beam_search_equals_hf_generate(kind):
     model, (ids, mask) = build(kind), prompts(3)
-    eos = EOS
     finished_with_eos = 0
     for num_beams, length_penalty, early_stopping in BEAM_CASES + [(4, 2.0, "never"), (3, 1.0, "never")]:
         kwargs = dict(num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping,
                       num_return_sequences=num_beams)
-        ref = model.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False, eos_token_id=eos,
+        ref = model.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False, eos_token_id=EOS,
                              pad_token_id=PAD, output_scores=True, return_dict_in_generate=True, **kwargs)
-        seqs, scores = beam_search(model, ids, 10, eos_token_id=eos, attention_mask=mask, **kwargs)
+        seqs, scores = beam_search(model, ids, 10, eos_token_id=EOS, attention_mask=mask, **kwargs)
         assert torch.equal(seqs, ref.sequences), kwargs
         torch.testing.assert_close(scores, ref.sequences_scores, rtol=1e-5, atol=1e-5)
-        finished_with_eos += int((seqs[:, PROMPT_LEN:] == eos).any(-1).sum())
+        finished_with_eos += int((seqs[:, PROMPT_LEN:] == EOS).any(-1).sum())
     assert finished_with_eos >= 2 * len(BEAM_CASES)  # EOS-finished hypotheses are part of what was compared
 
 
@@ -203,14 +200,13 @@ def test_beam_search_num_return_sequences_and_no_eos_equal_hf():
 def test_beam_scores_own_gpt_equal_uncached_rescoring(length_penalty):
     """Each returned score is sum(log p(generated)) / length ** length_penalty under a full forward."""
     model, (ids, mask) = build("gpt"), prompts(3)
-    eos = EOS
-    seqs, scores = beam_search(model, ids, 10, 3, length_penalty, eos_token_id=eos, num_return_sequences=3,
+    seqs, scores = beam_search(model, ids, 10, 3, length_penalty, eos_token_id=EOS, num_return_sequences=3,
                                attention_mask=mask)
     full = torch.cat([mask.repeat_interleave(3, 0), torch.ones_like(seqs[:, PROMPT_LEN:])], 1)
     logp = model(seqs, attention_mask=full, position_ids=(full.cumsum(-1) - 1).clamp_min(0)).logits
     logp = logp[:, PROMPT_LEN - 1 : -1].log_softmax(-1).gather(-1, seqs[:, PROMPT_LEN:, None])[..., 0]
     new = seqs[:, PROMPT_LEN:]
-    is_eos = (new == eos).long()
+    is_eos = (new == EOS).long()
     generated = (is_eos.cumsum(-1) - is_eos) == 0
     expected = (logp * generated).sum(-1) / generated.sum(-1) ** length_penalty
     torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-4)
@@ -224,12 +220,11 @@ def test_beam_scores_own_gpt_equal_uncached_rescoring(length_penalty):
 @pytest.mark.parametrize("kind", ["llama", "gpt2", "gpt"])
 def test_speculative_greedy_equals_greedy(kind):
     target, (ids, _) = build(kind), prompts(1)
-    eos = EOS
     unrelated = build(kind, seed=7)
-    for eos_id, max_new in ((None, 40), (eos, 40)):
-        expected = greedy(target, ids, max_new, eos_token_id=eos_id)
+    for eos_id in (None, EOS):
+        expected = greedy(target, ids, 40, eos_token_id=eos_id)
         for draft, k in ((target, 4), (unrelated, 3), ("prompt_lookup", 4)):
-            out, stats = speculative(target, draft, ids, max_new, num_draft_tokens=k, eos_token_id=eos_id)
+            out, stats = speculative(target, draft, ids, 40, num_draft_tokens=k, eos_token_id=eos_id)
             assert torch.equal(out, expected), (draft if isinstance(draft, str) else type(draft).__name__)
             assert stats["new_tokens"] == expected.shape[1] - PROMPT_LEN
             if draft is target:
@@ -316,13 +311,13 @@ class CheckedLM(nn.Module):
 @pytest.mark.parametrize("kind", ["llama", "gpt2", "gpt"])
 def test_cached_logits_equal_uncached_at_every_step(kind):
     ids, mask = prompts(3)
-    eos = EOS
+    draft = CheckedLM(build(kind, seed=7))  # an unrelated draft: rejections, so both caches get cropped
     runs = {
-        "greedy": lambda m: greedy(m, ids, 10, eos_token_id=eos, attention_mask=mask),
+        "greedy": lambda m: greedy(m, ids, 10, eos_token_id=EOS, attention_mask=mask),
         "sample": lambda m: sample(m, ids, 10, temperature=1.2, top_p=0.9, attention_mask=mask,
                                    generator=torch.Generator().manual_seed(0)),
-        "beam": lambda m: beam_search(m, ids, 10, 3, eos_token_id=eos, attention_mask=mask),
-        "speculative": lambda m: speculative(m, build(kind, seed=7), ids[:1], 20, num_draft_tokens=3),
+        "beam": lambda m: beam_search(m, ids, 10, 3, eos_token_id=EOS, attention_mask=mask),
+        "speculative": lambda m: speculative(m, draft, ids[:1], 20, num_draft_tokens=3),
         "prompt_lookup": lambda m: speculative(m, "prompt_lookup", ids[:1], 20, temperature=0.9,
                                                generator=torch.Generator().manual_seed(0)),
     }
@@ -331,6 +326,7 @@ def test_cached_logits_equal_uncached_at_every_step(kind):
         run(checked)
         assert checked.calls > 1, name
         assert checked.max_gap < 1e-4, (name, checked.max_gap)
+    assert draft.calls > 1 and draft.max_gap < 1e-4
 
 
 # ---------------------------------------------------------------- bad input

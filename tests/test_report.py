@@ -6,6 +6,7 @@ import base64
 import io
 import re
 import struct
+import time
 
 import pytest
 import yaml
@@ -89,9 +90,20 @@ def test_report_of_one_run_defaults_next_to_it(sweep):
     assert set(images(out.read_text())) == PLOTS
 
 
-def test_report_needs_metrics(tmp_path):
-    with pytest.raises(FileNotFoundError, match="metrics.csv"):
+def test_metrics_csv_reading_keeps_latest_value_of_a_resumed_step(tmp_path):
+    (tmp_path / "metrics.csv").write_text(
+        "epoch,step,train/loss,val/loss\n0,0,5.0,\n0,1,4.0,\n0,1,,4.5\n0,1,3.5,\n0,2,nan,\n0,3,inf,4.2\n"
+    )
+    m = report.read_metrics_csv(tmp_path / "metrics.csv")
+    assert m["train/loss"][0].tolist() == [0, 1] and m["train/loss"][1].tolist() == [5.0, 3.5]
+    assert m["val/loss"][0].tolist() == [1, 3] and m["val/loss"][1].tolist() == [4.5, 4.2]
+    assert "epoch" not in m
+
+
+def test_report_needs_metrics(tmp_path, capsys):
+    with pytest.raises(SystemExit):
         report.main([str(tmp_path)])
+    assert "neither a run directory with metrics.csv nor a multirun directory" in capsys.readouterr().err
 
 
 def test_report_marks_spikes_on_the_grad_norm_plot(tmp_path):
@@ -159,6 +171,10 @@ def test_wandb_offline_run_records_the_namespaces(tmp_path, monkeypatch):
     finally:
         wandb.finish()
     (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    deadline = time.monotonic() + 60  # wandb-core may still be writing after finish() on a busy machine
+    while not any(r.WhichOneof("record_type") == "exit" for r in wandb_records(run_file)):
+        assert time.monotonic() < deadline, "the W&B run file never got its exit record"
+        time.sleep(0.5)
     keys, metrics = set(), {}
     for record in wandb_records(run_file):
         kind = record.WhichOneof("record_type")

@@ -196,6 +196,7 @@ class StabilityMonitor(L.Callback):
         self.counters["spike_step"] -= 1  # the step of the latest spike; -1: none yet
         if self._restored:
             self._load(self._restored)
+            self._restored = None
         self._interval_steps = 0
         self._step_loss = None
         self._pending: dict | None = None

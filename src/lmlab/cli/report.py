@@ -45,8 +45,9 @@ class Run:
 
 
 def read_metrics_csv(path: Path) -> dict[str, Series]:
-    """{column: (steps, values)} of a Lightning CSVLogger file; rows are sparse, non-finite values dropped."""
-    columns: dict[str, tuple[list, list]] = {}
+    """{column: (steps, values)} of a Lightning CSVLogger file: rows are sparse; non-finite values are
+    dropped; a step written twice (a resumed run appends to the file) keeps its latest value."""
+    columns: dict[str, dict[int, float]] = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             step = row.get("step")
@@ -57,14 +58,11 @@ def read_metrics_csv(path: Path) -> dict[str, Series]:
                     continue
                 v = float(value)
                 if math.isfinite(v):
-                    steps, values = columns.setdefault(key, ([], []))
-                    steps.append(int(float(step)))
-                    values.append(v)
-    out = {}
-    for key, (steps, values) in columns.items():
-        order = np.argsort(steps, kind="stable")
-        out[key] = (np.asarray(steps)[order], np.asarray(values)[order])
-    return out
+                    columns.setdefault(key, {})[int(float(step))] = v
+    return {
+        key: (np.array(sorted(values)), np.array([values[s] for s in sorted(values)]))
+        for key, values in columns.items()
+    }
 
 
 def _flatten(tree, prefix: str = "") -> dict:
@@ -74,6 +72,17 @@ def _flatten(tree, prefix: str = "") -> dict:
             out |= _flatten(v, f"{prefix}{k}.")
         return out
     return {prefix[:-1]: tree}
+
+
+def _is_setting(key: str, runs: list[Run]) -> bool:
+    """A config key whose value differs between runs for a reason other than the run's own directory."""
+    if key.startswith(_NOT_SETTINGS):
+        return False
+    values = {
+        repr(r.config.get(key)).replace(str(r.path.resolve()), "<run>").replace(str(r.path), "<run>")
+        for r in runs
+    }
+    return len(values) > 1
 
 
 def load_runs(path: Path) -> list[Run]:
@@ -97,11 +106,7 @@ def load_runs(path: Path) -> list[Run]:
             _flatten(OmegaConf.to_container(OmegaConf.load(config_file))) if config_file.is_file() else {}
         )
         runs.append(Run(d.name, d, read_metrics_csv(d / "metrics.csv"), config))
-    differing = sorted(
-        k
-        for k in set().union(*(r.config for r in runs))
-        if not k.startswith(_NOT_SETTINGS) and len({repr(r.config.get(k)) for r in runs}) > 1
-    )
+    differing = sorted(k for k in set().union(*(r.config for r in runs)) if _is_setting(k, runs))
     for run in runs:
         settings = " ".join(f"{k}={run.config.get(k)}" for k in differing)
         run.label = f"{run.name}: {settings}" if settings else run.name
@@ -192,9 +197,11 @@ def plot_update_ratio(runs: list[Run]) -> Figure | None:
     fig, ax = _figure("Update ratio ‖Δθ‖ / ‖θ‖", "ratio", log_y=True)
     drawn = False
     for i, run in enumerate(runs):
-        for key in sorted(k for k in run.metrics if k.startswith("stability/update_ratio")):
+        keys = sorted(k for k in run.metrics if k.startswith("stability/update_ratio"))
+        for j, key in enumerate(keys):  # the total first, then one line style per group
+            ls = ["-", "--", ":", "-."][j % 4]
             name = key.removeprefix("stability/")
-            style = dict(lw=1.5) if key == "stability/update_ratio" else dict(lw=0.8, ls="--")
+            style = dict(lw=1.5 if j == 0 else 0.9, ls=ls)
             ax.plot(
                 *run.metrics[key],
                 color=_color(i),
@@ -333,6 +340,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("path", help="a run directory (with metrics.csv) or a multirun directory")
     parser.add_argument("--out", help="HTML file to write (default: <path>/report.html)")
     args = parser.parse_args(argv)
-    out = write_report(args.path, args.out)
+    try:
+        out = write_report(args.path, args.out)
+    except FileNotFoundError as e:
+        parser.error(str(e))
     print(f"report written to {out}")
     return out

@@ -9,6 +9,8 @@ the surviving beams; the prompt is prefilled once and then expanded to the beams
 Stopping as in ``generate()``: early_stopping=True ends a prompt once it has num_beams finished
 hypotheses; False once the best running beam at its current length cannot beat the worst
 finished one; "never" uses the maximum length for that bound when length_penalty > 0.
+One deliberate difference: generate() pads with EOS when pad_token_id is 0 (``pad or eos``); here
+the pad id is used as given.
 """
 
 from __future__ import annotations
