@@ -72,7 +72,7 @@ class LitLM(L.LightningModule):
         self.tokens_seen += n_tokens * self.trainer.world_size
         self.log("train/loss", loss, on_step=True, prog_bar=True)
         self.log("train/tokens", float(self.tokens_seen), on_step=True)
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, prog_bar=True)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
 
     def embed(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """[B, C] float32 embeddings: the mean of the final hidden states over real tokens (mask 1).

@@ -185,7 +185,8 @@ def train(cfg: DictConfig) -> float | None:
         finish_wandb(loggers)
 
     metric = trainer.callback_metrics.get(cfg.optimized_metric)
-    if trainer.is_global_zero and not trainer.fast_dev_run and hasattr(datamodule, "val_prompts"):
+    if trainer.is_global_zero and not trainer.fast_dev_run and cfg.samples.num_prompts and hasattr(
+            datamodule, "val_prompts"):
         print_samples(module, datamodule, tokenizer, cfg)
     return float(metric) if metric is not None else None
 

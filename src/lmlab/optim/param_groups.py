@@ -22,6 +22,6 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             continue
         (rest if id(p) in no_decay or p.ndim < 2 else decay).append(p)
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": rest, "weight_decay": 0.0},
+        {"params": decay, "weight_decay": weight_decay, "name": "decay"},
+        {"params": rest, "weight_decay": 0.0, "name": "no_decay"},
     ]
