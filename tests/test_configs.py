@@ -13,6 +13,7 @@ CONF = Path(CONF_DIR)
 # composed elsewhere or structural: hydra/paths are used by every run
 SKIP_GROUPS = {"hydra", "paths"}
 NEEDS_CUDA = {("trainer", "gpu"), ("trainer", "fsdp")}
+NEEDS_TEACHER = {("loss", "distill"), ("loss", "kl"), ("loss", "mse"), ("experiment", "distill_draft")}
 # groups whose options need inputs of their own to run on the tiny corpus
 EXTRA = {
     ("model", "hf"): ["model.hidden_size=32", "model.intermediate_size=64", "model.num_hidden_layers=1",
@@ -36,8 +37,10 @@ def test_config_option_runs_fast_dev_run(make_cfg, group, option, hf_dataset_fil
     if (group, option) == ("trainer", "ddp"):
         pytest.skip("strategy=ddp re-executes sys.argv; run as a subprocess in test_train.py")
     extra = list(EXTRA.get((group, option), []))
-    if group == "loss" and option in ("distill", "kl", "mse"):
+    if (group, option) in NEEDS_TEACHER:
         extra.append(f"loss.teacher={request.getfixturevalue('trained_run')}")
+    if (group, option) == ("decoding", "speculative"):
+        extra.append(f"decoding.draft={request.getfixturevalue('trained_run')}")
     if (group, option) == ("data", "text_files"):
         extra.append(f"data.corpus.paths={corpus_dir}")
     if (group, option) == ("data", "hf_dataset"):

@@ -28,6 +28,8 @@ class DecodeResult:
 
 def load_draft(decode: functools.partial) -> functools.partial:
     """A speculative strategy whose ``draft`` is a checkpoint path gets that model loaded (once)."""
+    if decode.func is speculative and "draft" not in decode.keywords:
+        raise ValueError("decoding.draft is missing: give a draft run directory or .ckpt, or prompt_lookup")
     draft = decode.keywords.get("draft")
     if not isinstance(draft, str) or draft == PROMPT_LOOKUP:
         return decode
