@@ -6,6 +6,7 @@ schedule arrive as partials and are completed in ``configure_optimizers``.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 
@@ -124,24 +125,23 @@ class LitLM(L.LightningModule):
         self.log("val/mrr", mean_reciprocal_rank(scores), sync_dist=False)
 
     def configure_optimizers(self):
-        weight_decay = getattr(self.optimizer_factory, "keywords", {}).get("weight_decay", 0.0)
-        groups = muon_param_groups if _builds(self.optimizer_factory, Muon) else param_groups
-        optimizer = self.optimizer_factory(groups(self.model, weight_decay))
-        self._avoid_fused_with_clipping(optimizer)
+        factory = self._without_fused_if_clipping_under_amp(self.optimizer_factory)
+        weight_decay = getattr(factory, "keywords", {}).get("weight_decay", 0.0)
+        groups = muon_param_groups if _builds(factory, Muon) else param_groups
+        optimizer = factory(groups(self.model, weight_decay))
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def _avoid_fused_with_clipping(self, optimizer: torch.optim.Optimizer) -> None:
+    def _without_fused_if_clipping_under_amp(self, factory: Callable) -> Callable:
         """Lightning refuses to clip under AMP when a fused optimizer unscales internally; use foreach."""
         trainer = self._trainer
         mixed = trainer is not None and "mixed" in str(trainer.precision)
-        if mixed and trainer.gradient_clip_val and any(g.get("fused") for g in optimizer.param_groups):
-            warnings.warn("fused optimizer + AMP + gradient clipping: using the foreach implementation", stacklevel=2)
-            for group in optimizer.param_groups:
-                group["fused"], group["foreach"] = False, True
-            optimizer.defaults.update(fused=False, foreach=True)
+        if not (mixed and trainer.gradient_clip_val and getattr(factory, "keywords", {}).get("fused")):
+            return factory
+        warnings.warn("fused optimizer + AMP + gradient clipping: using the foreach implementation", stacklevel=2)
+        return functools.partial(factory, fused=False, foreach=True)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Make every checkpoint self-describing: enough to rebuild model and tokenizer alone."""

@@ -58,7 +58,7 @@ class DecodingEvaluator(L.Callback):
             for key, value in result.metrics.items():
                 pl_module.log(f"decode/{name}/{key}", value, rank_zero_only=True)
             self.rows += [[trainer.global_step, name, tokenizer.decode(p), tokenizer.decode(c)]
-                          for p, c in zip(result.prompts, result.completions)]
+                          for p, c in zip(result.prompts, result.completions, strict=True)]
         model.train(was_training)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):

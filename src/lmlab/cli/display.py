@@ -11,7 +11,7 @@ def print_results(results: list[DecodeResult], tokenizer, console: Console | Non
     console = console or Console()
     for result in results:
         console.rule(f"[bold]{result.name}[/bold] (prompt, then the continuation in bold)")
-        for prompt, completion in zip(result.prompts, result.completions):
+        for prompt, completion in zip(result.prompts, result.completions, strict=True):
             console.print(Text(tokenizer.decode(prompt)) + Text(tokenizer.decode(completion), style="bold"))
             console.print()
     table = Table(title="decoding figures")

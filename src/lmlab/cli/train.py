@@ -27,8 +27,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmlab.cli import CONF_DIR
 from lmlab.cli.display import print_results
-from lmlab.decoding.evaluate import evaluate_strategy, named_strategies
 from lmlab.data import CodePairsDataModule
+from lmlab.decoding.evaluate import evaluate_strategy, named_strategies
 from lmlab.loggers import AppendingCSVLogger
 from lmlab.losses import InfoNCELoss
 from lmlab.module import LitLM
@@ -64,6 +64,9 @@ def check_config(cfg: DictConfig) -> None:
     max_steps = cfg.trainer.get("max_steps", -1)
     if not cfg.trainer.get("fast_dev_run") and (max_steps is None or max_steps <= 0):
         raise ValueError(f"trainer.max_steps={max_steps} must be a positive number of optimizer steps")
+    warmup = (cfg.get("sched") or {}).get("warmup_steps")
+    if warmup and max_steps and max_steps > 0 and warmup > max_steps and not cfg.trainer.get("fast_dev_run"):
+        raise ValueError(f"sched.warmup_steps={warmup} is longer than the run (trainer.max_steps={max_steps})")
     mode = HydraConfig.get().mode if HydraConfig.initialized() else RunMode.RUN
     if mode == RunMode.MULTIRUN and cfg.trainer.get("strategy") == "ddp":
         raise ValueError(

@@ -79,11 +79,11 @@ def extract_pairs(source: str, min_docstring_chars: int = 16) -> list[CodePair]:
 
 def corpus_pairs(
     corpus: Iterable[tuple[str, str]], min_docstring_chars: int
-) -> tuple[list[list[CodePair]], int]:
-    """Pairs of each document that has any (corpus order), without repeated queries or documents,
-    and the number of documents that are not Python."""
-    by_document, seen_queries, seen_documents, not_python = [], set(), set(), 0
-    for _, text in corpus:
+) -> tuple[dict[str, list[CodePair]], int]:
+    """Pairs by document id for the documents that have any (corpus order), without repeated queries or
+    documents, and the number of documents that are not Python."""
+    by_document, seen_queries, seen_documents, not_python = {}, set(), set(), 0
+    for doc_id, text in corpus:
         try:
             pairs = extract_pairs(text, min_docstring_chars)
         except (SyntaxError, ValueError):
@@ -96,16 +96,18 @@ def corpus_pairs(
                 seen_documents.add(pair.document)
                 unique.append(pair)
         if unique:
-            by_document.append(unique)
+            by_document[doc_id] = unique
     return by_document, not_python
 
 
 class EncodedPairs(NamedTuple):
-    """Token ids of every pair, training pairs first: pairs ``[val_start, n)`` are the validation split."""
+    """Token ids of every pair, training pairs first: pairs ``[val_start, n)`` are the validation split,
+    extracted from ``val_documents`` (document ids, e.g. file paths)."""
 
     queries: list[np.ndarray]
     documents: list[np.ndarray]
     val_start: int
+    val_documents: list[str]
     n_documents: int
     n_not_python: int
 
@@ -115,7 +117,7 @@ class EncodedPairs(NamedTuple):
             arrays[f"{side}_tokens"] = np.concatenate([np.zeros(0, token_dtype(0)), *texts])
             arrays[f"{side}_offsets"] = np.cumsum([0] + [len(t) for t in texts])
         np.savez(folder / PAIRS_FILE, **arrays)
-        meta = dict(val_start=self.val_start, n_documents=self.n_documents, n_not_python=self.n_not_python)
+        meta = {k: v for k, v in self._asdict().items() if k not in ("queries", "documents")}
         (folder / META_FILE).write_text(json.dumps(meta, indent=1))
 
     @classmethod
@@ -132,19 +134,21 @@ def encode_pairs(
 ) -> EncodedPairs:
     """Extract, split by document (seeded, about ``val_fraction`` of the pairs held out) and encode."""
     by_document, not_python = corpus_pairs(corpus, min_docstring_chars)
-    n_pairs = np.array([len(pairs) for pairs in by_document], dtype=np.int64)
-    if len(by_document) < 2:  # one document would have to sit on both sides of the split
-        order, val_start = np.arange(len(by_document)), int(n_pairs.sum())
+    doc_ids = list(by_document)
+    n_pairs = np.array([len(pairs) for pairs in by_document.values()], dtype=np.int64)
+    if len(doc_ids) < 2:  # one document would have to sit on both sides of the split
+        order, val_start = np.arange(len(doc_ids)), int(n_pairs.sum())
     else:
         order, val_start = split_documents(n_pairs, val_fraction, split_seed)
-    pairs = [pair for i in order for pair in by_document[i]]
+    val_documents = [doc_ids[i] for i, end in zip(order, np.cumsum(n_pairs[order]), strict=True) if end > val_start]
+    pairs = [pair for i in order for pair in by_document[doc_ids[i]]]
     dtype = token_dtype(len(tokenizer))
     encode = tokenizer.backend_tokenizer.encode_batch_fast
     queries, documents = (
         [np.array(e.ids, dtype=dtype) for e in encode(texts, add_special_tokens=False)]
         for texts in ([p.query for p in pairs], [p.document for p in pairs])
     )
-    return EncodedPairs(queries, documents, int(val_start), len(by_document), not_python)
+    return EncodedPairs(queries, documents, int(val_start), val_documents, len(doc_ids), not_python)
 
 
 class TextPairs(Dataset):
