@@ -20,6 +20,7 @@ EXTRA = {
                       "model.num_attention_heads=2", "model.num_key_value_heads=1",
                       "model.max_position_embeddings=64"],
     ("trainer", "ddp_spawn"): ["trainer.accelerator=cpu"],
+    ("data", "code_pairs"): ["loss=contrastive"],  # pair batches need the contrastive loss
 }
 
 
@@ -43,6 +44,8 @@ def test_config_option_runs_fast_dev_run(make_cfg, group, option, hf_dataset_fil
         extra.append(f"decoding.draft={request.getfixturevalue('trained_run')}")
     if (group, option) == ("data", "text_files"):
         extra.append(f"data.corpus.paths={corpus_dir}")
+    if (group, option) == ("loss", "contrastive"):  # its data=code_pairs, on the tiny corpus
+        extra += ["data=code_pairs", "data.corpus._target_=lmlab.data.TextFiles", f"+data.corpus.paths={corpus_dir}"]
     if (group, option) == ("data", "hf_dataset"):
         extra += ["data.corpus.path=json", f"data.corpus.data_files={hf_dataset_file}"]
     cfg = make_cfg(f"{group}={option}", *extra, "debug=fast")

@@ -60,6 +60,7 @@ def terse():
 def same_line():  # a comment on the def line
     """The docstring shares its line with code."""; return 2
 
+\x0c
 
 class Greeter:
     @functools.cache
@@ -171,9 +172,16 @@ def test_simcse_pairs_every_training_text_with_itself(corpus_dir, pairs_cache):
 
 def test_too_few_pairs_name_the_fields(tmp_path, pairs_cache):
     (tmp_path / "one.py").write_text(SOURCE)
-    (tmp_path / "two.py").write_text(SOURCE.replace("numbers", "values"))
-    with pytest.raises(ValueError, match=r"training split has \d pairs.*data\.batch_size=8.*4 docstring/code "
-                                         r"pairs in 2 documents"):
+    with pytest.raises(ValueError, match=r"validation split has 0 pairs.*data\.batch_size=2.*3 docstring/code "
+                                         r"pairs in 1 documents.*data\.val_fraction.*at least two files"):
+        make_dm(tmp_path, pairs_cache, min_docstring_chars=10, batch_size=2)
+    other = {"numbers": "values", "a + b": "b + a", "greeting": "salute", "hello": "hi", "done": "ready"}
+    text = SOURCE
+    for old, new in other.items():
+        text = text.replace(old, new)
+    (tmp_path / "two.py").write_text(text)
+    with pytest.raises(ValueError, match=r"training split has 3 pairs.*data\.batch_size=8.*6 docstring/code "
+                                         r"pairs in 2 documents \(0 not Python\).*data\.min_docstring_chars=10"):
         make_dm(tmp_path, pairs_cache, min_docstring_chars=10)
     with pytest.raises(ValueError, match=r"data\.pairs='dense'; allowed: code_search, simcse"):
         CodePairsDataModule(TextFiles(str(tmp_path)), pairs="dense")
@@ -193,7 +201,8 @@ def direct_ranks(scores: torch.Tensor) -> list[int]:
 
 def test_recall_and_mrr_against_direct_computation_and_torchmetrics():
     gen = torch.Generator().manual_seed(0)
-    scores = torch.randn(40, 40, generator=gen, dtype=torch.float64) + 2.0 * torch.eye(40, dtype=torch.float64)
+    # positive scores: torchmetrics counts a document scored <= 0 as not retrieved
+    scores = torch.rand(40, 40, generator=gen, dtype=torch.float64) + 0.4 * torch.eye(40, dtype=torch.float64)
     ranks = torch.tensor(direct_ranks(scores), dtype=torch.float64)
     for k in (1, 3, 10):
         assert recall_at_k(scores, k).item() == pytest.approx((ranks <= k).double().mean().item(), abs=1e-7)
@@ -246,13 +255,35 @@ def test_mean_pooled_embedding_ignores_padding():
     torch.testing.assert_close(batched, direct, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.ddp
+def test_validation_under_ddp_scores_every_pair_once(corpus_dir, pairs_cache):
+    dm = make_dm(corpus_dir, pairs_cache)
+    assert len(dm.val_pairs) % 2  # two ranks: the distributed sampler repeats a pair to even them out
+    torch.manual_seed(0)
+    model = GPT(vocab_size=VOCAB, block_size=BLOCK, n_layer=1, n_head=2, n_embd=16)
+
+    def validate(**trainer_args) -> dict[str, float]:
+        trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, **trainer_args)
+        (metrics,) = trainer.validate(LitLM(model, InfoNCELoss(), torch.optim.SGD), datamodule=dm, verbose=False)
+        return metrics
+
+    single = validate(devices=1)
+    sharded = validate(devices=2, strategy="ddp_spawn", use_distributed_sampler=True)
+    assert sharded == pytest.approx(single, rel=1e-5)
+    assert set(single) == {"val/loss", "val/recall@1", "val/mrr"}
+
+
 # ----- configs and runs
 
 
 def pairs_overrides(corpus_dir: Path) -> list[str]:
-    """loss=contrastive on a folder of code (the tiny test overrides would otherwise pick data=text_files)."""
+    """loss=contrastive on a folder of code (the tiny test overrides would otherwise pick data=text_files).
+
+    No callbacks: these tests are about the pairs; test_configs.py runs the configs with the default ones.
+    """
     return ["loss=contrastive", "data=code_pairs", "data.corpus._target_=lmlab.data.TextFiles",
-            f"+data.corpus.paths={corpus_dir}"]
+            f"+data.corpus.paths={corpus_dir}", "callbacks=none"]
 
 
 def test_loss_contrastive_selects_code_pairs_unless_data_is_given(make_cfg):
@@ -281,7 +312,16 @@ def learning_corpus(tmp_path_factory) -> Path:
     return folder
 
 
-def test_contrastive_training_beats_the_untrained_model(make_cfg, learning_corpus):
+@pytest.fixture
+def one_thread():
+    """Tiny matrices: extra intra-op threads only add synchronisation (13 s vs 80 s on two busy cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_contrastive_training_beats_the_untrained_model(make_cfg, learning_corpus, one_thread):
     cfg = make_cfg(*pairs_overrides(learning_corpus), "data.batch_size=32", "data.val_fraction=0.2",
                    "optimizer.lr=1e-3", "trainer.max_steps=100", "trainer.val_check_interval=100",
                    "trainer.limit_val_batches=1.0", "optimized_metric=val/recall@1")

@@ -11,7 +11,7 @@ import time
 import pytest
 import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers import CSVLogger
 from rich.console import Console
 from test_stability import TinyLM, fit_tiny, read_metrics
 
@@ -157,9 +157,11 @@ def wandb_records(path):
 def test_wandb_offline_run_records_the_namespaces(tmp_path, monkeypatch):
     import wandb
 
+    from lmlab.loggers import wandb_logger as wandb_logger_for
+
     for key in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR"):
         monkeypatch.delenv(key, raising=False)
-    wandb_logger = WandbLogger(save_dir=str(tmp_path), project="lmlab-test", offline=True)
+    wandb_logger = wandb_logger_for(save_dir=str(tmp_path), project="lmlab-test", mode="offline")
     try:
         fit_tiny(
             tmp_path,

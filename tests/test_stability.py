@@ -238,7 +238,7 @@ def test_grad_norm_clip_and_update_ratio_equal_independent_values(tmp_path):
             ids = [index[id(p)] for p in group["params"]]
             d = math.sqrt(sum(((after[i] - before[i]) ** 2).sum().item() for i in ids))
             b = math.sqrt(sum((before[i] ** 2).sum().item() for i in ids))
-            assert m[f"stability/update_ratio/group{g}"][step] == pytest.approx(d / b, rel=1e-4)
+            assert m[f"stability/update_ratio/{group['name']}"][step] == pytest.approx(d / b, rel=1e-4)
         # per block: squares of all layers add up to the total; blocks.0 is its own parameters' norm
         layer_sq = sum(v[step] ** 2 for k, v in m.items() if k.startswith("stability/grad_norm/"))
         assert layer_sq == pytest.approx(total**2, rel=1e-4)

@@ -24,7 +24,7 @@ class RunSummary(L.Callback):
     """
 
     def __init__(self, console: Console | None = None):
-        self.console = console or Console()
+        self.console = console  # created when printing: a Console holds a lock, which ddp_spawn cannot pickle
         self.summary: dict[str, float | int | None] = {}
 
     def on_fit_start(self, trainer, pl_module):
@@ -43,7 +43,7 @@ class RunSummary(L.Callback):
                 {f"summary/{k}": v for k, v in self.summary.items() if v is not None}
             )
         if trainer.is_global_zero:
-            self.console.print(self.table(self.summary))
+            (self.console or Console()).print(self.table(self.summary))
 
     def collect(self, trainer) -> dict:
         metrics = trainer.callback_metrics

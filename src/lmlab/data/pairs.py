@@ -14,6 +14,7 @@ pairs are cached under a key of corpus, tokenizer and extraction settings, like 
 from __future__ import annotations
 
 import ast
+import io
 import json
 import logging
 import os
@@ -39,7 +40,7 @@ from lmlab.data.tokenizer import cached_tokenizer, check_vocab_size, tokenizer_f
 PAIR_KINDS = ("code_search", "simcse")
 PAIRS_FILE = "pairs.npz"
 META_FILE = "meta.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def extract_pairs(source: str, min_docstring_chars: int = 16) -> list[CodePair]:
     with warnings.catch_warnings():  # invalid escapes in old code are the corpus's business, not ours
         warnings.simplefilter("ignore", (SyntaxWarning, DeprecationWarning))
         tree = ast.parse(source)
-    lines = source.splitlines(keepends=True)
+    lines = io.StringIO(source, newline="").readlines()  # ast's lines: str.splitlines also cuts at \f etc.
     functions = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
     pairs = []
     for node in sorted(functions, key=lambda n: (n.lineno, n.col_offset)):
