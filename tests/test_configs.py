@@ -45,7 +45,8 @@ def test_config_option_runs_fast_dev_run(make_cfg, group, option, hf_dataset_fil
     if (group, option) == ("data", "text_files"):
         extra.append(f"data.corpus.paths={corpus_dir}")
     if (group, option) == ("loss", "contrastive"):  # its data=code_pairs, on the tiny corpus
-        extra += ["data=code_pairs", "data.corpus._target_=lmlab.data.TextFiles", f"+data.corpus.paths={corpus_dir}"]
+        extra += ["data=code_pairs", "data.corpus._target_=lmlab.data.TextFiles",
+                  f"+data.corpus.paths={corpus_dir}"]
     if (group, option) == ("data", "hf_dataset"):
         extra += ["data.corpus.path=json", f"data.corpus.data_files={hf_dataset_file}"]
     cfg = make_cfg(f"{group}={option}", *extra, "debug=fast")

@@ -109,11 +109,16 @@ def pairs_cache(tmp_path_factory) -> Path:
 
 
 def make_dm(corpus_dir: Path, cache_dir: Path, **overrides) -> CodePairsDataModule:
-    args = dict(vocab_size=VOCAB, block_size=BLOCK, batch_size=BATCH, val_fraction=0.2, cache_dir=str(cache_dir))
+    args = dict(vocab_size=VOCAB, block_size=BLOCK, batch_size=BATCH, val_fraction=0.2,
+                cache_dir=str(cache_dir))
     dm = CodePairsDataModule(TextFiles(str(corpus_dir)), **{**args, **overrides})
     dm.prepare_data()
     dm.setup("fit")
     return dm
+
+
+def same_texts(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def test_split_is_by_file_seeded_and_deterministic(corpus_dir, pairs_cache, tmp_path):
@@ -122,9 +127,9 @@ def test_split_is_by_file_seeded_and_deterministic(corpus_dir, pairs_cache, tmp_
     tokenizer = dm.tokenizer
     decode = [tokenizer.decode(q.tolist()) for q in encoded.queries]
     val_files = set(encoded.val_documents)
-    from_val = {p.query for f in val_files for p in extract_pairs(Path(f).read_text(), dm.min_docstring_chars)}
-    from_train = {p.query for f in TextFiles(str(corpus_dir)).files if str(f) not in val_files
-                  for p in extract_pairs(f.read_text(), dm.min_docstring_chars)}
+    files = TextFiles(str(corpus_dir)).files
+    from_val = {p.query for f in files if str(f) in val_files for p in extract_pairs(f.read_text(), 16)}
+    from_train = {p.query for f in files if str(f) not in val_files for p in extract_pairs(f.read_text(), 16)}
     split = encoded.val_start
     assert split == len(dm.train_pairs) and len(encoded.queries) - split == len(dm.val_pairs)
     assert set(decode[split:]) <= from_val and set(decode[:split]) <= from_train
@@ -135,10 +140,6 @@ def test_split_is_by_file_seeded_and_deterministic(corpus_dir, pairs_cache, tmp_
     assert same_texts(again.queries, encoded.queries) and same_texts(again.documents, encoded.documents)
     assert not same_texts(make_dm(corpus_dir, tmp_path, split_seed=1).val_pairs.first, dm.val_pairs.first)
     assert set(json.loads((dm._pairs_folder() / "meta.json").read_text())["val_documents"]) == val_files
-
-
-def same_texts(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
-    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def test_batches_are_right_padded_truncated_pairs(corpus_dir, pairs_cache):
@@ -167,21 +168,22 @@ def test_simcse_pairs_every_training_text_with_itself(corpus_dir, pairs_cache):
     assert len(simcse.train_pairs) == 2 * len(code_search.train_pairs)
     assert simcse.train_pairs.first is simcse.train_pairs.second
     val = simcse.val_pairs  # validation is code search in both
-    assert same_texts(val.first, code_search.val_pairs.first) and same_texts(val.second, code_search.val_pairs.second)
+    assert same_texts(val.first, code_search.val_pairs.first)
+    assert same_texts(val.second, code_search.val_pairs.second)
 
 
 def test_too_few_pairs_name_the_fields(tmp_path, pairs_cache):
     (tmp_path / "one.py").write_text(SOURCE)
-    with pytest.raises(ValueError, match=r"validation split has 0 pairs.*data\.batch_size=2.*3 docstring/code "
-                                         r"pairs in 1 documents.*data\.val_fraction.*at least two files"):
+    one_file = r"validation split has 0 pairs.*data\.batch_size=2.*3 docstring/code pairs in 1 documents"
+    with pytest.raises(ValueError, match=one_file + r".*data\.val_fraction.*at least two files"):
         make_dm(tmp_path, pairs_cache, min_docstring_chars=10, batch_size=2)
     other = {"numbers": "values", "a + b": "b + a", "greeting": "salute", "hello": "hi", "done": "ready"}
     text = SOURCE
     for old, new in other.items():
         text = text.replace(old, new)
     (tmp_path / "two.py").write_text(text)
-    with pytest.raises(ValueError, match=r"training split has 3 pairs.*data\.batch_size=8.*6 docstring/code "
-                                         r"pairs in 2 documents \(0 not Python\).*data\.min_docstring_chars=10"):
+    two_files = r"training split has 3 pairs.*data\.batch_size=8.*6 docstring/code pairs in 2 documents"
+    with pytest.raises(ValueError, match=two_files + r" \(0 not Python\).*data\.min_docstring_chars=10"):
         make_dm(tmp_path, pairs_cache, min_docstring_chars=10)
     with pytest.raises(ValueError, match=r"data\.pairs='dense'; allowed: code_search, simcse"):
         CodePairsDataModule(TextFiles(str(tmp_path)), pairs="dense")
@@ -209,8 +211,9 @@ def test_recall_and_mrr_against_direct_computation_and_torchmetrics():
     assert mean_reciprocal_rank(scores).item() == pytest.approx((1 / ranks).mean().item(), abs=1e-7)
     # torchmetrics: one retrieval problem per query, its own document relevant
     relevant = torch.eye(40, dtype=torch.bool)
-    reference_mrr = torch.stack([retrieval_reciprocal_rank(s, t) for s, t in zip(scores, relevant, strict=True)])
-    reference_r3 = torch.stack([retrieval_recall(s, t, top_k=3) for s, t in zip(scores, relevant, strict=True)])
+    problems = list(zip(scores, relevant, strict=True))
+    reference_mrr = torch.stack([retrieval_reciprocal_rank(s, t) for s, t in problems])
+    reference_r3 = torch.stack([retrieval_recall(s, t, top_k=3) for s, t in problems])
     assert mean_reciprocal_rank(scores).item() == pytest.approx(reference_mrr.mean().item(), abs=1e-6)
     assert recall_at_k(scores, 3).item() == pytest.approx(reference_r3.float().mean().item(), abs=1e-6)
 
@@ -248,7 +251,8 @@ def test_mean_pooled_embedding_ignores_padding():
         mask[row, :n] = 1
     with torch.no_grad():
         batched = module.embed(ids, mask)
-        alone = torch.cat([module.embed(ids[r : r + 1, :n], mask[r : r + 1, :n]) for r, n in enumerate(lengths)])
+        alone = torch.cat([module.embed(ids[r : r + 1, :n], mask[r : r + 1, :n])
+                           for r, n in enumerate(lengths)])
         direct = torch.stack([model(ids[r : r + 1, :n], output_hidden=True).hidden[0].mean(0)
                               for r, n in enumerate(lengths)])
     torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-6)
@@ -265,7 +269,8 @@ def test_validation_under_ddp_scores_every_pair_once(corpus_dir, pairs_cache):
     def validate(**trainer_args) -> dict[str, float]:
         trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
                             enable_model_summary=False, **trainer_args)
-        (metrics,) = trainer.validate(LitLM(model, InfoNCELoss(), torch.optim.SGD), datamodule=dm, verbose=False)
+        module = LitLM(model, InfoNCELoss(), torch.optim.SGD)
+        (metrics,) = trainer.validate(module, datamodule=dm, verbose=False)
         return metrics
 
     single = validate(devices=1)
@@ -289,7 +294,8 @@ def pairs_overrides(corpus_dir: Path) -> list[str]:
 def test_loss_contrastive_selects_code_pairs_unless_data_is_given(make_cfg):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        assert compose("train", overrides=["loss=contrastive"]).data._target_ == "lmlab.data.CodePairsDataModule"
+        cfg = compose("train", overrides=["loss=contrastive"])
+    assert cfg.data._target_ == "lmlab.data.CodePairsDataModule"
     cfg = make_cfg("loss=contrastive")  # the tiny test overrides give data=text_files, which wins
     with pytest.raises(ValueError, match="LMDataModule: loss=contrastive trains on pair batches"):
         train(cfg)
@@ -329,7 +335,8 @@ def test_contrastive_training_beats_the_untrained_model(make_cfg, learning_corpu
     L.seed_everything(cfg.seed)  # as train() does before it builds the model: the same initial weights
     datamodule, model = instantiate(cfg.data), instantiate(cfg.model)
     datamodule.prepare_data()
-    untrained = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    untrained = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                          enable_model_summary=False)
     (before,) = untrained.validate(LitLM(model, instantiate(cfg.loss), instantiate(cfg.optimizer)),
                                    datamodule=datamodule, verbose=False)
     n_val = len(datamodule.val_pairs)

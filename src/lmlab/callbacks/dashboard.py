@@ -39,6 +39,17 @@ def log_metrics(
     return values
 
 
+def log_interval(trainer: L.Trainer, requested: int | None, field: str) -> int:
+    """Steps between a callback's logs: its own setting or the trainer's, a multiple of the trainer's
+    (Lightning's loggers only flush on the trainer's logging steps)."""
+    every = requested or trainer.log_every_n_steps
+    if trainer.log_every_n_steps and every % trainer.log_every_n_steps:
+        raise ValueError(
+            f"{field}={every} must be a multiple of trainer.log_every_n_steps={trainer.log_every_n_steps}"
+        )
+    return every
+
+
 def wandb_loggers(trainer: L.Trainer) -> list[WandbLogger]:
     return [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
 

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
-from lmlab.callbacks.dashboard import log_metrics, wandb_loggers
+from lmlab.callbacks.dashboard import log_interval, log_metrics, wandb_loggers
 
 POLICIES = ("log", "skip", "halt")
 PER_LAYER = ("off", "scalars", "histogram")
@@ -150,12 +150,7 @@ class StabilityMonitor(L.Callback):
     def setup(self, trainer, pl_module, stage):
         if stage != "fit":
             return
-        self.every = self.log_every_n_steps or trainer.log_every_n_steps
-        if trainer.log_every_n_steps and self.every % trainer.log_every_n_steps:
-            raise ValueError(
-                f"stability.log_every_n_steps={self.every} must be a multiple of "
-                f"trainer.log_every_n_steps={trainer.log_every_n_steps}"
-            )
+        self.every = log_interval(trainer, self.log_every_n_steps, "stability.log_every_n_steps")
         if "FSDP" in type(trainer.strategy).__name__:
             self._warn_once("fsdp", "StabilityMonitor: under FSDP the norms are those of this rank's shards")
 

@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
-from lmlab.callbacks.dashboard import log_metrics
+from lmlab.callbacks.dashboard import log_interval, log_metrics
 from lmlab.cost import (
     CostProjection,
     measure_decode_speed,
@@ -90,12 +90,7 @@ class ThroughputMonitor(L.Callback):
     def setup(self, trainer, pl_module, stage):
         if stage != "fit":
             return
-        self.every = self.log_every_n_steps or trainer.log_every_n_steps
-        if trainer.log_every_n_steps and self.every % trainer.log_every_n_steps:
-            raise ValueError(
-                f"throughput.log_every_n_steps={self.every} must be a multiple of "
-                f"trainer.log_every_n_steps={trainer.log_every_n_steps}"
-            )
+        self.every = log_interval(trainer, self.log_every_n_steps, "throughput.log_every_n_steps")
 
     def on_fit_start(self, trainer, pl_module):
         self.model = getattr(pl_module, "model", pl_module)

@@ -141,7 +141,8 @@ def encode_pairs(
         order, val_start = np.arange(len(doc_ids)), int(n_pairs.sum())
     else:
         order, val_start = split_documents(n_pairs, val_fraction, split_seed)
-    val_documents = [doc_ids[i] for i, end in zip(order, np.cumsum(n_pairs[order]), strict=True) if end > val_start]
+    ends = np.cumsum(n_pairs[order])
+    val_documents = [doc_ids[i] for i, end in zip(order, ends, strict=True) if end > val_start]
     pairs = [pair for i in order for pair in by_document[doc_ids[i]]]
     dtype = token_dtype(len(tokenizer))
     encode = tokenizer.backend_tokenizer.encode_batch_fast
