@@ -53,12 +53,14 @@ class RunSummary(L.Callback):
         out = {
             "val_loss": final_val,
             "best_val_loss": self._best_val if math.isfinite(self._best_val) else None,
-            "val_ppl": math.exp(final_val) if final_val is not None else None,
             "steps": trainer.global_step,
             "tokens": value("train/tokens"),
             "time_s": seconds,
             "device_hours": seconds * trainer.world_size / 3600.0,
         }
+        # perplexity for language models, retrieval figures for embedding (contrastive) runs
+        out |= {key: value(f"val/{name}") for key, name in
+                (("val_ppl", "ppl"), ("val_recall@1", "recall@1"), ("val_mrr", "mrr")) if f"val/{name}" in metrics}
         throughput = next((cb for cb in trainer.callbacks if isinstance(cb, ThroughputMonitor)), None)
         if throughput is not None:
             out["tokens"] = out["tokens"] or throughput.tokens_seen
@@ -81,6 +83,8 @@ class RunSummary(L.Callback):
             "val_loss": "val loss (final)",
             "best_val_loss": "val loss (best)",
             "val_ppl": "val perplexity",
+            "val_recall@1": "val recall@1",
+            "val_mrr": "val MRR",
             "steps": "optimizer steps",
             "tokens": "tokens",
             "time_s": "time (s)",
@@ -101,7 +105,8 @@ class RunSummary(L.Callback):
                 if v is None
                 else f"{v:.2%}"
                 if key == "mfu"
-                else (f"{v:.4f}" if key in ("val_loss", "best_val_loss") else format_quantity(v))
+                else (f"{v:.4f}" if key in ("val_loss", "best_val_loss", "val_recall@1", "val_mrr")
+                      else format_quantity(v))
             )
             table.add_row(label, text)
         return table

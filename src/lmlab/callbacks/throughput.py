@@ -29,9 +29,10 @@ from lmlab.cost import (
 
 
 def tokens_in_batch(batch) -> tuple[int, int]:
-    """(sequences, tokens per sequence) of an LM batch: a LongTensor [B, T + 1] of inputs and targets."""
+    """(sequences, tokens per sequence) the model processes: an LM batch is a LongTensor [B, T + 1] of
+    inputs and targets; a pair batch (loss=contrastive) runs both sides (padded widths)."""
     if isinstance(batch, dict):
-        batch = batch["input_ids"]
+        return batch["query_ids"].shape[0], batch["query_ids"].shape[1] + batch["doc_ids"].shape[1]
     if not isinstance(batch, torch.Tensor) or batch.ndim != 2:
         raise ValueError(
             f"ThroughputMonitor expects batches as [B, T+1] token tensors, got {type(batch).__name__}"
