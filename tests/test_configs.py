@@ -44,7 +44,7 @@ def test_config_option_runs_fast_dev_run(make_cfg, group, option, hf_dataset_fil
         extra.append(f"decoding.draft={request.getfixturevalue('trained_run')}")
     if (group, option) == ("data", "text_files"):
         extra.append(f"data.corpus.paths={corpus_dir}")
-    if (group, option) == ("loss", "contrastive"):  # its data=code_pairs, on the tiny corpus
+    if (group, option) in (("loss", "contrastive"), ("experiment", "code_search")):  # pairs of the tiny corpus
         extra += ["data=code_pairs", "data.corpus._target_=lmlab.data.TextFiles",
                   f"+data.corpus.paths={corpus_dir}"]
     if (group, option) == ("data", "hf_dataset"):
