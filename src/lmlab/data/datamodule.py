@@ -24,13 +24,11 @@ from lmlab.data.tokenizer import cached_tokenizer, check_vocab_size, load_tokeni
 DEFAULT_CACHE_DIR = "~/.cache/lmlab"
 
 
-class LMDataModule(L.LightningDataModule):
-    """Language-model data: blocks of ``block_size + 1`` tokens from a corpus, split by document.
-
-    Batches are LongTensors ``x`` of shape ``[batch_size, block_size + 1]``: inputs ``x[:, :-1]``, targets
-    ``x[:, 1:]``. ``seed`` fixes the order of training batches; ``split_seed`` fixes which documents are held
-    out, and is separate so runs with different seeds are compared on the same validation documents.
-    """
+class CorpusDataModule(L.LightningDataModule):
+    """What lmlab's DataModules share: a corpus, its cached tokenizer, batch settings checked before any
+    work, and a training order that resumes mid-epoch. ``seed`` fixes the order of training batches;
+    ``split_seed`` fixes which documents are held out, and is separate so runs with different seeds are
+    compared on the same validation documents."""
 
     def __init__(
         self,
@@ -68,14 +66,6 @@ class LMDataModule(L.LightningDataModule):
         self.seed = seed
         self.split_seed = split_seed
         self._tokenizer: PreTrainedTokenizerFast | None = None
-        self.packed: PackedCorpus | None = None
-        self.train_blocks: TokenBlocks | None = None
-        self.val_blocks: TokenBlocks | None = None
-
-    def prepare_data(self) -> None:
-        """Train the tokenizer and encode the corpus, unless both are cached already."""
-        self._tokenizer = cached_tokenizer(self.corpus, self.vocab_size, self.cache_dir)
-        pack_corpus(self.corpus, self._tokenizer, self.cache_dir, self.val_fraction, self.split_seed)
 
     def load_tokenizer(self) -> PreTrainedTokenizerFast:
         """The cached tokenizer; works in any process once ``prepare_data`` has run on this node."""
@@ -93,6 +83,54 @@ class LMDataModule(L.LightningDataModule):
     def save_tokenizer(self, folder: str | Path) -> None:
         """Write tokenizer.json + tokenizer_config.json, which ``AutoTokenizer.from_pretrained`` reloads."""
         self.tokenizer.save_pretrained(str(folder))
+
+    def _train_loader(self, dataset, **kwargs) -> DataLoader:
+        resume_epoch, resume_batches = self._resume_position()
+        sampler = ResumableShuffleSampler(
+            dataset, self.seed, resume_epoch, resume_samples=resume_batches * self.batch_size
+        )
+        return self._loader(dataset, sampler=sampler, drop_last=True, **kwargs)
+
+    def _loader(self, dataset, **kwargs) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+            **kwargs,
+        )
+
+    def _resume_position(self) -> tuple[int, int]:
+        """(epoch, batches trained in it) while Lightning resumes a fit from a checkpoint, else (0, 0).
+
+        Lightning restores its loop progress before it asks for the training DataLoader.
+        """
+        trainer = self.trainer
+        if trainer is None or not trainer.fit_loop.restarting:
+            return 0, 0
+        return (
+            trainer.fit_loop.epoch_progress.current.processed,
+            trainer.fit_loop.epoch_loop.batch_progress.current.processed,
+        )
+
+
+class LMDataModule(CorpusDataModule):
+    """Language-model data: blocks of ``block_size + 1`` tokens from a corpus, split by document.
+
+    Batches are LongTensors ``x`` of shape ``[batch_size, block_size + 1]``: inputs ``x[:, :-1]``, targets
+    ``x[:, 1:]``. Arguments as :class:`CorpusDataModule`.
+    """
+
+    # set by setup()
+    packed: PackedCorpus | None = None
+    train_blocks: TokenBlocks | None = None
+    val_blocks: TokenBlocks | None = None
+
+    def prepare_data(self) -> None:
+        """Train the tokenizer and encode the corpus, unless both are cached already."""
+        self._tokenizer = cached_tokenizer(self.corpus, self.vocab_size, self.cache_dir)
+        pack_corpus(self.corpus, self._tokenizer, self.cache_dir, self.val_fraction, self.split_seed)
 
     def setup(self, stage: str | None = None) -> None:
         if self.packed is not None:
@@ -121,37 +159,10 @@ class LMDataModule(L.LightningDataModule):
             )
 
     def train_dataloader(self) -> DataLoader:
-        resume_epoch, resume_batches = self._resume_position()
-        sampler = ResumableShuffleSampler(
-            self.train_blocks, self.seed, resume_epoch, resume_samples=resume_batches * self.batch_size
-        )
-        return self._loader(self.train_blocks, sampler=sampler, drop_last=True)
+        return self._train_loader(self.train_blocks)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_blocks, shuffle=False)
-
-    def _loader(self, blocks: TokenBlocks, **kwargs) -> DataLoader:
-        return DataLoader(
-            blocks,
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
-            **kwargs,
-        )
-
-    def _resume_position(self) -> tuple[int, int]:
-        """(epoch, batches trained in it) while Lightning resumes a fit from a checkpoint, else (0, 0).
-
-        Lightning restores its loop progress before it asks for the training DataLoader.
-        """
-        trainer = self.trainer
-        if trainer is None or not trainer.fit_loop.restarting:
-            return 0, 0
-        return (
-            trainer.fit_loop.epoch_progress.current.processed,
-            trainer.fit_loop.epoch_loop.batch_progress.current.processed,
-        )
 
     def val_prompts(self, n: int, n_tokens: int) -> list[list[int]]:
         """The first ``n_tokens`` ids of ``n`` validation blocks spread evenly over the split (fixed).

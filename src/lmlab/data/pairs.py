@@ -17,14 +17,12 @@ import ast
 import io
 import json
 import logging
-import os
 import textwrap
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -32,10 +30,9 @@ from transformers import PreTrainedTokenizerFast
 
 from lmlab.data.cache import atomic_directory, cache_key
 from lmlab.data.corpus import Corpus
-from lmlab.data.datamodule import DEFAULT_CACHE_DIR, LMDataModule
+from lmlab.data.datamodule import DEFAULT_CACHE_DIR, CorpusDataModule
 from lmlab.data.packing import split_documents, token_dtype
-from lmlab.data.sampler import ResumableShuffleSampler
-from lmlab.data.tokenizer import cached_tokenizer, check_vocab_size, tokenizer_fingerprint
+from lmlab.data.tokenizer import cached_tokenizer, tokenizer_fingerprint
 
 PAIR_KINDS = ("code_search", "simcse")
 PAIRS_FILE = "pairs.npz"
@@ -194,19 +191,14 @@ class PadPairs:
         return ids, mask
 
 
-class CodePairsDataModule(L.LightningDataModule):
+class CodePairsDataModule(CorpusDataModule):
     """Docstring/code pairs from a corpus: batches ``{query_ids, query_mask, doc_ids, doc_mask, index}``.
 
     ``block_size`` is the most tokens per side (longer texts are cut), so it must fit the model's context.
     ``pairs``: ``code_search`` trains on (docstring, code) pairs; ``simcse`` on every training docstring
     and function each paired with itself. ``seed`` orders training batches, ``split_seed`` picks the
-    held-out files (as in :class:`~lmlab.data.LMDataModule`).
+    held-out files. The tokenizer is the corpus's cached one, so an LM run and a pairs run share tokens.
     """
-
-    # same tokenizer cache and resume logic as the LM data: an LM run and a pairs run share tokens
-    load_tokenizer = LMDataModule.load_tokenizer
-    tokenizer = LMDataModule.tokenizer
-    _resume_position = LMDataModule._resume_position
 
     def __init__(
         self,
@@ -222,36 +214,14 @@ class CodePairsDataModule(L.LightningDataModule):
         min_docstring_chars: int = 16,
         pairs: str = "code_search",
     ):
-        super().__init__()
-        if not (hasattr(corpus, "fingerprint") and hasattr(corpus, "__iter__")):
-            raise ValueError(
-                "data.corpus must be a corpus (iterable of (doc_id, text) with fingerprint()) such as "
-                f"lmlab.data.StdlibCode or TextFiles; got {type(corpus).__name__}"
-            )
-        check_vocab_size(vocab_size)
-        for field, value in (("block_size", block_size), ("batch_size", batch_size)):
-            if value < 1:
-                raise ValueError(f"data.{field}={value} must be a positive integer (>= 1)")
-        if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction={val_fraction} must lie strictly between 0 and 1")
-        if num_workers < 0:
-            raise ValueError(f"data.num_workers={num_workers} must be >= 0 (0 loads in the main process)")
+        super().__init__(corpus, vocab_size, block_size, batch_size, val_fraction, num_workers, cache_dir, seed,
+                         split_seed)
         if min_docstring_chars < 1:
             raise ValueError(f"data.min_docstring_chars={min_docstring_chars} must be >= 1")
         if pairs not in PAIR_KINDS:
             raise ValueError(f"data.pairs={pairs!r}; allowed: {', '.join(PAIR_KINDS)}")
-        self.corpus = corpus
-        self.vocab_size = vocab_size
-        self.block_size = block_size
-        self.batch_size = batch_size
-        self.val_fraction = val_fraction
-        self.num_workers = num_workers
-        self.cache_dir = Path(os.path.expanduser(cache_dir))
-        self.seed = seed
-        self.split_seed = split_seed
         self.min_docstring_chars = min_docstring_chars
         self.pairs = pairs
-        self._tokenizer: PreTrainedTokenizerFast | None = None
         self.train_pairs: TextPairs | None = None
         self.val_pairs: TextPairs | None = None
 
@@ -310,22 +280,7 @@ class CodePairsDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        resume_epoch, resume_batches = self._resume_position()
-        sampler = ResumableShuffleSampler(
-            self.train_pairs, self.seed, resume_epoch, resume_samples=resume_batches * self.batch_size
-        )
-        return self._loader(self.train_pairs, sampler=sampler, drop_last=True)
+        return self._train_loader(self.train_pairs, collate_fn=PadPairs(self.tokenizer.pad_token_id))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_pairs, shuffle=False)
-
-    def _loader(self, pairs: TextPairs, **kwargs) -> DataLoader:
-        return DataLoader(
-            pairs,
-            batch_size=self.batch_size,
-            collate_fn=PadPairs(self.tokenizer.pad_token_id),
-            num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
-            **kwargs,
-        )
+        return self._loader(self.val_pairs, shuffle=False, collate_fn=PadPairs(self.tokenizer.pad_token_id))
