@@ -13,7 +13,7 @@ import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger
 from rich.console import Console
-from test_stability import TinyLM, fit_tiny, read_metrics
+from tiny_lightning import TinyLM, fit_tiny, read_metrics
 
 from lmlab.callbacks.dashboard import WandbDashboard
 from lmlab.callbacks.stability import StabilityMonitor

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from test_stability import BLOCK, VOCAB, TinyLM, fit_tiny, read_metrics
+from tiny_lightning import BLOCK, VOCAB, TinyLM, fit_tiny, read_metrics
 
 from lmlab.callbacks.throughput import ThroughputMonitor
 from lmlab.cli import cost as cost_cli
