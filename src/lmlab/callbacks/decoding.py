@@ -7,7 +7,6 @@ Logs ``decode/<strategy>/{tokens_per_s, mean_new_length, distinct_2, repetition_
 from __future__ import annotations
 
 import lightning as L
-import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -50,9 +49,6 @@ class DecodingEvaluator(L.Callback):
         was_training = model.training
         model.eval()
         for name, decode in self.strategies.items():
-            draft = decode.keywords.get("draft")
-            if isinstance(draft, torch.nn.Module):
-                draft.to(pl_module.device).eval()
             result = evaluate_strategy(name, decode, model, prompts, self.max_new_tokens,
                                        tokenizer.eos_token_id, tokenizer.pad_token_id, self.seed)
             for key, value in result.metrics.items():

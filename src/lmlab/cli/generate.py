@@ -41,13 +41,14 @@ def generate(cfg: DictConfig) -> list[DecodeResult]:
     model, tokenizer, _ = load_checkpoint(cfg.ckpt)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     model.to(device)
+    return decode_and_print(cfg, model, tokenizer, [tokenizer.encode(p) for p in prompts], cfg.max_new_tokens)
+
+
+def decode_and_print(cfg: DictConfig, model, tokenizer, prompts: list[list[int]],
+                     max_new_tokens: int) -> list[DecodeResult]:
+    """Every strategy of the `decoding=` choice on the prompts, printed; shared with train.py's samples."""
     strategies = named_strategies(instantiate(cfg.decoding), HydraConfig.get().runtime.choices.decoding)
-    for decode in strategies.values():
-        draft = decode.keywords.get("draft")
-        if isinstance(draft, torch.nn.Module):
-            draft.to(device).eval()
-    ids = [tokenizer.encode(p) for p in prompts]
-    results = [evaluate_strategy(name, decode, model, ids, cfg.max_new_tokens, tokenizer.eos_token_id,
+    results = [evaluate_strategy(name, decode, model, prompts, max_new_tokens, tokenizer.eos_token_id,
                                  tokenizer.pad_token_id, cfg.seed)
                for name, decode in strategies.items()]
     print_results(results, tokenizer)

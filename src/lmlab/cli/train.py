@@ -26,9 +26,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from lmlab.cli import CONF_DIR
-from lmlab.cli.display import print_results
+from lmlab.cli.generate import decode_and_print
 from lmlab.data import CodePairsDataModule
-from lmlab.decoding.evaluate import evaluate_strategy, named_strategies
 from lmlab.loggers import AppendingCSVLogger
 from lmlab.losses import InfoNCELoss
 from lmlab.module import LitLM
@@ -207,12 +206,8 @@ def finish_wandb(loggers: list) -> None:
 def print_samples(module: LitLM, datamodule, tokenizer, cfg: DictConfig) -> None:
     """Continuations of a few validation prompts with the configured decoding strategies."""
     model = module.model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
-    strategies = named_strategies(instantiate(cfg.decoding), HydraConfig.get().runtime.choices.decoding)
     prompts = datamodule.val_prompts(cfg.samples.num_prompts, 16)
-    results = [evaluate_strategy(name, decode, model, prompts, cfg.samples.max_new_tokens,
-                                 tokenizer.eos_token_id, tokenizer.pad_token_id, cfg.seed)
-               for name, decode in strategies.items()]
-    print_results(results, tokenizer)
+    decode_and_print(cfg, model, tokenizer, prompts, cfg.samples.max_new_tokens)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")

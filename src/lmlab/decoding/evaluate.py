@@ -62,6 +62,9 @@ def evaluate_strategy(name: str, decode, model, prompts: list[list[int]], max_ne
     """Decode every prompt with ``decode`` (a partial of greedy/sample/beam_search/speculative)."""
     device = next(model.parameters()).device
     func = getattr(decode, "func", decode)
+    draft = getattr(decode, "keywords", {}).get("draft")
+    if isinstance(draft, torch.nn.Module):  # a draft model decodes beside the target, on its device
+        draft.to(device).eval()
     extra = {}
     if "generator" in inspect.signature(func).parameters:  # seeded sampling: same texts every evaluation
         extra["generator"] = torch.Generator(device).manual_seed(seed)
