@@ -2,8 +2,8 @@
 greedy, sampling, beam search and speculative decoding, plus output quality metrics."""
 
 from lmlab.decoding.beam import beam_search
-from lmlab.decoding.sampling import greedy, sample
 from lmlab.decoding.metrics import decode_metrics, distinct_n, output_perplexity, repetition_rate
+from lmlab.decoding.sampling import greedy, sample
 from lmlab.decoding.speculative import PROMPT_LOOKUP, prompt_lookup, speculative, speculative_accept
 
 __all__ = [
