@@ -65,7 +65,13 @@ def resolve_checkpoint(path: str | Path, field: str = "ckpt") -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location="cpu", field: str = "ckpt"):
-    """(model in eval mode, tokenizer, raw checkpoint dict) from a checkpoint file or run directory."""
+    """(model in eval mode, tokenizer, raw checkpoint dict) from a checkpoint file or run directory.
+
+    A ``.safetensors`` file is a quantized checkpoint (``lmlab quantize``); its dict is the header metadata."""
+    if str(path).endswith(".safetensors"):
+        from lmlab.quantization.checkpoint import load_quantized
+
+        return load_quantized(path, field)
     path = resolve_checkpoint(path, field)
     ckpt = torch.load(path, map_location=map_location, weights_only=False)
     if "lmlab" not in ckpt:

@@ -1,7 +1,8 @@
 """`python generate.py ckpt=<run> decoding=<strategy> prompt="..."`: decode from a checkpoint alone.
 
 The checkpoint carries the model's config and the tokenizer, so neither the training config nor
-its data is needed.
+its data is needed. `quantize=int8|int4` decodes with weight-only quantized weights; `ckpt=` may
+also be a quantized `.safetensors` file written by `lmlab quantize`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from lmlab.checkpoint import load_checkpoint
 from lmlab.cli import CONF_DIR
 from lmlab.cli.display import print_results
 from lmlab.decoding.evaluate import DecodeResult, evaluate_strategy, named_strategies
+from lmlab.errors import InputError
+from lmlab.quantization import QuantizationSettings, quantization_settings, quantize
 
 
 def read_prompts(cfg: DictConfig) -> list[str]:
@@ -36,9 +39,26 @@ def read_prompts(cfg: DictConfig) -> list[str]:
     return prompts
 
 
+def quantization(cfg: DictConfig) -> QuantizationSettings | None:
+    """`quantize=int8|int4` (and `quantize_group_size=` for int4), checked before anything is loaded."""
+    mode, group_size = cfg.get("quantize"), cfg.get("quantize_group_size")
+    if mode is None:
+        if group_size is not None:
+            raise InputError(f"quantize_group_size={group_size} is set but quantize is null; "
+                             "add quantize=int4 (group sizes apply to int4)")
+        return None
+    if str(cfg.ckpt).endswith(".safetensors"):
+        raise InputError(f"ckpt={cfg.ckpt} is a quantized checkpoint already; drop quantize={mode} "
+                         "(or give the float run directory or .ckpt)")
+    return quantization_settings(mode, group_size, names={"mode": "quantize", "group_size": "quantize_group_size"})
+
+
 def generate(cfg: DictConfig) -> list[DecodeResult]:
     prompts = read_prompts(cfg)
+    settings = quantization(cfg)
     model, tokenizer, _ = load_checkpoint(cfg.ckpt)
+    if settings is not None:
+        model = quantize(model, settings)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     model.to(device)
     return decode_and_print(cfg, model, tokenizer, [tokenizer.encode(p) for p in prompts], cfg.max_new_tokens)
