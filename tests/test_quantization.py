@@ -232,7 +232,7 @@ def test_dtype_casts_keep_the_format_and_change_the_compute_dtype():
 
 
 @pytest.mark.parametrize("architecture", ["gpt2", "llama"])
-def test_hugging_face_models_quantize_wrapped_or_bare(architecture):
+def test_hugging_face_models_quantize_wrapped_or_bare(architecture, tmp_path):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     sizes = ({"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 64} if architecture == "gpt2" else
@@ -249,6 +249,8 @@ def test_hugging_face_models_quantize_wrapped_or_bare(architecture):
         wrapped = quantized if isinstance(quantized, HFCausalLM) else HFCausalLM(quantized)
         assert (wrapped(ids).logits - reference).abs().max() < 0.05 * reference.abs().max()
         assert greedy(quantized, ids, 3).shape == (2, 9)
+    loaded, _, _ = load_checkpoint(save_quantized(quantized, tmp_path / "hf.safetensors"))
+    assert torch.equal(loaded(ids).logits, HFCausalLM(quantized)(ids).logits)
     gpt2_layers = [m for m in quantize(copy.deepcopy(bare), "int4", group_size=16).modules()
                    if isinstance(m, QuantizedLinear)]
     assert len(gpt2_layers) == (4 if architecture == "gpt2" else 7) * 2  # Conv1D included; LM head kept
