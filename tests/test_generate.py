@@ -5,12 +5,9 @@ import subprocess
 import sys
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 
 from lmlab.cli import CONF_DIR
-from lmlab.cli.generate import generate, quote_prompt
+from lmlab.cli.generate import generate
 
 ROOT = CONF_DIR.rsplit("/", 1)[0]
 
@@ -21,14 +18,6 @@ def ckpt(trained_run, tmp_path_factory):
     alone = tmp_path_factory.mktemp("alone") / "model.ckpt"
     shutil.copy(trained_run / "checkpoints" / "best.ckpt", alone)
     return alone
-
-
-def generate_cfg(*overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("generate", overrides=[quote_prompt(o) for o in overrides], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
 
 
 def test_generate_py_every_strategy_from_a_lone_checkpoint(ckpt, tmp_path):
@@ -42,7 +31,7 @@ def test_generate_py_every_strategy_from_a_lone_checkpoint(ckpt, tmp_path):
     assert not list(tmp_path.glob("outputs")), "generate.py must not litter the working directory"
 
 
-def test_prompt_file_is_decoded_as_one_left_padded_batch(ckpt, tmp_path):
+def test_prompt_file_is_decoded_as_one_left_padded_batch(ckpt, tmp_path, generate_cfg):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("import os\n\ndef loads(s):\nclass JSONDecoder(object):\n")
     (result,) = generate(generate_cfg(f"ckpt={ckpt}", f"prompt_file={prompts}", "decoding=beam",
@@ -51,7 +40,7 @@ def test_prompt_file_is_decoded_as_one_left_padded_batch(ckpt, tmp_path):
     assert all(len(c) <= 5 for c in result.completions)
 
 
-def test_shell_prompt_with_quotes_and_braces_is_taken_verbatim(ckpt):
+def test_shell_prompt_with_quotes_and_braces_is_taken_verbatim(ckpt, generate_cfg):
     (result,) = generate(generate_cfg(f"ckpt={ckpt}", "prompt=it's ${HOME} (", "decoding=greedy",
                                       "max_new_tokens=2"))
     assert result.prompts[0] and len(result.completions[0]) == 2
@@ -63,6 +52,6 @@ def test_shell_prompt_with_quotes_and_braces_is_taken_verbatim(ckpt):
     (["ckpt=x"], "exactly one of prompt"),
     (["ckpt=x", "prompt_file=/nonexistent.txt"], "prompt_file=/nonexistent.txt does not exist"),
 ])
-def test_bad_input_is_named(overrides, error):
+def test_bad_input_is_named(overrides, error, generate_cfg):
     with pytest.raises((ValueError, FileNotFoundError), match=error):
         generate(generate_cfg(*overrides))

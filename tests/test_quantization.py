@@ -20,14 +20,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from safetensors.torch import save_file
 
 from lmlab.checkpoint import load_checkpoint
 from lmlab.cli import CONF_DIR
-from lmlab.cli.generate import generate, quote_prompt
+from lmlab.cli.generate import generate
 from lmlab.cli.quantize import main as quantize_main
 from lmlab.cli.train import train
 from lmlab.decoding import beam_search, greedy, sample, speculative
@@ -360,29 +357,20 @@ def test_non_finite_weights_and_quantizing_twice_are_refused():
         quantize(twice, "int4")
 
 
-def generate_cfg(*overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("generate", overrides=[quote_prompt(o) for o in overrides], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
-
-
 @pytest.mark.parametrize("overrides,error", [
     (["quantize=int9"], "quantize='int9' is not a quantization mode"),
     (["quantize_group_size=32"], "quantize_group_size=32 is set but quantize is null"),
     (["quantize=int8", "quantize_group_size=32"], "quantize_group_size=32 applies to int4 only"),
     (["quantize=int4", "quantize_group_size=48"], "quantize_group_size=48 does not divide"),
 ])
-def test_generate_py_quantize_misuse_is_named(overrides, error, trained_run):
+def test_generate_py_quantize_misuse_is_named(overrides, error, trained_run, generate_cfg):
     with pytest.raises(InputError, match=error):
         generate(generate_cfg(f"ckpt={trained_run}", "prompt=x", *overrides))
-    GlobalHydra.instance().clear()
 
 
 # --- command lines ---------------------------------------------------------------------------------
 
-def test_lmlab_quantize_writes_a_checkpoint_generate_loads(trained_run, tmp_path, capsys):
+def test_lmlab_quantize_writes_a_checkpoint_generate_loads(trained_run, tmp_path, capsys, generate_cfg):
     out = tmp_path / "int8.safetensors"
     figures = quantize_main([str(trained_run), "--mode", "int8", "--out", str(out), "--prompts", "4",
                              "--new-tokens", "4", "--val-batches", "2", "--repeats", "1"])
@@ -395,7 +383,6 @@ def test_lmlab_quantize_writes_a_checkpoint_generate_loads(trained_run, tmp_path
     ids = torch.tensor([tokenizer.encode("def main(")])
     expected = greedy(loaded, ids, 4)[0, ids.shape[1]:].tolist()
     assert result.completions[0] == expected[: len(result.completions[0])]
-    GlobalHydra.instance().clear()
 
 
 @pytest.mark.parametrize("args,error", [
