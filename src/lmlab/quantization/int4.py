@@ -63,11 +63,11 @@ def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, offset: torch.Ten
                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """packed [..., in / 2], scale and offset [..., groups] (any leading dims) -> float [..., in]."""
     q = unpack_int4(packed)
-    groups = q.view(*q.shape[:-1], scale.shape[-1], -1).float()
+    w = q.view(*q.shape[:-1], scale.shape[-1], -1).float()  # a fresh tensor: the arithmetic runs in place
     if offset is None:
-        w = (groups - SYMMETRIC_ZERO) * scale.float()[..., None]
+        w.sub_(SYMMETRIC_ZERO).mul_(scale.float()[..., None])
     else:
-        w = groups * scale.float()[..., None] + offset.float()[..., None]
+        w.mul_(scale.float()[..., None]).add_(offset.float()[..., None])
     return w.flatten(-2).to(dtype)
 
 
