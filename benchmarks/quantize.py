@@ -3,8 +3,9 @@
     python benchmarks/quantize.py --run logs/train/runs/<run>            # a trained run and its held-out split
     python benchmarks/quantize.py --run <run> --group-size 32 --smoke     # seconds: tiny sizes, same code path
 
-On a CPU shared with other work, ``--threads 1`` gives steadier figures: OpenMP threads that wait
-for a busy core spin and can cost more than the work itself.
+On a CPU shared with other work, wall-clock speeds are noise (and OpenMP threads waiting for a busy
+core spin, costing more than the work): ``--threads 1 --cpu-time`` times every speed figure by the
+CPU time the process spent instead, which other processes do not inflate.
 
 Models: float32, int8, int4 (``--group-size``, default 64), the same two with the embeddings and the
 LM head quantized as well (``*_all``), bfloat16, and int8 computing in bfloat16. For each: weight
@@ -60,13 +61,13 @@ def build_variants(model, names, group_size: int) -> dict:
     return {name: builders[name]() for name in names}
 
 
-def time_call(fn, iterations: int, device: torch.device) -> float:
-    start = time.perf_counter()
+def time_call(fn, iterations: int, device: torch.device, clock) -> float:
+    start = clock()
     for _ in range(iterations):
         fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return (time.perf_counter() - start) / iterations
+    return (clock() - start) / iterations
 
 
 def matmul_kernels(x, weight, q, scale, packed: bool) -> dict:
@@ -76,7 +77,8 @@ def matmul_kernels(x, weight, q, scale, packed: bool) -> dict:
     return kernels
 
 
-def int8_kernels(model, device: torch.device, rows=(1, 8), iterations: int = 20, repeats: int = 3) -> list[dict]:
+def int8_kernels(model, device: torch.device, clock, rows=(1, 8), iterations: int = 20, repeats: int = 3
+                 ) -> list[dict]:
     """Microseconds per matmul for each distinct layer shape: float weight, dequantize-then-matmul and, on
     CPU, torch._weight_int8pack_mm, in float32 and bfloat16 (the packed kernel only where it is correct)."""
     shapes = sorted({(m.out_features, m.in_features) for m in model.modules() if isinstance(m, QuantizedWeight)})
@@ -90,7 +92,7 @@ def int8_kernels(model, device: torch.device, rows=(1, 8), iterations: int = 20,
         best = {name: float("inf") for name in kernels}
         for _ in range(repeats + 1):
             for name, fn in kernels.items():
-                best[name] = min(best[name], time_call(fn, iterations, device))
+                best[name] = min(best[name], time_call(fn, iterations, device, clock))
         results.append({"shape": [out_features, in_features], "rows": m, "dtype": str(dtype).removeprefix("torch."),
                         **{f"{name}_us": round(t * 1e6, 1) for name, t in best.items()}})
     return results
@@ -107,10 +109,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--val-batches", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
+    parser.add_argument("--cpu-time", action="store_true", help="speeds per CPU second (needs --threads 1, CPU)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs (seconds)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cpu_time and (args.threads != 1 or torch.cuda.is_available()):
+        parser.error("--cpu-time counts the CPU time of one thread: give --threads 1, on a machine without CUDA")
+    clock = time.process_time if args.cpu_time else time.perf_counter
     if args.smoke:
         args.prompts, args.new_tokens, args.val_batches, args.repeats = 4, 4, 2, 1
     names = args.variants.split(",")
@@ -126,7 +132,8 @@ def main(argv=None) -> dict:
     val_batches = list(itertools.islice(datamodule.val_dataloader(), args.val_batches))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     models = {name: m.to(device) for name, m in build_variants(model, names, args.group_size).items()}
-    figures = compare_models(models, "float32", val_batches, prompts, args.new_tokens, repeats=args.repeats)
+    figures = compare_models(models, "float32", val_batches, prompts, args.new_tokens, repeats=args.repeats,
+                             clock=clock)
 
     base = figures["float32"]
     for f in figures.values():
@@ -145,11 +152,12 @@ def main(argv=None) -> dict:
         "model": {"params": sum(p.numel() for p in model.parameters()), **model.to_config_dict()},
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "clock": "CPU seconds of the process" if args.cpu_time else "wall-clock seconds",
         "settings": {**{k: v for k, v in vars(args).items() if k not in ("run", "variants")},
                      "val_tokens": sum(b[:, 1:].numel() for b in val_batches)},
         "goals": goals,
         "models": figures,
-        "int8_kernels": int8_kernels(models.get("int8") or quantize(copy.deepcopy(model), "int8"), device,
+        "int8_kernels": int8_kernels(models.get("int8") or quantize(copy.deepcopy(model), "int8"), device, clock,
                                      iterations=2 if args.smoke else 20, repeats=args.repeats),
     }
     print(json.dumps(result, indent=2))

@@ -435,7 +435,7 @@ def test_generate_py_quantize_int8_through_the_real_command_line(trained_run, tm
 
 def test_benchmark_smoke_prints_every_goal(trained_run):
     cmd = [sys.executable, f"{ROOT}/benchmarks/quantize.py", "--run", str(trained_run), "--group-size", "32",
-           "--threads", "1", "--smoke"]
+           "--threads", "1", "--cpu-time", "--smoke"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
