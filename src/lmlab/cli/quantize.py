@@ -12,6 +12,7 @@ import argparse
 import copy
 import itertools
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -44,6 +45,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--val-batches", type=int, help="validation batches for perplexity (default: all)")
     parser.add_argument("--repeats", type=int, default=3, help="timed decodes per model (the fastest counts)")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="CPU: decode on one thread and count its CPU seconds (steady on a busy machine)")
     return parser.parse_args(argv)
 
 
@@ -83,6 +86,10 @@ def quantize_run(args: argparse.Namespace, console: Console) -> dict:
     console.print(f"wrote {out} ({out.stat().st_size / 2**20:.2f} MiB)")
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if args.cpu_time:
+        if device != "cpu":
+            raise InputError(f"--cpu-time counts CPU seconds; it needs --device cpu (device is {device})")
+        torch.set_num_threads(1)
     models = {str(next(model.parameters()).dtype).removeprefix("torch."): model.to(device),
               args.mode: quantized.to(device)}
     datamodule = run_datamodule(ckpt)
@@ -95,12 +102,12 @@ def quantize_run(args: argparse.Namespace, console: Console) -> dict:
         prompts = torch.tensor(datamodule.val_prompts(args.prompts, args.prompt_tokens))
         val_batches = list(itertools.islice(datamodule.val_dataloader(), args.val_batches))
     figures = compare_models(models, next(iter(models)), val_batches, prompts, args.new_tokens,
-                             repeats=args.repeats)
-    print_table(figures, len(prompts), args.new_tokens, console)
+                             repeats=args.repeats, clock=time.process_time if args.cpu_time else time.perf_counter)
+    print_table(figures, len(prompts), args.new_tokens, args.cpu_time, console)
     return figures
 
 
-def print_table(figures: dict, n_prompts: int, new_tokens: int, console: Console) -> None:
+def print_table(figures: dict, n_prompts: int, new_tokens: int, cpu_time: bool, console: Console) -> None:
     (before, a), (after, b) = figures.items()
     table = Table(title=f"{after} weight-only quantization (greedy: {n_prompts} prompts x {new_tokens} tokens)")
     for column in ("", before, after, "change"):
@@ -118,7 +125,8 @@ def print_table(figures: dict, n_prompts: int, new_tokens: int, console: Console
                   f"{100 * b['identical_prompts']:.0f}% prompts same")
     for batch in (1, 8):
         key = f"tokens_per_s_batch{batch}"
-        table.add_row(f"tokens/s batch {batch}", f"{a[key]:.1f}", f"{b[key]:.1f}", f"x{b[key] / a[key]:.2f}")
+        label = f"tokens/{'CPU ' if cpu_time else ''}s batch {batch}"
+        table.add_row(label, f"{a[key]:.1f}", f"{b[key]:.1f}", f"x{b[key] / a[key]:.2f}")
     console.print(table)
 
 
