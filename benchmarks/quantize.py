@@ -7,8 +7,9 @@ On a CPU shared with other work, wall-clock speeds are noise (and OpenMP threads
 core spin, costing more than the work): ``--threads 1 --cpu-time`` times every speed figure by the
 CPU time the process spent instead, which other processes do not inflate.
 
-Models: float32, int8, int4 (``--group-size``, default 64), the same two with the embeddings and the
-LM head quantized as well (``*_all``), bfloat16, and int8 computing in bfloat16. For each: weight
+Models: float32, int8, int8 with its matmuls in bfloat16 (``matmul_dtype``), int4 (``--group-size``,
+default 64), int8 and int4 with the embeddings and the LM head quantized as well (``*_all``),
+bfloat16, and int8 of the bfloat16 model. For each: weight
 bytes (all, and the quantized layers with their scales against the same weights in float32 and
 bfloat16), perplexity on the run's validation split, greedy token agreement with float32 over
 ``--prompts`` validation prompts, and greedy decode tokens/s at batch 1 and 8 (fastest of
@@ -35,7 +36,7 @@ from lmlab.quantization.int8 import packed_kernel_applies, quantize_int8
 from lmlab.quantization.layers import QuantizedWeight
 from lmlab.quantization.measure import compare_models
 
-VARIANTS = ("float32", "int8", "int4", "int8_all", "int4_all", "bfloat16", "int8_bfloat16")
+VARIANTS = ("float32", "int8", "int8_bf16_matmul", "int4", "int8_all", "int4_all", "bfloat16", "int8_bfloat16")
 GOALS = {  # name: (model, figure, target, holds)
     "int8_memory_vs_float32": ("int8", "layer_bytes_vs_float32", "<= 0.27", lambda v: v <= 0.27),
     "int8_memory_vs_bfloat16": ("int8", "layer_bytes_vs_bfloat16", "<= 0.53", lambda v: v <= 0.53),
@@ -45,6 +46,12 @@ GOALS = {  # name: (model, figure, target, holds)
     "int4_perplexity_change": ("int4", "perplexity_change", "within 5%", lambda v: abs(v) <= 0.05),
     "int8_speed_batch1": ("int8", "speed_vs_float32_batch1", ">= 1 on CPU", lambda v: v >= 1.0),
     "int8_speed_batch8": ("int8", "speed_vs_float32_batch8", ">= 1 on CPU", lambda v: v >= 1.0),
+    "int8_bf16_matmul_speed_batch1": ("int8_bf16_matmul", "speed_vs_float32_batch1", ">= 1 on CPU",
+                                      lambda v: v >= 1.0),
+    "int8_bf16_matmul_speed_batch8": ("int8_bf16_matmul", "speed_vs_float32_batch8", ">= 1 on CPU",
+                                      lambda v: v >= 1.0),
+    "int8_bf16_matmul_perplexity_change": ("int8_bf16_matmul", "perplexity_change", "within 1%",
+                                           lambda v: abs(v) <= 0.01),
 }
 
 
@@ -52,6 +59,7 @@ def build_variants(model, names, group_size: int) -> dict:
     builders = {
         "float32": lambda: model,
         "int8": lambda: quantize(copy.deepcopy(model), "int8"),
+        "int8_bf16_matmul": lambda: quantize(copy.deepcopy(model), "int8", matmul_dtype="bfloat16"),
         "int4": lambda: quantize(copy.deepcopy(model), "int4", group_size=group_size),
         "int8_all": lambda: quantize(copy.deepcopy(model), "int8", embeddings=True),
         "int4_all": lambda: quantize(copy.deepcopy(model), "int4", group_size=group_size, embeddings=True),

@@ -133,6 +133,17 @@ def test_quantized_linear_equals_matmul_with_dequantized_weight(mode, dtype, bia
         assert packed_kernel_applies(x, in_features) == (dtype == torch.bfloat16 and in_features % 8 == 0)
 
 
+def test_int8_matmul_dtype_bfloat16_rounds_the_inputs_and_returns_the_input_dtype():
+    torch.manual_seed(0)
+    layer = quantize(nn.Sequential(nn.Linear(64, 40)), "int8", matmul_dtype="bfloat16")[0]
+    x = torch.randn(2, 3, 64)
+    got = layer(x)
+    assert got.dtype == torch.float32 and packed_kernel_applies(x.bfloat16(), 64)
+    expected = x @ layer.dequantize().T + layer.bias
+    torch.testing.assert_close(got, expected, rtol=2e-2, atol=2e-2 * expected.abs().max().item())
+    assert not torch.allclose(got, expected, rtol=1e-6, atol=1e-7)  # it did compute in bfloat16
+
+
 # --- independent references ------------------------------------------------------------------------
 
 def numpy_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -266,7 +277,7 @@ def no_pickle(monkeypatch):
     monkeypatch.setattr(torch, "load", refuse)
 
 
-@pytest.mark.parametrize("settings", [{"mode": "int8"}, {"mode": "int4", "group_size": 32},
+@pytest.mark.parametrize("settings", [{"mode": "int8", "matmul_dtype": "bfloat16"}, {"mode": "int4", "group_size": 32},
                                       {"mode": "int4", "group_size": 16, "symmetric": True, "embeddings": True},
                                       {"mode": "int8", "embeddings": True}])
 def test_checkpoint_round_trip_is_bit_exact_and_never_unpickles(settings, trained, tmp_path, no_pickle):
@@ -281,7 +292,8 @@ def test_checkpoint_round_trip_is_bit_exact_and_never_unpickles(settings, traine
     ids = torch.tensor([tokenizer.encode("def main(")])
     assert torch.equal(loaded(ids).logits, quantized(ids).logits)
     assert loaded_tokenizer.encode("import os") == tokenizer.encode("import os")
-    assert meta["format_version"] == "1" and meta["quantization"]["mode"] == settings["mode"]
+    assert meta["format_version"] == "1" and meta["quantization"] == {**quantized.quantization.to_dict()}
+    assert settings.items() <= meta["quantization"].items()
 
 
 def test_unusable_safetensors_files_are_checkpoint_errors(tmp_path):
@@ -336,6 +348,8 @@ def test_token_agreement():
     ({"mode": "int8", "skip": ["blcks.*"]}, r"skip pattern 'blcks.\*' matches no module"),
     ({"mode": "int8", "skip": ["*"]}, r"nothing to quantize"),
     ({"mode": "int8", "embeddings": True, "skip": ["wte"]}, r"wte and lm_head share one weight"),
+    ({"mode": "int4", "matmul_dtype": "bfloat16"}, r"matmul_dtype='bfloat16'; allowed: unset, or bfloat16 with int8"),
+    ({"mode": "int8", "matmul_dtype": "float8"}, r"matmul_dtype='float8'; allowed"),
 ])
 def test_bad_settings_fail_before_any_layer_changes(kwargs, error):
     model = tiny_gpt()
@@ -441,7 +455,8 @@ def test_benchmark_smoke_prints_every_goal(trained_run):
     result = json.loads(proc.stdout)
     assert set(result["goals"]) == {
         "int8_memory_vs_float32", "int8_memory_vs_bfloat16", "int8_perplexity_change", "int8_greedy_agreement",
-        "int4_memory_vs_bfloat16", "int4_perplexity_change", "int8_speed_batch1", "int8_speed_batch8"}
+        "int4_memory_vs_bfloat16", "int4_perplexity_change", "int8_speed_batch1", "int8_speed_batch8",
+        "int8_bf16_matmul_speed_batch1", "int8_bf16_matmul_speed_batch8", "int8_bf16_matmul_perplexity_change"}
     int8 = result["models"]["int8"]
     assert 0.25 < int8["layer_bytes_vs_float32"] <= 0.25 + 1 / 32  # 1 byte a weight, 4 per row of >= 32
     assert all(result["models"][m]["tokens_per_s_batch8"] > 0 for m in result["models"])

@@ -26,7 +26,7 @@ from lmlab.errors import InputError
 from lmlab.quantization import MODES, quantization_settings, quantize, save_quantized
 from lmlab.quantization.measure import compare_models
 
-NAMES = {"mode": "--mode", "group_size": "--group-size", "skip": "--skip"}
+NAMES = {"mode": "--mode", "group_size": "--group-size", "skip": "--skip", "matmul_dtype": "--matmul-dtype"}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -36,6 +36,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--group-size", type=int, help="int4: input columns per scale (default 64)")
     parser.add_argument("--symmetric", action="store_true", help="int4: symmetric scales (no offsets)")
     parser.add_argument("--embeddings", action="store_true", help="also quantize the embeddings and LM head")
+    parser.add_argument("--matmul-dtype", help="int8: bfloat16 computes matmuls in bf16 (faster on CPU)")
     parser.add_argument("--skip", action="append", default=[], metavar="PATTERN",
                         help="module names left in float (fnmatch, repeatable), e.g. 'blocks.0.*'")
     parser.add_argument("--out", required=True, help="the quantized checkpoint to write (.safetensors)")
@@ -77,7 +78,7 @@ def run_datamodule(ckpt: Path):
 
 def quantize_run(args: argparse.Namespace, console: Console) -> dict:
     settings = quantization_settings(args.mode, args.group_size, args.skip, args.embeddings, args.symmetric,
-                                     names=NAMES)
+                                     args.matmul_dtype, names=NAMES)
     check_args(args)
     ckpt = resolve_checkpoint(args.checkpoint, field="checkpoint")
     model, tokenizer, _ = load_checkpoint(ckpt, field="checkpoint")

@@ -24,7 +24,8 @@ from lmlab.quantization.layers import QuantizedEmbedding, QuantizedLinear, Quant
 
 MODES = ("int8", "int4")
 DEFAULT_GROUP_SIZE = 64
-FIELD_NAMES = {"mode": "mode", "group_size": "group_size", "skip": "skip"}
+FIELD_NAMES = {"mode": "mode", "group_size": "group_size", "skip": "skip", "matmul_dtype": "matmul_dtype"}
+MATMUL_DTYPES = ("bfloat16",)
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class QuantizationSettings:
     symmetric: bool = False  # int4: no offsets (int8 is always symmetric)
     embeddings: bool = False  # also the embeddings and the LM head
     skip: tuple[str, ...] = ()  # fnmatch patterns of module names left in float
+    matmul_dtype: str | None = None  # int8: "bfloat16" computes matmuls in bf16 (None: the input's dtype)
     # how the caller's interface names each field, for error messages (not part of the settings)
     names: dict = field(default_factory=lambda: dict(FIELD_NAMES), compare=False, repr=False)
 
@@ -51,10 +53,11 @@ class QuantizationSettings:
 
 
 def quantization_settings(mode: str, group_size: int | None = None, skip=(), embeddings: bool = False,
-                          symmetric: bool = False, names: dict | None = None) -> QuantizationSettings:
+                          symmetric: bool = False, matmul_dtype: str | None = None,
+                          names: dict | None = None) -> QuantizationSettings:
     """Checked settings (no model needed, so command lines check them before loading anything).
 
-    ``names`` maps "mode", "group_size" and "skip" to the caller's field names, e.g.
+    ``names`` maps "mode", "group_size", "skip" and "matmul_dtype" to the caller's field names, e.g.
     {"mode": "quantize"} for generate.py."""
     names = {**FIELD_NAMES, **(names or {})}
     if mode not in MODES:
@@ -66,23 +69,29 @@ def quantization_settings(mode: str, group_size: int | None = None, skip=(), emb
         group_size = DEFAULT_GROUP_SIZE if group_size is None else group_size
         if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
             raise InputError(f"{names['group_size']}={group_size!r} must be a positive integer (e.g. 32, 64, 128)")
+    if matmul_dtype is not None and (mode != "int8" or matmul_dtype not in MATMUL_DTYPES):
+        raise InputError(f"{names['matmul_dtype']}={matmul_dtype!r}; allowed: unset, or "
+                         f"{', '.join(MATMUL_DTYPES)} with int8 (mode is {mode})")
     skip = (skip,) if isinstance(skip, str) else tuple(skip or ())
     if not all(isinstance(pattern, str) and pattern for pattern in skip):
         raise InputError(f"{names['skip']}={list(skip)!r} must be module-name patterns (e.g. 'blocks.0.*')")
-    return QuantizationSettings(mode, group_size, bool(symmetric) and mode == "int4", bool(embeddings), skip, names)
+    return QuantizationSettings(mode, group_size, bool(symmetric) and mode == "int4", bool(embeddings), skip,
+                                matmul_dtype, names)
 
 
 def quantize(model: nn.Module, mode: str | QuantizationSettings, group_size: int | None = None, skip=(),
-             embeddings: bool = False, symmetric: bool = False) -> nn.Module:
+             embeddings: bool = False, symmetric: bool = False, matmul_dtype: str | None = None) -> nn.Module:
     """Quantize ``model``'s weights in place and return it.
 
     ``mode``: "int8" (per-channel) or "int4" (``group_size`` columns per scale, default 64,
     asymmetric unless ``symmetric``), or settings from :func:`quantization_settings`.
     ``skip``: module-name patterns left in float; ``embeddings``: quantize the embeddings and the
-    LM head too. Accepts lmlab's GPT, ``HFCausalLM`` or a bare Hugging Face ``PreTrainedModel``.
+    LM head too; ``matmul_dtype="bfloat16"`` (int8): compute the matmuls in bfloat16, which lets a
+    float32 model use the faster packed int8 kernel on CPU. Accepts lmlab's GPT, ``HFCausalLM`` or a
+    bare Hugging Face ``PreTrainedModel``.
     """
     if not isinstance(mode, QuantizationSettings):
-        mode = quantization_settings(mode, group_size, skip, embeddings, symmetric)
+        mode = quantization_settings(mode, group_size, skip, embeddings, symmetric, matmul_dtype)
     convert(model, mode, quantize_weights=True)
     return model
 
@@ -96,12 +105,13 @@ def convert(model: nn.Module, settings: QuantizationSettings, quantize_weights: 
         raise InputError(f"the model is already quantized ({mode}); quantize the float model "
                          "(its .ckpt or run directory) instead")
     plan = _plan(root, settings, check_values=quantize_weights)
+    matmul_dtype = getattr(torch, settings.matmul_dtype) if settings.matmul_dtype else None
     replaced: dict[int, QuantizedLinear] = {}  # id(float weight) -> its quantized Linear
     for name, module in plan:
         if not isinstance(module, nn.Embedding):
             weight, bias = _linear_weight(module)
             new = QuantizedLinear(*weight.shape, bias is not None, settings.mode, settings.group_size,
-                                  settings.symmetric, weight.dtype, weight.device)
+                                  settings.symmetric, matmul_dtype, weight.dtype, weight.device)
             if quantize_weights:
                 new.set_weight(weight)
                 if bias is not None:
@@ -115,7 +125,7 @@ def convert(model: nn.Module, settings: QuantizationSettings, quantize_weights: 
                 new = TiedEmbedding(head)
             else:
                 new = QuantizedEmbedding(*module.weight.shape, settings.mode, settings.group_size,
-                                         settings.symmetric, module.weight.dtype, module.weight.device)
+                                         settings.symmetric, None, module.weight.dtype, module.weight.device)
                 if quantize_weights:
                     new.set_weight(module.weight)
             _set_module(root, name, new)

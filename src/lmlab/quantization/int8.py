@@ -6,10 +6,12 @@ dequantized weight q * scale is within scale / 2 of w everywhere. A row of zeros
 
 The matmul converts the int8 weight to the activations' dtype and scales the outputs (one multiply
 per output instead of one per weight). On CPU with bfloat16 activations ``torch._weight_int8pack_mm``
-is several times faster than both that and a bfloat16 matmul (measured by benchmarks/quantize.py);
-with float32 or float16 activations it is slower than the conversion on this torch build, and with
-bfloat16 and an input size that is not a multiple of 8 it crashes or returns wrong values, so it is
-used only for bfloat16 on CPU with in_features % 8 == 0.
+is several times faster than both that and a bfloat16 matmul, and for layers of 768 inputs and more
+also faster than a float32 matmul (measured by benchmarks/quantize.py); with float32 or float16
+activations it is slower than the conversion on this torch build, and with bfloat16 and an input
+size that is not a multiple of 8 it crashes or returns wrong values. So it is used for bfloat16 on
+CPU with in_features % 8 == 0, and ``matmul_dtype=torch.bfloat16`` lets float32 models use it too
+(inputs rounded to bfloat16, outputs cast back).
 """
 
 from __future__ import annotations
@@ -40,8 +42,12 @@ def packed_kernel_applies(x: torch.Tensor, in_features: int) -> bool:
             and hasattr(torch, "_weight_int8pack_mm"))
 
 
-def int8_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x [..., in] @ dequantized weight.T -> [..., out] in x's dtype."""
+def int8_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor,
+                matmul_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """x [..., in] @ dequantized weight.T -> [..., out] in x's dtype, computed in ``matmul_dtype``
+    (None: x's dtype)."""
+    if matmul_dtype is not None and x.dtype != matmul_dtype:
+        return int8_matmul(x.to(matmul_dtype), q, scale).to(x.dtype)
     if packed_kernel_applies(x, q.shape[1]):
         out = torch._weight_int8pack_mm(x.reshape(-1, x.shape[-1]), q, scale.to(x.dtype))
         return out.view(*x.shape[:-1], q.shape[0])

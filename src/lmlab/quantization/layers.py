@@ -22,10 +22,12 @@ class QuantizedWeight(nn.Module):
     """An [out, in] weight in int8 (per-row scales) or int4 (per-group scales, packed) storage."""
 
     def __init__(self, out_features: int, in_features: int, mode: str, group_size: int | None = None,
-                 symmetric: bool = False, dtype: torch.dtype = torch.float32, device=None):
+                 symmetric: bool = False, matmul_dtype: torch.dtype | None = None,
+                 dtype: torch.dtype = torch.float32, device=None):
         super().__init__()
         self.out_features, self.in_features = out_features, in_features
         self.mode, self.group_size, self.symmetric = mode, group_size, symmetric
+        self.matmul_dtype = matmul_dtype  # int8: the dtype matmuls compute in (None: the input's)
         self.dtype = dtype  # what the float weight was, and what dequantize() returns
         if mode == "int8":
             self.register_buffer("qweight", torch.empty(out_features, in_features, dtype=torch.int8, device=device))
@@ -67,7 +69,7 @@ class QuantizedWeight(nn.Module):
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., in] @ weight.T, in x's dtype."""
         if self.mode == "int8":
-            return int8_matmul(x, self.qweight, self.scale)
+            return int8_matmul(x, self.qweight, self.scale, self.matmul_dtype)
         return int4_matmul(x, self.qweight, self.scale, self.offset)
 
     def nbytes(self) -> int:
@@ -92,15 +94,17 @@ class QuantizedWeight(nn.Module):
 
     def format_repr(self) -> str:
         group = f", group_size={self.group_size}, symmetric={self.symmetric}" if self.mode == "int4" else ""
-        return f"mode={self.mode}{group}"
+        matmul = f", matmul_dtype={self.matmul_dtype}" if self.matmul_dtype is not None else ""
+        return f"mode={self.mode}{group}{matmul}"
 
 
 class QuantizedLinear(QuantizedWeight):
     """nn.Linear with a quantized weight and a float bias."""
 
     def __init__(self, out_features: int, in_features: int, bias: bool, mode: str, group_size: int | None = None,
-                 symmetric: bool = False, dtype: torch.dtype = torch.float32, device=None):
-        super().__init__(out_features, in_features, mode, group_size, symmetric, dtype, device)
+                 symmetric: bool = False, matmul_dtype: torch.dtype | None = None,
+                 dtype: torch.dtype = torch.float32, device=None):
+        super().__init__(out_features, in_features, mode, group_size, symmetric, matmul_dtype, dtype, device)
         bias_tensor = torch.empty(out_features, dtype=dtype, device=device) if bias else None
         self.bias = None if bias_tensor is None else nn.Parameter(bias_tensor, requires_grad=False)
 
