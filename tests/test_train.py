@@ -110,9 +110,36 @@ def test_strategy_ddp_relaunches_the_script_and_logs_from_rank_zero(run_train_py
     assert len(column(rows, "train/loss")) == 4
 
 
-def test_fused_optimizer_with_mixed_precision_and_clipping_runs(make_cfg):
-    """Lightning refuses to clip a fused optimizer under AMP; lmlab falls back to foreach instead."""
+def test_fused_optimizer_with_mixed_precision_and_clipping_is_clipped_by_the_module(make_cfg):
+    """Lightning refuses to clip a fused optimizer under AMP; without a loss scaler (bf16-mixed) LitLM clips
+    the unscaled gradients itself and keeps the fused step."""
     cfg = make_cfg("optimizer=torch_adamw", "optimizer.fused=true", "trainer.precision=bf16-mixed",
-                   "trainer.gradient_clip_val=0.5", "trainer.max_steps=2")
-    with pytest.warns(UserWarning, match="foreach"):
-        train(cfg)
+                   "trainer.gradient_clip_val=1e-3", "trainer.max_steps=2", "callbacks=none",
+                   "+callbacks.stability._target_=lmlab.callbacks.stability.StabilityMonitor")
+    train(cfg)
+    rows = read_metrics(Path(cfg.paths.output_dir))
+    clipped, raw = column(rows, "stability/grad_norm_clipped"), column(rows, "stability/grad_norm")
+    assert len(clipped) == 2
+    for c, r in zip(clipped, raw, strict=True):
+        assert c == pytest.approx(1e-3, rel=1e-2) and r > 1e-2
+
+
+def test_optimizer_factory_is_called_with_the_model():
+    """The optimizer contract: factory(model). lmlab's optimizers group the model's parameters themselves
+    (weight decay on matrices only), so a plain class or a lambda gets the configured decay, not 0."""
+    from lmlab.models import GPT
+    from lmlab.module import LitLM
+    from lmlab.optim import AdamW, Muon, grouped
+
+    model = GPT(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16, tie_embeddings=False)
+    matrices = {id(p) for n, p in model.named_parameters() if p.ndim == 2 and "wte" not in n and "wpe" not in n}
+    for factory in (lambda m: AdamW(m, lr=1e-3, weight_decay=0.3),
+                    lambda m: grouped(m, "torch.optim.AdamW", lr=1e-3, weight_decay=0.3)):
+        optimizer = LitLM(model, torch.nn.Identity(), factory).configure_optimizers()
+        decay = {id(p) for g in optimizer.param_groups if g["weight_decay"] == 0.3 for p in g["params"]}
+        assert decay == matrices
+    muon = LitLM(model, torch.nn.Identity(), lambda m: Muon(m, lr=0.02)).configure_optimizers()
+    hidden = {id(p) for g in muon.param_groups if g["use_muon"] for p in g["params"]}
+    assert hidden and hidden < matrices and id(model.lm_head.weight) not in hidden
+    with pytest.raises(ValueError, match="factory\\(model\\)"):
+        LitLM(model, torch.nn.Identity(), lambda m: "not an optimizer").configure_optimizers()

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
+from lmlab.callbacks.forward_stats import LogitStats
 from lmlab.models import GPT
 from lmlab.optim import param_groups
 
@@ -32,9 +33,9 @@ def markov_sequences(n: int, seed: int = 0) -> torch.Tensor:
     return seqs
 
 
-class TinyLM(L.LightningModule):
-    """Follows LitLM's contract: batch [B, T+1], `train/loss`, `val/loss`, `val/ppl`, and
-    `forward_stats` when `collect_forward_stats` is set. `inject` = {step: "nan" | "spike"}
+class TinyLM(LogitStats, L.LightningModule):
+    """Follows LitLM's contract: batch [B, T+1], `train/loss`, `val/loss`, `val/ppl`, and forward
+    statistics through `ForwardStatsSource` (the LogitStats mixin). `inject` = {step: "nan" | "spike"}
     corrupts the logits of that optimizer step (on `inject_rank` only, when given)."""
 
     def __init__(
@@ -49,8 +50,7 @@ class TinyLM(L.LightningModule):
         self.model = GPT(vocab_size=VOCAB, block_size=BLOCK, n_layer=2, n_head=2, n_embd=32)
         self.optimizer_name, self.lr = optimizer, lr
         self.inject, self.inject_rank = inject or {}, inject_rank
-        self.collect_forward_stats = False
-        self.forward_stats: dict[str, torch.Tensor] = {}
+        self.last_logits: torch.Tensor | None = None
         self.recorded: dict[int, dict] = {}  # step -> independent measurements (see Recorder)
 
     def training_step(self, batch, batch_idx):
@@ -60,10 +60,8 @@ class TinyLM(L.LightningModule):
         if kind and (self.inject_rank is None or self.inject_rank == self.global_rank):
             logits = logits * (math.nan if kind == "nan" else 300.0)
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
-        if self.collect_forward_stats:
-            with torch.no_grad():
-                lse = torch.logsumexp(logits.float(), dim=-1)
-                self.forward_stats = {"max_logit": logits.detach().max().float(), "z_loss": lse.pow(2).mean()}
+        self.record_logits(logits)
+        self.last_logits = logits.detach()
         self.log("train/loss", loss, on_step=True)
         return loss
 

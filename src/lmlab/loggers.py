@@ -7,6 +7,7 @@ import netrc
 import os
 from urllib.parse import urlparse
 
+import lightning as L
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
@@ -32,6 +33,11 @@ def resolve_wandb_mode(mode: str) -> str:
     if mode != "auto":
         return mode
     return os.environ.get("WANDB_MODE") or ("online" if wandb_key_configured() else "offline")
+
+
+def wandb_loggers(loggers: L.Trainer | list) -> list[WandbLogger]:
+    """The W&B loggers of a trainer (or a list of loggers): the one place that filters them."""
+    return [lg for lg in getattr(loggers, "loggers", loggers) if isinstance(lg, WandbLogger)]
 
 
 def wandb_logger(save_dir: str, project: str = "lmlab", mode: str = "auto", **kwargs) -> WandbLogger:

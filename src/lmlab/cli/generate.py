@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -19,6 +18,7 @@ from lmlab.checkpoint import load_checkpoint
 from lmlab.cli import CONF_DIR
 from lmlab.cli.display import print_results
 from lmlab.decoding.evaluate import DecodeResult, evaluate_strategy, named_strategies
+from lmlab.devices import resolve_device
 
 
 def read_prompts(cfg: DictConfig) -> list[str]:
@@ -39,8 +39,7 @@ def read_prompts(cfg: DictConfig) -> list[str]:
 def generate(cfg: DictConfig) -> list[DecodeResult]:
     prompts = read_prompts(cfg)
     model, tokenizer, _ = load_checkpoint(cfg.ckpt)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    model.to(device)
+    model.to(resolve_device(cfg.device))
     return decode_and_print(cfg, model, tokenizer, [tokenizer.encode(p) for p in prompts], cfg.max_new_tokens)
 
 

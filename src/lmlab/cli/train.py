@@ -28,7 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 from lmlab.cli import CONF_DIR
 from lmlab.cli.generate import decode_and_print
 from lmlab.data import CodePairsDataModule
-from lmlab.loggers import AppendingCSVLogger
+from lmlab.devices import resolve_device
+from lmlab.loggers import AppendingCSVLogger, wandb_loggers
 from lmlab.losses import InfoNCELoss
 from lmlab.module import LitLM
 
@@ -163,7 +164,7 @@ def train(cfg: DictConfig) -> float | None:
     check_loss_fits_data(loss, model, datamodule)
     optimizer, scheduler = instantiate(cfg.optimizer), instantiate(cfg.sched)
     if scheduler is not None:  # schedules validate their arguments on construction: fail now, not later
-        scheduler(optimizer([torch.zeros(1, requires_grad=True)]))
+        scheduler(optimizer(torch.nn.Linear(1, 1)))
 
     info = run_info()
     if rank_zero_only.rank == 0:
@@ -200,9 +201,7 @@ def train(cfg: DictConfig) -> float | None:
 
 def finish_wandb(loggers: list) -> None:
     """One W&B run per Hydra job: without finish(), every multirun job logs into the first run."""
-    from lightning.pytorch.loggers import WandbLogger
-
-    if any(isinstance(lg, WandbLogger) for lg in loggers):
+    if wandb_loggers(loggers):
         import wandb
 
         wandb.finish()
@@ -210,7 +209,7 @@ def finish_wandb(loggers: list) -> None:
 
 def print_samples(module: LitLM, datamodule, tokenizer, cfg: DictConfig) -> None:
     """Continuations of a few validation prompts with the configured decoding strategies."""
-    model = module.model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    model = module.model.to(resolve_device()).eval()
     prompts = datamodule.val_prompts(cfg.samples.num_prompts, 16)
     decode_and_print(cfg, model, tokenizer, prompts, cfg.samples.max_new_tokens)
 
