@@ -23,14 +23,7 @@ VOCAB, PAD, BOS, EOS, CONTEXT, PROMPT_LEN = 96, 1, 2, 3, 64, 7
 SPECIAL = dict(bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
 EOS_BIAS = {"llama": 3.5, "gpt2": 4.0, "gpt": 3.0}  # EOS in 10-60% of greedy steps and in most beams
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models are dominated by per-op overhead; extra OpenMP threads only spin on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: extra threads only spin on a shared CPU
 
 
 @functools.cache

@@ -10,10 +10,11 @@ import time
 
 import pytest
 import yaml
+from helpers import read_metrics
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger
 from rich.console import Console
-from tiny_lightning import TinyLM, fit_tiny, read_metrics
+from tiny_lightning import TinyLM, fit_tiny
 
 from lmlab.callbacks.dashboard import WandbDashboard
 from lmlab.callbacks.stability import StabilityMonitor

@@ -7,7 +7,8 @@ import json
 
 import pytest
 import torch
-from tiny_lightning import BLOCK, VOCAB, TinyLM, fit_tiny, read_metrics
+from helpers import read_metrics
+from tiny_lightning import BLOCK, VOCAB, TinyLM, fit_tiny
 
 from lmlab.callbacks.throughput import ThroughputMonitor
 from lmlab.cli import cost as cost_cli
