@@ -8,6 +8,8 @@ import csv
 import json
 import os
 import signal
+import struct
+import time
 from pathlib import Path
 
 import lightning as L
@@ -84,6 +86,41 @@ def rows_with(run_dir: Path, key: str) -> int:
     logged twice (e.g. by two DDP ranks) shows only here."""
     with open(Path(run_dir) / "metrics.csv", newline="") as f:
         return sum(1 for row in csv.DictReader(f) if row.get(key))
+
+
+def wandb_records(path):
+    """Records of a W&B `.wandb` file: LevelDB-log framing (32 KiB blocks, 7-byte headers) of protobufs."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, chunk = 7, b""
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # block trailer padding
+            pos += 32768 - pos % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if kind == 0:
+            break
+        chunk += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a full record, or the last piece of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(chunk)
+            chunk = b""
+            yield record
+
+
+def finished_wandb_records(run_file, timeout: float = 60.0) -> list:
+    """The records of a W&B run file once its exit record is there (wandb-core may still be writing
+    after finish() on a busy machine)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = list(wandb_records(run_file))
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            return records
+        assert time.monotonic() < deadline, f"{run_file} never got its exit record"
+        time.sleep(0.5)
 
 
 @contextlib.contextmanager
