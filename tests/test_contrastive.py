@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 import sysconfig
@@ -13,7 +12,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from helpers import make_dm
+from helpers import make_dm, read_metrics
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
@@ -343,6 +342,6 @@ def test_contrastive_training_beats_the_untrained_model(make_cfg, learning_corpu
 
 
 def _last_validation(run_dir: Path) -> dict[str, float]:
-    with open(run_dir / "metrics.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("val/recall@1")]
-    return {k: float(v) for k, v in rows[-1].items() if k.startswith("val/") and v}
+    metrics = read_metrics(run_dir)
+    step = max(metrics["val/recall@1"])
+    return {key: values[step] for key, values in metrics.items() if key.startswith("val/") and step in values}
