@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from helpers import LossRecorder, column, read_metrics, rows_with
 
 from lmlab.checkpoint import load_checkpoint
 from lmlab.cli.train import train
+from lmlab.cost import format_quantity, model_shape, train_flops_per_token
 
 
 def test_train_py_end_to_end_with_wandb_offline(run_train_py, tmp_path):
@@ -40,6 +42,17 @@ def test_train_py_end_to_end_with_wandb_offline(run_train_py, tmp_path):
     assert tokenizer.decode(tokenizer.encode("def main():")) == "def main():"
     assert model(torch.tensor([tokenizer.encode("import os")])).logits.isfinite().all()
     assert "decoding figures" in proc.stdout and "tokens_per_s" in proc.stdout
+    # the console when stdout is a pipe (a log file, SLURM, CI): a plain line per logged step, no rich bar
+    lines = re.findall(r"^step (\d+)/8 \| loss [\d.]+ \| lr [\d.]+e-0\d \| .*elapsed, [\d:]+ left$", proc.stdout,
+                       re.MULTILINE)
+    assert lines == [str(step) for step in range(1, 9)], proc.stdout
+    assert re.search(r"^validation at step 6 \| val/loss [\d.]+ \| val/ppl [\d.]+$", proc.stdout, re.MULTILINE)
+    assert "Epoch 0" not in proc.stdout  # the rich bar's label
+    # the model summary shows lmlab's training FLOPs, not Lightning's forward count of 0
+    flops = format_quantity(train_flops_per_token(model_shape(model), 32))
+    assert f"Training FLOPs per token: {flops} " in proc.stdout and "FLOPs: 0" not in proc.stdout
+    for noise in ("LeafSpec", "litlogger"):  # library messages the user cannot act on
+        assert noise not in proc.stdout + proc.stderr
 
 
 def test_validation_loss_falls(make_cfg):

@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import hydra
@@ -27,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmlab.cli import CONF_DIR
 from lmlab.cli.generate import decode_and_print
+from lmlab.cli.quiet import silence_library_noise
 from lmlab.data import CodePairsDataModule
 from lmlab.devices import resolve_device
 from lmlab.loggers import AppendingCSVLogger, wandb_loggers
@@ -34,8 +34,6 @@ from lmlab.losses import InfoNCELoss
 from lmlab.module import LitLM
 
 log = logging.getLogger("lmlab")
-# lmlab's sampler resumes mid-epoch itself (lmlab.data.sampler); Lightning cannot know that
-warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
 
 
 def git_sha() -> str | None:
@@ -155,6 +153,7 @@ def train(cfg: DictConfig) -> float | None:
     check_config(cfg)
     run_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
+    silence_library_noise(resuming=ckpt_path is not None)
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data)
