@@ -62,6 +62,9 @@ def tiny_overrides(corpus_dir: Path, cache_dir: Path, *chosen: str) -> list[str]
         "model": ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=64"],
         "trainer": ["trainer=cpu"],
         "logger": ["logger=csv"],
+        # the default callbacks decode 4 prompts x 32 tokens at every validation: one short prompt does
+        "callbacks": ["callbacks.decoding.num_prompts=1", "callbacks.decoding.max_new_tokens=4",
+                      "callbacks.throughput.decode_tokens=4"],
     }
     chosen_groups = {o.split("=", 1)[0].lstrip("+~") for o in chosen if "=" in o and "." not in o.split("=")[0]}
     common = [
