@@ -21,7 +21,6 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -29,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from lmlab.checkpoint import load_checkpoint
 from lmlab.cli import CONF_DIR, resolved
 from lmlab.cli.generate import decode_and_print
-from lmlab.cli.user_errors import hydra_task, run_hydra_app
+from lmlab.cli.user_errors import build, hydra_task, run_hydra_app
 from lmlab.config import check_train_config
 from lmlab.config.resources import check_training_memory
 from lmlab.config.run import SAMPLE_PROMPT_TOKENS
@@ -77,10 +76,8 @@ def check_memory(cfg: DictConfig) -> None:
         return
     try:
         with torch.device("meta"):
-            model = instantiate(cfg.model)
-    except InstantiationException as e:
-        if isinstance(e.__cause__, InputError):
-            raise
+            model = build(cfg.model)
+    except InstantiationException:
         return  # a target that cannot be built on meta: its real construction reports its own errors
     trainer = cfg.trainer
     sharded = trainer.get("devices") if "fsdp" in str(trainer.get("strategy")) else 1
@@ -124,7 +121,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path, info: dict) -> list:
         return []
     loggers = [AppendingCSVLogger(save_dir=run_dir)]
     for name, logger_cfg in cfg.logger.items():
-        logger = instantiate(logger_cfg)
+        logger = build(logger_cfg)
         if name == "wandb":  # the resolved config plus provenance, as the W&B run config
             logger.experiment.config.update({**OmegaConf.to_container(cfg, resolve=True), "run": info},
                                             allow_val_change=True)
@@ -175,7 +172,7 @@ def build_trainer(cfg: DictConfig, callbacks: list, loggers: list, run_dir: Path
     """Lightning's Trainer; what it refuses on construction (no GPU for accelerator=gpu, too many devices)
     is the trainer config's mistake."""
     try:
-        return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=run_dir)
+        return build(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=run_dir)
     except InstantiationException as e:
         if isinstance(e.__cause__, MisconfigurationException | ValueError):
             raise InputError(f"trainer: {e.__cause__}") from e
@@ -188,19 +185,19 @@ def train(cfg: DictConfig) -> float | None:
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
     L.seed_everything(cfg.seed, workers=True)
 
-    datamodule = instantiate(cfg.data)
+    datamodule = build(cfg.data)
     datamodule.check_inputs()
     check_memory(cfg)
-    model = instantiate(cfg.model)
+    model = build(cfg.model)
     if ckpt_path is not None:
         check_resume(ckpt_path, model)
-    loss = instantiate(cfg.loss)
+    loss = build(cfg.loss)
     check_teacher_vocab(loss, model)
     check_simcse_dropout(model, datamodule)
-    optimizer, scheduler = instantiate(cfg.optimizer), instantiate(cfg.sched)
+    optimizer, scheduler = build(cfg.optimizer), build(cfg.sched)
     if scheduler is not None:  # schedules validate their arguments on construction: fail now, not later
         scheduler(optimizer([torch.zeros(1, requires_grad=True)]))
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values()]
 
     info = run_info()
     if rank_zero_only.rank == 0:

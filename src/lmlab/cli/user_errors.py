@@ -24,6 +24,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, InstantiationException
 from hydra.types import RunMode
+from hydra.utils import instantiate
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue, OmegaConfBaseException
 
 from lmlab.errors import InputError
@@ -51,10 +52,13 @@ def user_error_message(error: BaseException, composing: bool = False) -> str | N
 
 
 def one_line(message: str) -> str:
-    """A multi-line message (Hydra's option lists, OmegaConf's key/type footer) joined into one line."""
+    """A multi-line message (Hydra's option lists, OmegaConf's key/type footer) joined into one line; Hydra's
+    config search path (where it looked, not what is wrong) is left out."""
     parts: list[str] = []
     for line in message.splitlines():
         text = line.strip()
+        if text.startswith("Config search path"):
+            break
         if not text or text.startswith("object_type="):
             continue
         if line.startswith("\t") and parts:  # an item of the list the previous line announced
@@ -62,6 +66,17 @@ def one_line(message: str) -> str:
         else:
             parts.append(text)
     return "; ".join(parts)
+
+
+def build(node, **kwargs) -> Any:
+    """Hydra's instantiate, with a user's mistake in a constructor raised as the InputError it is (not wrapped
+    in an InstantiationException), so callers and sweeps see its type."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, InputError):
+            raise e.__cause__ from None
+        raise
 
 
 def report(message: str) -> None:

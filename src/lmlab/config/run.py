@@ -103,8 +103,9 @@ def check_train_config(cfg: dict, multirun: bool = False) -> dict[str, BaseModel
     """Every problem of a training config that needs no data, as one InputError; returns each checked node."""
     cfg = {k: v for k, v in cfg.items() if k != "hydra"}
     validate(TrainSchema, cfg, "")
+    # a group before those that interpolate its keys, so the error names the key the user set
     checked = {group: check_group(group, cfg[group], group)
-               for group in ("data", "model", "loss", "optimizer", "sched", "trainer", "logger", "decoding",
+               for group in ("data", "model", "trainer", "loss", "optimizer", "sched", "logger", "decoding",
                              "callbacks")}
     check_across_groups(cfg, checked, multirun)
     return checked
@@ -147,8 +148,6 @@ def check_across_groups(cfg: dict, checked: dict, multirun: bool) -> None:
     trainer_cfg, data_cfg = checked["trainer"], checked["data"]
     fast_dev_run = bool(trainer_cfg.fast_dev_run)
     max_steps = trainer_cfg.max_steps
-    if not fast_dev_run and max_steps < 1:
-        raise InputError(f"trainer.max_steps={max_steps}: must be a positive number of optimizer steps (>= 1)")
     warmup = getattr(checked["sched"], "warmup_steps", None)
     if warmup is not None and not fast_dev_run and warmup >= max_steps:
         raise InputError(f"sched.warmup_steps={warmup}: must be less than the run's trainer.max_steps={max_steps}")

@@ -73,7 +73,10 @@ class TrainerSchema(Schema):
         return value
 
     @model_validator(mode="after")
-    def clipping(self, info: ValidationInfo) -> TrainerSchema:
+    def steps_and_clipping(self, info: ValidationInfo) -> TrainerSchema:
+        if not self.fast_dev_run and self.max_steps < 1:  # schedules and cost projections count optimizer steps
+            raise ValueError(f"{self.key(info, 'max_steps')}={self.max_steps}: must be a positive number of "
+                             "optimizer steps (>= 1)")
         if self.gradient_clip_algorithm == "value" and self.gradient_clip_val == 0:
             raise ValueError(f"{self.key(info, 'gradient_clip_val')}=0 with gradient_clip_algorithm=value would "
                              "zero every gradient; use null to turn clipping off")
