@@ -18,7 +18,7 @@ import pytest
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf, open_dict
 
@@ -426,9 +426,25 @@ def test_report_of_an_empty_run_is_one_line_and_a_sweep_skips_the_bad_job(tmp_pa
     assert [r.name for r in runs] == ["0"] and any("skipping job 2" in str(w.message) for w in warned)
 
 
+@pytest.mark.parametrize("overrides,error", [
+    (["model.n_layer=0"], "model.n_layer=0: must be an integer >= 1"),
+    (["data.block_size=512"], "data.block_size=512: must be at most the model's context (256: model.block_size "
+                              "or model.max_position_embeddings)"),
+    (["optimizer=adamx"], "In 'train': Could not find 'optimizer/adamx'; Available options in 'optimizer': adam, "
+                          "adamw, lion, muon, sgd, torch_adamw"),
+])
+def test_lmlab_cost_refuses_bad_config_in_one_line(capsys, overrides, error):
+    from lmlab.cli import cost
+
+    with pytest.raises(SystemExit) as stop:
+        cost.main(["--measure-steps", "1", *overrides])
+    assert stop.value.code == EXIT_USER_ERROR
+    assert capsys.readouterr().err == f"Error: {error}\n"
+
+
 # ---- properties --------------------------------------------------------------------------------
 
-PROPERTY = settings(max_examples=24, derandomize=True, deadline=None, database=None,
+PROPERTY = settings(max_examples=30, derandomize=True, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 TINY = ["debug=fast", "callbacks=decoding", "callbacks.decoding.num_prompts=1", "callbacks.decoding.prompt_tokens=4",
         "callbacks.decoding.max_new_tokens=2", "data.block_size=16", "data.batch_size=2", "model.n_embd=16",
@@ -468,10 +484,18 @@ def trains_one_step_or_input_error(cfg) -> None:
         train(cfg)
     except InputError as e:
         assert "\n" not in str(e)
+        event(f"InputError: {str(e).split('=')[0].split(':')[0]}")
+    else:
+        event("trained one step")
+
+
+# one to three settings per example, so each is explored past the others' errors
+SOME_SETTINGS = st.lists(st.sampled_from(sorted(SETTINGS)), min_size=1, max_size=3, unique=True).flatmap(
+    lambda keys: st.fixed_dictionaries({key: SETTINGS[key] for key in keys}))
 
 
 @PROPERTY
-@given(st.fixed_dictionaries({}, optional=SETTINGS))
+@given(SOME_SETTINGS)
 def test_any_config_values_train_one_step_or_fail_with_input_error(tiny_cfg, values):
     cfg = copy.deepcopy(tiny_cfg)
     for key, value in values.items():
@@ -491,6 +515,7 @@ def test_any_bytes_as_corpus_files_train_one_step_or_fail_with_input_error(tiny_
         (folder / f"{i}.txt").write_bytes(content)
     cfg = copy.deepcopy(tiny_cfg)
     OmegaConf.update(cfg, "data.corpus.paths", str(folder), merge=False)
+    OmegaConf.update(cfg, "data.vocab_size", 260, merge=False)  # the least a byte-level BPE can have, + 2
     trains_one_step_or_input_error(cfg)
 
 

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException, InstantiationException
+from hydra.errors import HydraException, InstantiationException, OverrideParseException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue, OmegaConfBaseException
@@ -45,6 +45,8 @@ def user_error_message(error: BaseException, composing: bool = False) -> str | N
     if isinstance(cause, MissingMandatoryValue):
         key = getattr(cause, "full_key", None) or "a key"
         return f"{key}=???: is required; give {key}=<value> on the command line"
+    if isinstance(cause, OverrideParseException) and composing:
+        return f"{cause.override}: {one_line(str(cause))}"
     if isinstance(cause, InterpolationResolutionError) or (
             composing and isinstance(cause, HydraException | OmegaConfBaseException)):
         return one_line(str(cause))

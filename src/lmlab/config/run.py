@@ -85,8 +85,7 @@ class GenerateSchema(Schema):
     decoding: dict
 
     @model_validator(mode="after")
-    def one_prompt_source(self, info: ValidationInfo) -> GenerateSchema:
-        existing_checkpoint(self.ckpt, "ckpt")
+    def prompts_device_checkpoint(self, info: ValidationInfo) -> GenerateSchema:
         if (self.prompt is None) == (self.prompt_file is None):
             raise ValueError('prompt, prompt_file: give exactly one of prompt="..." or prompt_file=<file with one '
                              "prompt per line>")
@@ -96,6 +95,7 @@ class GenerateSchema(Schema):
             raise ValueError(f"prompt_file={self.prompt_file}: does not exist")
         if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
             raise ValueError(f"device={self.device!r}: must be auto, cpu, cuda, cuda:<index> or mps")
+        existing_checkpoint(self.ckpt, "ckpt")
         return self
 
 
