@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
@@ -88,6 +89,7 @@ BAD_CONFIG = {
         (["trainer.strategy=dp"], r"trainer\.strategy='dp': not a Lightning strategy; did you mean ddp\?"),
         (["callbacks.stability.policy=abort"], r"callbacks\.stability\.policy='abort': must be one of 'log'"),
         (["model=hf", "model.architecture=lama"], r"model\.architecture='lama': not a Hugging Face .*llama\?"),
+        (["model=hf", "model.pretrained=/nonexistent/model"], r"model\.pretrained=/nonexistent/model: does not exist"),
     ],
     "unknown key": [
         (["+samples.num_promts=5"], r"^samples\.num_promts=5: unknown key; did you mean samples\.num_prompts\?$"),
@@ -144,6 +146,12 @@ BAD_CONFIG = {
                                              for family, cases in BAD_CONFIG.items() for o, e in cases])
 def test_bad_config_fails_before_work_with_one_line(make_cfg, tmp_path, overrides, error):
     assert re.search(error, str(fails_before_work(make_cfg, tmp_path, *overrides)))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is available")
+def test_gpu_trainer_without_a_gpu_is_refused_before_work(make_cfg, tmp_path):
+    error = fails_before_work(make_cfg, tmp_path, "trainer=gpu")
+    assert str(error).startswith("trainer.accelerator=gpu: no CUDA device is available on this machine")
 
 
 def test_strategy_ddp_is_refused_inside_a_multirun(make_cfg):
@@ -350,16 +358,35 @@ def _raises_checkpoint_error(path: Path) -> bool:
     return False
 
 
-@pytest.fixture
-def bad_checkpoints(tmp_path, trained_run) -> dict[str, Path]:
+@pytest.fixture(params=["lmlab.checkpoint", "simulated"])
+def bad_checkpoints(request, tmp_path, trained_run, monkeypatch) -> dict[str, Path]:
+    """A text file named .ckpt and a real checkpoint cut in half. "lmlab.checkpoint": as lmlab's loader
+    refuses them (skipped while it does not raise CheckpointError yet); "simulated": the loader raises a
+    CheckpointError for them, so what is tested is how each path shows that type."""
     text = tmp_path / "text.ckpt"
     text.write_text("not a checkpoint\n")
     half = tmp_path / "half.ckpt"
     data = (trained_run / "checkpoints" / "last.ckpt").read_bytes()
     half.write_bytes(data[: len(data) // 2])
-    if not _raises_checkpoint_error(text):
-        pytest.skip("lmlab.checkpoint.load_checkpoint does not raise CheckpointError yet (safe loading, issue 8)")
-    return {"text": text, "half": half}
+    bad = {"text": text, "half": half}
+    if request.param == "lmlab.checkpoint":
+        if not _raises_checkpoint_error(text):
+            pytest.skip("lmlab.checkpoint.load_checkpoint does not raise CheckpointError yet (safe loading, issue 8)")
+        return bad
+
+    def loader(path, map_location="cpu", field="ckpt"):
+        if Path(path) in bad.values():
+            raise CheckpointError(f"{field}={path}: not a checkpoint lmlab can load")
+        return load_checkpoint(path, map_location, field)
+
+    import lmlab.checkpoint
+    import lmlab.cli.generate
+    import lmlab.cli.train
+    import lmlab.losses.teacher
+
+    for module in (lmlab.checkpoint, lmlab.cli.generate, lmlab.cli.train, lmlab.losses.teacher):
+        monkeypatch.setattr(module, "load_checkpoint", loader)
+    return bad
 
 
 @pytest.mark.parametrize("kind", ["text", "half"])
@@ -377,10 +404,14 @@ def test_unusable_checkpoint_is_one_line_naming_it(make_cfg, tmp_path, capsys, b
     assert cache_entries(tmp_path / "cache") == []
 
 
-def test_generate_with_an_unusable_checkpoint_is_one_line(tmp_path, bad_checkpoints):
-    proc = run_cli("generate.py", f"ckpt={bad_checkpoints['half']}", "prompt=x", cwd=tmp_path)
-    assert proc.returncode == EXIT_USER_ERROR
-    (line,) = lmlab_stderr(proc)
+def test_generate_with_an_unusable_checkpoint_is_one_line(tmp_path, capsys, monkeypatch, bad_checkpoints):
+    from lmlab.cli import generate
+
+    monkeypatch.setattr(sys, "argv", ["generate.py", f"ckpt={bad_checkpoints['half']}", "prompt=x"])
+    with pytest.raises(SystemExit) as stop:
+        generate.main()
+    assert stop.value.code == EXIT_USER_ERROR
+    (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("Error: ckpt=") and "half.ckpt" in line
 
 

@@ -154,8 +154,9 @@ def check_teacher_vocab(loss, model) -> None:
     vocab = model(torch.zeros(1, 1, dtype=torch.long)).logits.shape[-1]
     teacher_vocab = loss.teacher(torch.zeros(1, 1, dtype=torch.long)).logits.shape[-1]
     if vocab != teacher_vocab:
-        raise InputError(f"loss.teacher: the teacher has {teacher_vocab} output logits, this model {vocab} "
-                         "(data.vocab_size and data.corpus must match the teacher's run)")
+        raise InputError(f"loss.teacher: was trained with a different tokenizer: its {teacher_vocab} output logits do "
+                         f"not match this model's {vocab} (data.vocab_size and data.corpus must match the teacher's "
+                         "run)")
 
 
 def check_teacher_tokenizer(loss, tokenizer) -> None:

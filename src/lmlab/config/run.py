@@ -7,12 +7,13 @@ built. Every failure is one :class:`~lmlab.errors.InputError` naming the full do
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, model_validator
 
-from lmlab.config import data, decoding, models, trainer, training  # noqa: F401  (registers the schemas)
+from lmlab.config import decoding
 from lmlab.config.schema import (
     _EXPLICIT,
     Bool,
@@ -29,6 +30,11 @@ from lmlab.config.schema import (
 )
 from lmlab.errors import InputError
 
+# the module declaring each group's schemas, imported when the group is first checked (generate.py needs
+# the decoding schemas only, and so never imports Lightning)
+SCHEMA_MODULES = {"data": "data", "model": "models", "trainer": "trainer", "logger": "trainer",
+                  "callbacks": "trainer", "loss": "training", "optimizer": "training", "sched": "training",
+                  "decoding": "decoding"}
 # arguments the code passes to every target of a group (never config keys)
 RUNTIME = {
     "optimizer": ("params",),
@@ -119,6 +125,7 @@ def check_generate_config(cfg: dict) -> None:
 
 def check_group(group: str, node: Any, key: str) -> Any:
     """A group's node (or, for groups that hold several, each named node) checked by its target's schema."""
+    importlib.import_module(f"lmlab.config.{SCHEMA_MODULES.get(group, 'trainer')}")
     if node is None:
         return None
     if group in ("logger", "callbacks") or (group == "decoding" and "_target_" not in node):
