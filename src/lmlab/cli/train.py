@@ -132,7 +132,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path, info: dict) -> list:
 def check_simcse_dropout(model, datamodule) -> None:
     """SimCSE's two views of a text differ only by dropout: the built model must have some."""
     if isinstance(datamodule, CodePairsDataModule) and datamodule.pairs == "simcse" and not dropout_differs(model):
-        raise InputError("data.pairs=simcse: needs dropout (the two views of a text differ only by it): "
+        raise InputError("data.pairs=simcse needs dropout (the two views of a text differ only by it): "
                          "set model.dropout > 0, e.g. model.dropout=0.1 (HF models: their dropout fields)")
 
 

@@ -176,12 +176,10 @@ def check_model_fits_data(model: BaseModel, data_cfg: BaseModel, cfg: dict) -> N
     if vocab is not None and vocab < data_cfg.vocab_size:
         raise InputError(f"model.vocab_size={vocab}: must be at least data.vocab_size={data_cfg.vocab_size} "
                          "(the tokenizer's ids index the model's embedding)")
+    check_block_fits_context(model, data_cfg.block_size)
     context = getattr(model, "context", None)
     if context is None:
         return
-    if data_cfg.block_size > context:
-        raise InputError(f"data.block_size={data_cfg.block_size}: must be at most the model's context ({context}: "
-                         "model.block_size or model.max_position_embeddings)")
     decoder = (cfg.get("callbacks") or {}).get("decoding")
     if decoder:
         prompt, new = decoder.get("prompt_tokens", 16), decoder.get("max_new_tokens", 32)
@@ -198,6 +196,13 @@ def check_model_fits_data(model: BaseModel, data_cfg: BaseModel, cfg: dict) -> N
                          f"samples.max_new_tokens must be at most the model's context ({context})")
 
 
+def check_block_fits_context(model: BaseModel, block_size: int) -> None:
+    context = getattr(model, "context", None)
+    if context is not None and block_size > context:
+        raise InputError(f"data.block_size={block_size}: must be at most the model's context ({context}: "
+                         "model.block_size or model.max_position_embeddings)")
+
+
 def check_loss_fits_data(cfg: dict) -> None:
     """A contrastive loss trains on pair batches (data=code_pairs), and only it does."""
     from lmlab.data import CodePairsDataModule
@@ -208,6 +213,6 @@ def check_loss_fits_data(cfg: dict) -> None:
     if isinstance(pairs, type) and isinstance(loss, type) and (
             issubclass(loss, InfoNCELoss) != issubclass(pairs, CodePairsDataModule)):
         raise InputError(
-            f"loss._target_={cfg['loss']['_target_']} with data._target_={cfg['data']['_target_']}: loss=contrastive "
-            "trains on pair batches (data=code_pairs, which it selects unless data= is given), and only on those")
+            f"loss {loss.__name__} with data {pairs.__name__}: loss=contrastive trains on pair batches "
+            "(data=code_pairs, which it selects unless data= is given), and only on those")
 
