@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
+import string
 import subprocess
 import sys
 import time
@@ -19,16 +21,21 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import instantiate as hydra_instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from lmlab.atomic import atomic_write_text
+from lmlab.checkpoint import checkpoint_step
+from lmlab.checkpoint_io import SafeCheckpointIO
 from lmlab.cli import CONF_DIR
 from lmlab.cli.generate import decode_and_print
 from lmlab.data import CodePairsDataModule
 from lmlab.devices import resolve_device
+from lmlab.errors import InputError
 from lmlab.loggers import AppendingCSVLogger, wandb_loggers
 from lmlab.losses import InfoNCELoss
 from lmlab.module import LitLM
@@ -36,6 +43,17 @@ from lmlab.module import LitLM
 log = logging.getLogger("lmlab")
 # lmlab's sampler resumes mid-epoch itself (lmlab.data.sampler); Lightning cannot know that
 warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+
+
+def instantiate(node, **kwargs):
+    """Hydra's instantiate, but a user's mistake found while building a part (an ``InputError``, such as
+    a checkpoint refused by safe loading) surfaces as itself rather than wrapped in Hydra's error."""
+    try:
+        return hydra_instantiate(node, **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, InputError):
+            raise e.__cause__ from None
+        raise
 
 
 def git_sha() -> str | None:
@@ -92,12 +110,37 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     return str(path)
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path, info: dict) -> list:
+def record_run(run_dir: Path, info: dict, resume_step: int | None) -> dict:
+    """Write run.json: this start's provenance. A resumed run keeps its W&B run id and lists every start,
+    so the W&B run continues across interruptions instead of starting a new one."""
+    path = run_dir / "run.json"
+    previous = {}
+    if resume_step is not None and path.is_file():
+        try:
+            previous = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            log.warning("%s is not valid JSON; starting a new W&B run", path)
+    start = {"started": info["started"], "command": info["command"], "from_step": resume_step or 0}
+    starts = [*previous.get("starts", []), start]
+    info = {**info, "wandb_id": previous.get("wandb_id") or new_run_id(), "starts": starts}
+    atomic_write_text(path, json.dumps(info, indent=2))
+    return info
+
+
+def new_run_id() -> str:
+    """8 lowercase letters and digits, as W&B's ids (from the OS, so no seeded RNG is consumed)."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path, info: dict, resume_step: int | None) -> list:
+    """metrics.csv always (unless logger=none), then the configured loggers; W&B resumes the run's id."""
     if cfg.logger is None:
         return []
-    loggers = [AppendingCSVLogger(save_dir=run_dir)]
+    loggers = [AppendingCSVLogger(save_dir=run_dir, resume_step=resume_step)]
     for name, logger_cfg in cfg.logger.items():
-        logger = instantiate(logger_cfg)
+        extra = {"id": info["wandb_id"], "resume": "allow"} if name == "wandb" else {}
+        logger = instantiate(logger_cfg, **extra)
         if name == "wandb":  # the resolved config plus provenance, as the W&B run config
             logger.experiment.config.update({**OmegaConf.to_container(cfg, resolve=True), "run": info},
                                             allow_val_change=True)
@@ -155,6 +198,8 @@ def train(cfg: DictConfig) -> float | None:
     check_config(cfg)
     run_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
+    # the step this run starts from: metrics.csv drops rows logged after it (the run logs them again)
+    resume_step = checkpoint_step(ckpt_path) if ckpt_path else 0
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data)
@@ -168,9 +213,13 @@ def train(cfg: DictConfig) -> float | None:
 
     info = run_info()
     if rank_zero_only.rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        (run_dir / "run.json").write_text(json.dumps(info, indent=2))
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+            info = record_run(run_dir, info, resume_step if ckpt_path else None)
+        except OSError as e:
+            raise InputError(f"hydra.run.dir={run_dir} cannot be written ({e.strerror}); choose a writable "
+                             "folder (hydra.run.dir=... or paths.log_dir=...)") from e
 
     datamodule.prepare_data()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # encoding is done; DataLoader workers fork
@@ -181,8 +230,9 @@ def train(cfg: DictConfig) -> float | None:
 
     module = LitLM(model, loss, optimizer, scheduler, compile=cfg.compile, tokenizer=tokenizer)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    loggers = build_loggers(cfg, run_dir, info)
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=run_dir)
+    loggers = build_loggers(cfg, run_dir, info, resume_step)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=run_dir,
+                          plugins=[SafeCheckpointIO()])
 
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
