@@ -20,7 +20,7 @@ from conftest import ROOT, SUBPROCESS_ENV
 from lmlab.checkpoint import load_checkpoint, read_checkpoint
 from lmlab.checkpoint_io import SafeCheckpointIO
 from lmlab.cli.train import train
-from lmlab.errors import CheckpointError
+from lmlab.errors import CheckpointError, InputError
 
 PAUSE_RUN = str(Path(__file__).with_name("pause_run.py"))
 # dropout makes the loss depend on the RNG state, so a resume must restore it; ckpt_path=auto makes the
@@ -217,5 +217,7 @@ def test_read_only_checkpoint_folder_keeps_the_previous_checkpoint(make_cfg, tmp
             train(make_cfg("trainer.max_steps=6", "trainer.val_check_interval=3", "callbacks=model_checkpoint",
                            "ckpt_path=last", run_dir=run_dir))
         assert read_checkpoint(checkpoints / "last.ckpt")["global_step"] == 3
+        with pytest.raises(InputError, match=f"hydra.run.dir={checkpoints} cannot be written \\(Read-only"):
+            train(make_cfg(run_dir=checkpoints))  # a read-only run directory: refused before any work
     finally:
         subprocess.run(["umount", str(checkpoints)], capture_output=True)
