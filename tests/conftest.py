@@ -9,6 +9,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import helpers
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -30,6 +31,13 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def one_thread():
+    """The test runs torch on one intra-op thread (see helpers.one_thread)."""
+    with helpers.one_thread():
+        yield
 
 
 @pytest.fixture(scope="session")

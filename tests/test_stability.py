@@ -12,8 +12,9 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from helpers import read_metrics
 from lightning.pytorch.plugins.precision import MixedPrecision
-from tiny_lightning import TinyLM, fit_tiny, markov_sequences, read_metrics
+from tiny_lightning import TinyLM, fit_tiny, markov_sequences
 
 from lmlab.callbacks.layers import layer_name
 from lmlab.callbacks.spikes import SpikeDetector

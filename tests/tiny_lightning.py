@@ -3,13 +3,13 @@ callback tests (stability, throughput, report)."""
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from helpers import one_thread
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
@@ -127,21 +127,7 @@ def fit_tiny(
     kwargs.update(trainer_kwargs)
     kwargs.setdefault("logger", CSVLogger(run_dir, name="", version=""))
     trainer = L.Trainer(callbacks=callbacks, **kwargs)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: threads only contend (10x slower on a shared 2-core machine)
-    try:
+    with one_thread():
         trainer.fit(module, train, val_loader, ckpt_path=ckpt_path)
-    finally:
-        torch.set_num_threads(threads)
     return trainer, module
 
-
-def read_metrics(run_dir: Path) -> dict[str, dict[int, float]]:
-    """metrics.csv as {column: {step: value}} (rows are sparse: one per logging call)."""
-    out: dict[str, dict[int, float]] = {}
-    with open(Path(run_dir) / "metrics.csv") as f:
-        for row in csv.DictReader(f):
-            for key, value in row.items():
-                if key != "step" and value != "":
-                    out.setdefault(key, {})[int(row["step"])] = float(value)
-    return out

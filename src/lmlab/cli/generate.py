@@ -6,6 +6,7 @@ its data is needed.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -55,10 +56,14 @@ def decode_and_print(cfg: DictConfig, model, tokenizer, prompts: list[list[int]]
 
 
 def quote_prompt(arg: str) -> str:
-    """`prompt=def main(` as typed in a shell becomes a Hydra string literal, taken verbatim."""
-    if not arg.startswith("prompt=") or arg[len("prompt="):][:1] in ("'", '"'):
+    """`prompt=<text>` as the shell passes it becomes a Hydra string literal, so the text is taken verbatim:
+    quotes (leading ones too, as in a docstring), backslashes and `${...}` included."""
+    if not arg.startswith("prompt="):
         return arg
-    text = arg[len("prompt="):].replace("\\", "\\\\").replace("'", "\\'").replace("${", "\\${")
+    text = arg[len("prompt="):]
+    # Hydra reads a backslash as an escape only before a quote, before `${` or at the end of the string
+    text = re.sub(r"(\\+)(?='|\$\{|$)", lambda run: run.group(1) * 2, text)
+    text = text.replace("'", "\\'").replace("${", "\\${")
     return f"prompt='{text}'"
 
 

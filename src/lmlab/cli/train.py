@@ -14,7 +14,6 @@ import string
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import hydra
@@ -33,6 +32,7 @@ from lmlab.checkpoint import checkpoint_step
 from lmlab.checkpoint_io import SafeCheckpointIO
 from lmlab.cli import CONF_DIR
 from lmlab.cli.generate import decode_and_print
+from lmlab.cli.quiet import silence_library_noise
 from lmlab.data import CodePairsDataModule
 from lmlab.devices import resolve_device
 from lmlab.errors import InputError
@@ -41,8 +41,6 @@ from lmlab.losses import InfoNCELoss
 from lmlab.module import LitLM
 
 log = logging.getLogger("lmlab")
-# lmlab's sampler resumes mid-epoch itself (lmlab.data.sampler); Lightning cannot know that
-warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
 
 
 def instantiate(node, **kwargs):
@@ -200,6 +198,7 @@ def train(cfg: DictConfig) -> float | None:
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
     # the step this run starts from: metrics.csv drops rows logged after it (the run logs them again)
     resume_step = checkpoint_step(ckpt_path) if ckpt_path else 0
+    silence_library_noise(resuming=ckpt_path is not None)
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data)

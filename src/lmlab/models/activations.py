@@ -1,7 +1,8 @@
 """Activation functions with hand-written derivatives (the forward/backward pass of each, made explicit).
 
 Each is a ``torch.autograd.Function``: the forward calls torch's single fused kernel for the value, the
-backward is the analytic derivative written out (the seed called ``.backward()`` on a tensor instead).
+backward is the analytic derivative written out, not a nested autograd call (``.backward()`` on a
+tensor inside a backward would need a graph the Function does not keep).
 Derivatives are computed in float32 for bf16/fp16 inputs, from the saved input. The Functions use
 ``setup_context``, so ``torch.compile`` traces them without graph breaks.
 
