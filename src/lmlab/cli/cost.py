@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lmlab.cli import CONF_DIR
+from lmlab.cli.user_errors import one_line_errors
 from lmlab.cost import (
     CostProjection,
     format_quantity,
@@ -44,6 +45,16 @@ def compose_config(overrides: list[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose("train", overrides=overrides)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """The groups cost reads (model, data, trainer), checked as train.py checks them."""
+    from lmlab.config import check_group
+    from lmlab.config.run import check_model_fits_data
+
+    checked = {group: check_group(group, OmegaConf.to_container(cfg[group], resolve=True, throw_on_missing=True),
+                                  group) for group in ("model", "data", "trainer")}
+    check_model_fits_data(checked["model"], checked["data"], {"samples": {"num_prompts": 0}})
 
 
 def world_size(trainer_cfg: DictConfig, device: torch.device) -> int:
@@ -133,9 +144,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.measure_steps < 1 or args.decode_tokens < 0:
         parser.error("--measure-steps must be >= 1 and --decode-tokens >= 0")
-    inputs, projection = project_from_config(
-        compose_config(args.overrides), args.measure_steps, args.decode_tokens, args.price, args.peak_flops
-    )
+    with one_line_errors():
+        cfg = compose_config(args.overrides)
+        check_config(cfg)
+        inputs, projection = project_from_config(cfg, args.measure_steps, args.decode_tokens, args.price,
+                                                 args.peak_flops)
     result = {"inputs": inputs, "metrics": projection.metrics()}
     if args.json:
         print(json.dumps(result, indent=2))
