@@ -38,6 +38,7 @@ from lmlab.cost import (
     precision_dtype,
     train_flops_per_token,
 )
+from lmlab.devices import resolve_device
 from lmlab.errors import InputError
 
 
@@ -82,8 +83,7 @@ def project_from_config(
 ) -> tuple[dict, CostProjection]:
     """(measured inputs, projection) for a composed train config."""
     accelerator = cfg.trainer.get("accelerator", "auto")
-    use_cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
-    device = torch.device("cuda" if use_cuda else "cpu")
+    device = resolve_device("auto" if accelerator in ("auto", "gpu", "cuda") else "cpu")
     precision = str(cfg.trainer.get("precision", "32-true"))
     dtype = precision_dtype(precision)
     throughput_cfg = OmegaConf.select(cfg, "callbacks.throughput", default=None) or {}
@@ -107,7 +107,7 @@ def project_from_config(
     n_devices = world_size(cfg.trainer, device)
     accumulate = int(cfg.trainer.get("accumulate_grad_batches", 1))
     inputs = {
-        "device": torch.cuda.get_device_name(device) if use_cuda else "cpu",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "precision": precision,
         "world_size": n_devices,
         "batch_size": batch_size,

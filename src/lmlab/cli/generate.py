@@ -6,11 +6,11 @@ its data is needed.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -21,6 +21,7 @@ from lmlab.cli.display import print_results
 from lmlab.cli.user_errors import hydra_task, run_hydra_app
 from lmlab.config import check_generate_config
 from lmlab.decoding.evaluate import DecodeResult, evaluate_strategy, named_strategies
+from lmlab.devices import resolve_device
 from lmlab.errors import InputError
 
 
@@ -50,8 +51,7 @@ def generate(cfg: DictConfig) -> list[DecodeResult]:
     check_generate_config(resolved(cfg))
     prompts = read_prompts(cfg)
     model, tokenizer, _ = load_checkpoint(cfg.ckpt)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    model.to(device)
+    model.to(resolve_device(cfg.device))
     encoded = [tokenizer.encode(p) for p in prompts]
     check_context(model, encoded, cfg.max_new_tokens)
     return decode_and_print(cfg, model, tokenizer, encoded, cfg.max_new_tokens)
@@ -69,10 +69,14 @@ def decode_and_print(cfg: DictConfig, model, tokenizer, prompts: list[list[int]]
 
 
 def quote_prompt(arg: str) -> str:
-    """`prompt=def main(` as typed in a shell becomes a Hydra string literal, taken verbatim."""
-    if not arg.startswith("prompt=") or arg[len("prompt="):][:1] in ("'", '"'):
+    """`prompt=<text>` as the shell passes it becomes a Hydra string literal, so the text is taken verbatim:
+    quotes (leading ones too, as in a docstring), backslashes and `${...}` included."""
+    if not arg.startswith("prompt="):
         return arg
-    text = arg[len("prompt="):].replace("\\", "\\\\").replace("'", "\\'").replace("${", "\\${")
+    text = arg[len("prompt="):]
+    # Hydra reads a backslash as an escape only before a quote, before `${` or at the end of the string
+    text = re.sub(r"(\\+)(?='|\$\{|$)", lambda run: run.group(1) * 2, text)
+    text = text.replace("'", "\\'").replace("${", "\\${")
     return f"prompt='{text}'"
 
 

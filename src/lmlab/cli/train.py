@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
+import string
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import hydra
@@ -25,22 +26,24 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from lmlab.checkpoint import load_checkpoint
+from lmlab.atomic import atomic_write_text
+from lmlab.checkpoint import read_checkpoint
+from lmlab.checkpoint_io import SafeCheckpointIO
 from lmlab.cli import CONF_DIR, resolved
 from lmlab.cli.generate import decode_and_print
+from lmlab.cli.quiet import silence_library_noise
 from lmlab.cli.user_errors import build, hydra_task, run_hydra_app
 from lmlab.config import check_train_config
 from lmlab.config.resources import check_training_memory
 from lmlab.config.run import SAMPLE_PROMPT_TOKENS
 from lmlab.data import CodePairsDataModule
+from lmlab.devices import resolve_device
 from lmlab.errors import InputError
-from lmlab.loggers import AppendingCSVLogger
+from lmlab.loggers import AppendingCSVLogger, wandb_loggers
 from lmlab.models import GPT
 from lmlab.module import LitLM
 
 log = logging.getLogger("lmlab")
-# lmlab's sampler resumes mid-epoch itself (lmlab.data.sampler); Lightning cannot know that
-warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
 
 
 def git_sha() -> str | None:
@@ -102,26 +105,53 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     return str(path)
 
 
-def check_resume(ckpt_path: str, model) -> None:
-    """The checkpoint loads (a CheckpointError names it otherwise) and holds this config's model, before any
-    work: Lightning would fail only after the data is prepared, and deep in load_state_dict."""
-    resumed, _, _ = load_checkpoint(ckpt_path, field="ckpt_path")
-    if not (isinstance(model, GPT) and isinstance(resumed, GPT)):
-        return
-    theirs, ours = resumed.to_config_dict(), model.to_config_dict()
-    differs = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
-    if differs:
-        shown = ", ".join(f"{k}={theirs.get(k)!r} (config: {ours.get(k)!r})" for k in differs[:4])
-        raise InputError(f"ckpt_path={ckpt_path}: the checkpoint's model differs from this config's: {shown}; "
-                         "resume with the model settings it was trained with")
+def check_resume(ckpt_path: str, model) -> int:
+    """The checkpoint reads safely (a CheckpointError names it otherwise) and holds this config's model, before
+    any work: Lightning would fail only after the data is prepared, and deep in load_state_dict. Returns the
+    optimizer step it was written at. Memory-mapped: the weights are not read here."""
+    ckpt = read_checkpoint(ckpt_path, field="ckpt_path", mmap=True)
+    spec = ckpt.get("lmlab", {}).get("model", {})
+    if isinstance(model, GPT) and spec.get("kind") == "gpt":
+        theirs, ours = spec["config"], model.to_config_dict()
+        differs = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+        if differs:
+            shown = ", ".join(f"{k}={theirs.get(k)!r} (config: {ours.get(k)!r})" for k in differs[:4])
+            raise InputError(f"ckpt_path={ckpt_path}: the checkpoint's model differs from this config's: {shown}; "
+                             "resume with the model settings it was trained with")
+    return int(ckpt.get("global_step", 0))
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path, info: dict) -> list:
+def record_run(run_dir: Path, info: dict, resume_step: int | None) -> dict:
+    """Write run.json: this start's provenance. A resumed run keeps its W&B run id and lists every start,
+    so the W&B run continues across interruptions instead of starting a new one."""
+    path = run_dir / "run.json"
+    previous = {}
+    if resume_step is not None and path.is_file():
+        try:
+            previous = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            log.warning("%s is not valid JSON; starting a new W&B run", path)
+    start = {"started": info["started"], "command": info["command"], "from_step": resume_step or 0}
+    starts = [*previous.get("starts", []), start]
+    info = {**info, "wandb_id": previous.get("wandb_id") or new_run_id(), "starts": starts}
+    atomic_write_text(path, json.dumps(info, indent=2))
+    return info
+
+
+def new_run_id() -> str:
+    """8 lowercase letters and digits, as W&B's ids (from the OS, so no seeded RNG is consumed)."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path, info: dict, resume_step: int | None) -> list:
+    """metrics.csv always (unless logger=none), then the configured loggers; W&B resumes the run's id."""
     if cfg.logger is None:
         return []
-    loggers = [AppendingCSVLogger(save_dir=run_dir)]
+    loggers = [AppendingCSVLogger(save_dir=run_dir, resume_step=resume_step)]
     for name, logger_cfg in cfg.logger.items():
-        logger = build(logger_cfg)
+        extra = {"id": info.get("wandb_id"), "resume": "allow"} if name == "wandb" else {}
+        logger = build(logger_cfg, **extra)
         if name == "wandb":  # the resolved config plus provenance, as the W&B run config
             logger.experiment.config.update({**OmegaConf.to_container(cfg, resolve=True), "run": info},
                                             allow_val_change=True)
@@ -173,7 +203,8 @@ def build_trainer(cfg: DictConfig, callbacks: list, loggers: list, run_dir: Path
     """Lightning's Trainer; what it refuses on construction (no GPU for accelerator=gpu, too many devices)
     is the trainer config's mistake."""
     try:
-        return build(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=run_dir)
+        return build(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=run_dir,
+                     plugins=[SafeCheckpointIO()])
     except InstantiationException as e:
         if isinstance(e.__cause__, MisconfigurationException | ValueError):
             raise InputError(f"trainer: {e.__cause__}") from e
@@ -184,28 +215,33 @@ def train(cfg: DictConfig) -> float | None:
     check_config(cfg)
     run_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
+    silence_library_noise(resuming=ckpt_path is not None)
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = build(cfg.data)
     datamodule.check_inputs()
     check_memory(cfg)
     model = build(cfg.model)
-    if ckpt_path is not None:
-        check_resume(ckpt_path, model)
+    # the step this run starts from: metrics.csv drops rows logged after it (the run logs them again)
+    resume_step = check_resume(ckpt_path, model) if ckpt_path else 0
     loss = build(cfg.loss)
     check_teacher_vocab(loss, model)
     check_simcse_dropout(model, datamodule)
     optimizer, scheduler = build(cfg.optimizer), build(cfg.sched)
     if scheduler is not None:  # schedules validate their arguments on construction: fail now, not later
-        scheduler(optimizer([torch.zeros(1, requires_grad=True)]))
+        scheduler(optimizer(torch.nn.Linear(1, 1)))
     callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values()]
 
     info = run_info()
     if rank_zero_only.rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        (run_dir / "run.json").write_text(json.dumps(info, indent=2))
-    loggers = build_loggers(cfg, run_dir, info)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+            info = record_run(run_dir, info, resume_step if ckpt_path else None)
+        except OSError as e:
+            raise InputError(f"hydra.run.dir={run_dir} cannot be written ({e.strerror}); choose a writable "
+                             "folder (hydra.run.dir=... or paths.log_dir=...)") from e
+    loggers = build_loggers(cfg, run_dir, info, resume_step)
     trainer = build_trainer(cfg, callbacks, loggers, run_dir)
 
     datamodule.prepare_data()
@@ -234,9 +270,7 @@ def train(cfg: DictConfig) -> float | None:
 
 def finish_wandb(loggers: list) -> None:
     """One W&B run per Hydra job: without finish(), every multirun job logs into the first run."""
-    from lightning.pytorch.loggers import WandbLogger
-
-    if any(isinstance(lg, WandbLogger) for lg in loggers):
+    if wandb_loggers(loggers):
         import wandb
 
         wandb.finish()
@@ -244,7 +278,7 @@ def finish_wandb(loggers: list) -> None:
 
 def print_samples(module: LitLM, datamodule, tokenizer, cfg: DictConfig) -> None:
     """Continuations of a few validation prompts with the configured decoding strategies."""
-    model = module.model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    model = module.model.to(resolve_device()).eval()
     prompts = datamodule.val_prompts(cfg.samples.num_prompts, min(SAMPLE_PROMPT_TOKENS, datamodule.block_size))
     decode_and_print(cfg, model, tokenizer, prompts, cfg.samples.max_new_tokens)
 

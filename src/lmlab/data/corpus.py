@@ -20,6 +20,11 @@ from lmlab.errors import InputError
 GLOB_CHARS = frozenset("*?[")
 
 
+def file_stats(files: list[Path]) -> list[tuple[str, int, int]]:
+    """(path, size, modification time) per file: changes whenever a file could have changed, costs one stat."""
+    return [(str(p), st.st_size, st.st_mtime_ns) for p in files for st in [p.stat()]]
+
+
 class Corpus:
     """Base class of document sources."""
 
@@ -62,8 +67,7 @@ class FileCorpus(Corpus):
         check_text_files(self.files)
 
     def fingerprint(self) -> str:
-        stats = [(str(p), s.st_size, s.st_mtime_ns) for p in self.files for s in [p.stat()]]
-        return cache_key(kind=type(self).__name__, files=stats)
+        return cache_key(kind=type(self).__name__, files=file_stats(self.files))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self.files)} files)"
@@ -165,9 +169,8 @@ class HFDataset(Corpus):
         return sorted({f for e in entries for f in _expand(str(e))})
 
     def fingerprint(self) -> str:
-        stats = [(str(p), s.st_size, s.st_mtime_ns) for p in self._local_files() for s in [p.stat()]]
         args = dict(path=self.path, name=self.name, split=self.split, data_files=self.data_files)
-        return cache_key(kind="HFDataset", args=args, text_field=self.text_field, files=stats)
+        return cache_key(kind="HFDataset", args=args, text_field=self.text_field, files=file_stats(self._local_files()))
 
     def load(self):
         try:
