@@ -68,6 +68,7 @@ class HFModelSchema(Schema):
     architecture: Str | None = None
     pretrained: Str | None = None
     vocab_size: PositiveInt
+    trust_remote_code: Bool = False
 
     @model_validator(mode="after")
     def architecture_fields(self, info: ValidationInfo) -> HFModelSchema:

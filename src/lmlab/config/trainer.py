@@ -12,6 +12,8 @@ from pydantic import Field, field_validator, model_validator
 
 from lmlab.callbacks.decoding import DecodingEvaluator
 from lmlab.callbacks.interrupt import CheckpointOnInterrupt
+from lmlab.callbacks.model_summary import ModelSummary
+from lmlab.callbacks.progress import progress_bar
 from lmlab.callbacks.stability import PER_LAYER, POLICIES, StabilityMonitor
 from lmlab.callbacks.throughput import ThroughputMonitor
 from lmlab.config.messages import unknown_key_hint
@@ -118,6 +120,17 @@ class ModelCheckpointSchema(Schema):
     save_top_k: Annotated[int, Field(strict=True, ge=-1)] = 1
     save_last: Bool | Literal["link"] | None = None
     every_n_train_steps: NonNegativeInt | None = None
+
+
+@schema_of(progress_bar)
+class ProgressBarSchema(Schema):
+    refresh_rate: NonNegativeInt = 10
+    every_n_steps: PositiveInt | None = None
+
+
+@schema_of(ModelSummary)
+class ModelSummarySchema(Schema):
+    max_depth: NonNegativeInt = 1
 
 
 @schema_of(CheckpointOnInterrupt)

@@ -22,10 +22,25 @@ from lmlab.config.schema import (
     Str,
     ValidationInfo,
     existing_checkpoint,
+    locate,
+    schema_for,
     schema_of,
+    validate,
 )
 from lmlab.losses import InfoNCELoss, LanguageModelingLoss, TeacherLoss
-from lmlab.optim import SGD, WSD, Adam, AdamW, InverseSqrt, Lion, Muon, WarmupConstant, WarmupCosine, WarmupLinear
+from lmlab.optim import (
+    SGD,
+    WSD,
+    Adam,
+    AdamW,
+    InverseSqrt,
+    Lion,
+    Muon,
+    WarmupConstant,
+    WarmupCosine,
+    WarmupLinear,
+    grouped,
+)
 from lmlab.optim.muon import ADJUST_LR_FNS
 
 # ---- loss ----------------------------------------------------------------------------------------
@@ -85,6 +100,24 @@ class TorchAdamSchema(AdamWSchema):
     """torch's own Adam(W): the checked fields plus every other argument of its signature."""
 
     open_signature = True
+
+
+@schema_of(grouped)
+class GroupedSchema(Schema):
+    """``lmlab.optim.grouped``: any torch optimizer over lmlab's parameter groups; ``cls`` names it, and the
+    other keys are checked as that optimizer's own (its declared schema, else its signature)."""
+
+    model_config = Schema.model_config | {"extra": "allow"}
+
+    cls: Str
+    weight_decay: NonNegative = 0.0
+
+    @model_validator(mode="after")
+    def optimizer_arguments(self, info: ValidationInfo) -> GroupedSchema:
+        optimizer = locate(self.cls, self.key(info, "cls"))
+        values = {**(self.model_extra or {}), "weight_decay": self.weight_decay}
+        validate(schema_for(optimizer, ("params",)), values, self.key(info, ""))
+        return self
 
 
 @schema_of(SGD, torch.optim.SGD)
