@@ -51,6 +51,38 @@ def fails_before_work(make_cfg, tmp_path, *overrides) -> InputError:
     return error.value
 
 
+GROUPS = {p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()}
+
+
+@pytest.fixture(scope="module")
+def cheap_cfg(corpus_dir, cache_dir, tmp_path_factory):
+    """make_cfg for long tables: one Hydra composition per choice of group options, the key=value overrides
+    applied to a copy as Hydra applies them (parsed by its override parser), so each case costs no compose."""
+    from conftest import compose_train
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    composed, parser = {}, OverridesParser.create()
+    root = tmp_path_factory.mktemp("cheap")
+
+    def make(*overrides: str):
+        choices = tuple(o for o in overrides if o.split("=", 1)[0] in GROUPS)
+        if choices not in composed:
+            composed[choices] = compose_train(corpus_dir, cache_dir, root / "run", *choices)
+        cfg = copy.deepcopy(composed[choices])
+        for override in parser.parse_overrides([o for o in overrides if o not in choices]):
+            with open_dict(cfg):
+                if override.is_delete():
+                    parent, _, leaf = override.key_or_group.rpartition(".")
+                    OmegaConf.select(cfg, parent).pop(leaf) if parent else cfg.pop(leaf)
+                else:
+                    OmegaConf.update(cfg, override.key_or_group, override.value(), merge=False,
+                                     force_add=override.is_add())
+        HydraConfig.instance().set_config(cfg)
+        return cfg
+
+    return make
+
+
 BAD_CONFIG = {
     "wrong type": [
         (["optimizer.lr=fast"], r"^optimizer\.lr='fast': must be a number > 0$"),
@@ -128,8 +160,8 @@ BAD_CONFIG = {
     "resources": [
         (["data.vocab_size=10000000"], r"data\.vocab_size=10000000: more than this corpus can give; a byte-level "
                                        r"BPE learns at most one token per byte"),
-        (["model.n_layer=400", "model.n_embd=16384", "model.n_head=16", "data.block_size=32"],
-         r"model: 1\d\d\d\.\d\dB parameters .* do not fit: training needs at least \d+\.\d GB"),
+        (["model.n_layer=8", "model.n_embd=65536", "model.n_head=16", "data.block_size=32"],
+         r"model: 41\d\.\d\dB parameters .* do not fit: training needs at least \d+\.\d GB"),
     ],
     "checkpoint": [
         (["ckpt_path=/nonexistent/last.ckpt"], r"ckpt_path=/nonexistent/last\.ckpt: .* does not exist"),
@@ -143,8 +175,8 @@ BAD_CONFIG = {
 
 @pytest.mark.parametrize("overrides,error", [pytest.param(o, e, id=f"{family}: {' '.join(o)}")
                                              for family, cases in BAD_CONFIG.items() for o, e in cases])
-def test_bad_config_fails_before_work_with_one_line(make_cfg, tmp_path, overrides, error):
-    assert re.search(error, str(fails_before_work(make_cfg, tmp_path, *overrides)))
+def test_bad_config_fails_before_work_with_one_line(cheap_cfg, tmp_path, overrides, error):
+    assert re.search(error, str(fails_before_work(cheap_cfg, tmp_path, *overrides)))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is available")
@@ -444,8 +476,15 @@ def test_lmlab_cost_refuses_bad_config_in_one_line(capsys, overrides, error):
 
 # ---- properties --------------------------------------------------------------------------------
 
-PROPERTY = settings(max_examples=30, derandomize=True, deadline=None, database=None,
+
+
+def examples(n: int) -> settings:
+    """Deterministic (derandomized) runs of n examples: the same inputs on every machine and run."""
+    return settings(max_examples=n, derandomize=True, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+DEFAULT_EXAMPLES, SLOW_EXAMPLES = 20, 300
 TINY = ["debug=fast", "callbacks=decoding", "callbacks.decoding.num_prompts=1", "callbacks.decoding.prompt_tokens=4",
         "callbacks.decoding.max_new_tokens=2", "data.block_size=16", "data.batch_size=2", "model.n_embd=16",
         "model.n_head=2", "model.block_size=32"]
@@ -494,29 +533,51 @@ SOME_SETTINGS = st.lists(st.sampled_from(sorted(SETTINGS)), min_size=1, max_size
     lambda keys: st.fixed_dictionaries({key: SETTINGS[key] for key in keys}))
 
 
-@PROPERTY
-@given(SOME_SETTINGS)
-def test_any_config_values_train_one_step_or_fail_with_input_error(tiny_cfg, values):
+def config_values_property(tiny_cfg, values: dict) -> None:
     cfg = copy.deepcopy(tiny_cfg)
     for key, value in values.items():
         OmegaConf.update(cfg, key, value, merge=False)
     trains_one_step_or_input_error(cfg)
 
 
+@examples(DEFAULT_EXAMPLES)
+@given(SOME_SETTINGS)
+def test_any_config_values_train_one_step_or_fail_with_input_error(tiny_cfg, values):
+    config_values_property(tiny_cfg, values)
+
+
+@pytest.mark.slow
+@examples(SLOW_EXAMPLES)
+@given(SOME_SETTINGS)
+def test_any_config_values_longer_profile(tiny_cfg, values):
+    config_values_property(tiny_cfg, values)
+
+
 TEXT = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=0, max_size=400)
 CORPUS_FILE = st.one_of(st.binary(max_size=600), TEXT.map(str.encode), st.just(b"def f(x):\n    return x + 1\n" * 9))
+CORPUS_FILES = st.lists(CORPUS_FILE, min_size=1, max_size=3)
 
 
-@PROPERTY
-@given(st.lists(CORPUS_FILE, min_size=1, max_size=3))
-def test_any_bytes_as_corpus_files_train_one_step_or_fail_with_input_error(tiny_cfg, tmp_path_factory, files):
-    folder = tmp_path_factory.mktemp("bytes")
+def corpus_bytes_property(tiny_cfg, folder: Path, files: list[bytes]) -> None:
     for i, content in enumerate(files):
         (folder / f"{i}.txt").write_bytes(content)
     cfg = copy.deepcopy(tiny_cfg)
     OmegaConf.update(cfg, "data.corpus.paths", str(folder), merge=False)
     OmegaConf.update(cfg, "data.vocab_size", 260, merge=False)  # the least a byte-level BPE can have, + 2
     trains_one_step_or_input_error(cfg)
+
+
+@examples(DEFAULT_EXAMPLES)
+@given(CORPUS_FILES)
+def test_any_bytes_as_corpus_files_train_one_step_or_fail_with_input_error(tiny_cfg, tmp_path_factory, files):
+    corpus_bytes_property(tiny_cfg, tmp_path_factory.mktemp("bytes"), files)
+
+
+@pytest.mark.slow
+@examples(SLOW_EXAMPLES)
+@given(CORPUS_FILES)
+def test_any_bytes_as_corpus_files_longer_profile(tiny_cfg, tmp_path_factory, files):
+    corpus_bytes_property(tiny_cfg, tmp_path_factory.mktemp("bytes"), files)
 
 
 # ---- what stayed as it was ---------------------------------------------------------------------
