@@ -606,8 +606,8 @@ SIGNATURE_ONLY = {"lightning.pytorch.loggers.TensorBoardLogger",
 
 def test_every_shipped_target_has_a_declared_schema():
     """A target moved or renamed would silently fall back to its signature (types only, no ranges)."""
-    from lmlab.config.schema import _EXPLICIT, locate
+    from lmlab.config.schema import DECLARED, locate
 
     targets = {m.group(1) for path in Path(CONF_DIR).rglob("*.yaml")
                for m in re.finditer(r"_target_:\s*(\S+)", path.read_text())}
-    assert sorted(t for t in targets - SIGNATURE_ONLY if locate(t, "_target_") not in _EXPLICIT) == []
+    assert sorted(t for t in targets - SIGNATURE_ONLY if locate(t, "_target_") not in DECLARED) == []

@@ -14,8 +14,9 @@ from typing import Any
 from pydantic import BaseModel, model_validator
 
 from lmlab.config import decoding
+from lmlab.config.messages import show
 from lmlab.config.schema import (
-    _EXPLICIT,
+    DECLARED,
     Bool,
     Int,
     NonNegativeInt,
@@ -135,9 +136,9 @@ def check_group(group: str, node: Any, key: str) -> Any:
 
 def check_node(node: Any, key: str, group: str) -> BaseModel:
     if not isinstance(node, dict) or "_target_" not in node:
-        raise InputError(f"{key}={node!r}: must be a config node with a _target_ (a class or function to build)")
+        raise InputError(f"{key}={show(node)}: must be a config node with a _target_ (a class or function to build)")
     target = locate(node["_target_"], f"{key}._target_")
-    explicit = _EXPLICIT.get(target)
+    explicit = DECLARED.get(target)
     nested_groups = explicit.nested_groups if explicit else {}
     values = dict(node)
     for name, child in node.items():
