@@ -67,8 +67,8 @@ class HFModelSchema(Schema):
 
     architecture: Str | None = None
     pretrained: Str | None = None
-    vocab_size: PositiveInt
     trust_remote_code: Bool = False
+    vocab_size: PositiveInt
 
     @model_validator(mode="after")
     def architecture_fields(self, info: ValidationInfo) -> HFModelSchema:

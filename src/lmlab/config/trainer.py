@@ -122,17 +122,6 @@ class ModelCheckpointSchema(Schema):
     every_n_train_steps: NonNegativeInt | None = None
 
 
-@schema_of(progress_bar)
-class ProgressBarSchema(Schema):
-    refresh_rate: NonNegativeInt = 10
-    every_n_steps: PositiveInt | None = None
-
-
-@schema_of(ModelSummary)
-class ModelSummarySchema(Schema):
-    max_depth: NonNegativeInt = 1
-
-
 @schema_of(CheckpointOnInterrupt)
 class CheckpointOnInterruptSchema(Schema):
     dirpath: Str
@@ -167,6 +156,17 @@ class ThroughputSchema(Schema):
     tokens_per_param: Positive = 20.0
     decode_tokens: NonNegativeInt = 32
     warmup_intervals: NonNegativeInt = 1
+
+
+@schema_of(progress_bar)
+class ProgressSchema(Schema):
+    refresh_rate: NonNegativeInt = 10
+    every_n_steps: PositiveInt | None = None
+
+
+@schema_of(ModelSummary)
+class ModelSummarySchema(Schema):
+    max_depth: NonNegativeInt = 1
 
 
 @schema_of(DecodingEvaluator)

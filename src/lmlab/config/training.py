@@ -104,8 +104,8 @@ class TorchAdamSchema(AdamWSchema):
 
 @schema_of(grouped)
 class GroupedSchema(Schema):
-    """``lmlab.optim.grouped``: any torch optimizer over lmlab's parameter groups; ``cls`` names it, and the
-    other keys are checked as that optimizer's own (its declared schema, else its signature)."""
+    """``lmlab.optim.grouped``: ``cls`` names a torch optimizer; the other keys are its arguments, checked by
+    that optimizer's own schema (or its signature)."""
 
     model_config = Schema.model_config | {"extra": "allow"}
 
@@ -113,10 +113,11 @@ class GroupedSchema(Schema):
     weight_decay: NonNegative = 0.0
 
     @model_validator(mode="after")
-    def optimizer_arguments(self, info: ValidationInfo) -> GroupedSchema:
-        optimizer = locate(self.cls, self.key(info, "cls"))
-        values = {**(self.model_extra or {}), "weight_decay": self.weight_decay}
-        validate(schema_for(optimizer, ("params",)), values, self.key(info, ""))
+    def arguments_of_cls(self, info: ValidationInfo) -> GroupedSchema:
+        target = locate(self.cls, self.key(info, "cls"))
+        prefix = self.key(info, "")
+        validate(schema_for(target, ("params",)), {**(self.model_extra or {}), "weight_decay": self.weight_decay},
+                 prefix)
         return self
 
 
