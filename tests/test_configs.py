@@ -31,9 +31,9 @@ EXTRA = {
     ("trainer", "ddp_spawn"): ["trainer.accelerator=cpu"],
     ("data", "code_pairs"): ["loss=contrastive"],  # pair batches need the contrastive loss
 }
-# two optimizer steps (warmup shorter than the run), validation after the second
-SHORT_RUN = ["trainer.max_steps=2", "sched.warmup_steps=1", "trainer.val_check_interval=2",
-             "trainer.limit_val_batches=1"]
+# two optimizer steps, validation after the second
+SHORT_RUN = ["trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
+             "sched.warmup_steps=1"]
 
 
 def options():
