@@ -105,7 +105,7 @@ def test_shell_prompt_with_quotes_and_braces_is_taken_verbatim(ckpt):
     (["ckpt=/nonexistent/run", "prompt=x"], "ckpt=/nonexistent/run does not exist"),
     (["ckpt=x", "prompt=x", "prompt_file=y"], "exactly one of prompt"),
     (["ckpt=x"], "exactly one of prompt"),
-    (["ckpt=x", "prompt_file=/nonexistent.txt"], "prompt_file=/nonexistent.txt does not exist"),
+    (["ckpt=x", "prompt_file=/nonexistent.txt"], "prompt_file=/nonexistent.txt: does not exist"),
 ])
 def test_bad_input_is_named(overrides, error):
     with pytest.raises((ValueError, FileNotFoundError), match=error):

@@ -74,25 +74,23 @@ def resolve_checkpoint(path: str | Path, field: str = "ckpt") -> Path:
     return path
 
 
-def read_checkpoint(path: str | Path, map_location="cpu", field: str = "ckpt") -> dict:
+def read_checkpoint(path: str | Path, map_location="cpu", field: str = "ckpt", mmap: bool = False) -> dict:
     """The checkpoint's dict, read with ``weights_only=True``; every failure is a ``CheckpointError``
-    naming ``field`` and the file, never a raw unpickling traceback."""
+    naming ``field`` and the file, never a raw unpickling traceback. ``mmap``: tensors stay on disk
+    until touched (cheap when only metadata is needed)."""
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):
-            raise CheckpointError(f"{field}={path} is not a PyTorch checkpoint: {_first_line(e)}") from None
-        found = re.search(r"GLOBAL (\S+)", str(e))
+        found = re.search(r"GLOBAL (\S+)", str(e))  # an object whose unpickling would call that function
+        if found is None:
+            raise _corrupt(path, field, e) from None
         raise CheckpointError(
-            f"{field}={path}: refused, loading it would run code from inside the file "
-            f"({found.group(1) if found else 'a pickled object'}); lmlab reads checkpoints with "
-            "torch.load(weights_only=True), which allows only tensors and plain containers"
+            f"{field}={path}: refused, loading it would run code from inside the file ({found.group(1)}); "
+            "lmlab reads checkpoints with torch.load(weights_only=True), which allows only tensors and "
+            "plain containers"
         ) from None
     except Exception as e:  # a truncated zip, a text file, an empty file: many exception types
-        size = Path(path).stat().st_size if Path(path).is_file() else 0
-        raise CheckpointError(
-            f"{field}={path} ({size} bytes) is truncated, corrupt or not a PyTorch checkpoint: {_first_line(e)}"
-        ) from None
+        raise _corrupt(path, field, e) from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{field}={path} holds a {type(ckpt).__name__}, not a checkpoint dict")
     version = ckpt.get("lmlab", {}).get("format_version", 0) if isinstance(ckpt.get("lmlab"), dict) else 0
@@ -102,15 +100,21 @@ def read_checkpoint(path: str | Path, map_location="cpu", field: str = "ckpt") -
     return ckpt
 
 
+def _corrupt(path, field: str, error: Exception) -> CheckpointError:
+    size = Path(path).stat().st_size if Path(path).is_file() else 0
+    return CheckpointError(
+        f"{field}={path} ({size} bytes) is truncated, corrupt or not a PyTorch checkpoint: {_first_line(error)}"
+    )
+
+
 def _first_line(error: Exception) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def checkpoint_step(path: str | Path) -> int:
+def checkpoint_step(path: str | Path, field: str = "ckpt_path") -> int:
     """The optimizer step a checkpoint was written at (memory-mapped: the weights are not read)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    return int(ckpt.get("global_step", 0))
+    return int(read_checkpoint(path, field=field, mmap=True).get("global_step", 0))
 
 
 def load_checkpoint(path: str | Path, map_location="cpu", field: str = "ckpt"):

@@ -272,9 +272,16 @@ class StabilityMonitor(L.Callback):
             for kind, norms in layers.items():
                 metrics |= {f"{kind}/{name}": value for name, value in zip(self.layers, norms, strict=True)}
         # the step Lightning logs this batch's own metrics at
-        log_metrics(
+        logged = log_metrics(
             trainer, {f"stability/{k}": v for k, v in metrics.items()}, trainer.global_step - 1, pl_module
         )
+        if self.policy == "log" and logged["stability/nonfinite_steps"] > 0:
+            self._warn_once(
+                "nonfinite",
+                f"StabilityMonitor: {int(logged['stability/nonfinite_steps'])} non-finite step(s) by step "
+                f"{trainer.global_step}; policy=log applied their updates, so the weights may now be NaN. "
+                "callbacks.stability.policy=skip skips such updates, =halt stops with a checkpoint from before",
+            )
         if self._halt_pending:
             self._halt(trainer)
 

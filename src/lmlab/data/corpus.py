@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lmlab.data.cache import cache_key
+from lmlab.data.checks import check_text_files
+from lmlab.errors import InputError
 
 GLOB_CHARS = frozenset("*?[")
 
@@ -32,6 +34,13 @@ class Corpus:
     def fingerprint(self) -> str:
         raise NotImplementedError
 
+    def size(self) -> tuple[int, int] | None:
+        """(bytes, documents) when known without reading the documents, else None."""
+        return None
+
+    def check(self) -> None:
+        """Raise an InputError for documents that cannot be used (before a tokenizer is trained on them)."""
+
 
 class FileCorpus(Corpus):
     """Documents that are UTF-8 text files, one document per file."""
@@ -44,9 +53,18 @@ class FileCorpus(Corpus):
             try:
                 text = path.read_text(encoding="utf-8")
             except UnicodeDecodeError as e:
-                raise ValueError(f"data.corpus: {path} is not UTF-8 text ({e.reason}); remove it") from e
+                raise InputError(f"data.corpus: {path} is not UTF-8 text ({e.reason}); remove it") from e
             if text:
                 yield str(path), text
+
+    def size(self) -> tuple[int, int]:
+        sizes = [p.stat().st_size for p in self.files]
+        return sum(sizes), sum(1 for s in sizes if s)
+
+    def check(self) -> None:
+        """Binary, non-UTF-8 and unsplittable files, all named at once (:mod:`lmlab.data.checks`); empty files
+        are skipped."""
+        check_text_files(self.files)
 
     def fingerprint(self) -> str:
         return cache_key(kind=type(self).__name__, files=file_stats(self.files))
@@ -70,7 +88,7 @@ class StdlibCode(FileCorpus):
             subfolders[:] = sorted(d for d in subfolders if d not in self.EXCLUDED_DIRS)
             files += [Path(folder, n) for n in sorted(names) if n.endswith(".py")]
         if not files:
-            raise ValueError(f"data.corpus: found no .py files in the standard library folder {root}")
+            raise InputError(f"data.corpus: found no .py files in the standard library folder {root}")
         super().__init__(files)
 
 
@@ -83,16 +101,16 @@ class TextFiles(FileCorpus):
     def __init__(self, paths: str | os.PathLike | list[str | os.PathLike]):
         entries = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
         if not entries:
-            raise ValueError("data.corpus.paths is empty; give a file, a folder, a glob or a list of those")
+            raise InputError("data.corpus.paths=[]: is empty; give a file, a folder, a glob or a list of those")
         files: list[Path] = []
         for entry in entries:
             matched = _expand(str(entry))
             if not matched:
-                raise ValueError(f"data.corpus.paths: {str(entry)!r} matches no file (cwd: {os.getcwd()})")
+                raise InputError(f"data.corpus.paths={str(entry)!r}: matches no file (cwd: {os.getcwd()})")
             files += matched
         files = sorted(set(files))
         if all(f.stat().st_size == 0 for f in files):
-            raise ValueError(f"data.corpus.paths: all {len(files)} matched files are empty")
+            raise InputError(f"data.corpus.paths={paths!r}: all {len(files)} matched files are empty")
         super().__init__(files)
 
 
@@ -163,7 +181,7 @@ class HFDataset(Corpus):
             ) from e
         dataset = datasets.load_dataset(self.path, self.name, split=self.split, data_files=self.data_files)
         if self.text_field not in dataset.column_names:
-            raise ValueError(
+            raise InputError(
                 f"data.corpus.text_field={self.text_field!r} is not a column of dataset {self.path!r} "
                 f"(split {self.split!r}); available columns: {dataset.column_names}"
             )

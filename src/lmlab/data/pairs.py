@@ -33,6 +33,7 @@ from lmlab.data.corpus import Corpus
 from lmlab.data.datamodule import CorpusDataModule
 from lmlab.data.packing import split_documents, token_dtype
 from lmlab.data.tokenizer import cached_tokenizer, tokenizer_fingerprint
+from lmlab.errors import InputError
 
 PAIR_KINDS = ("code_search", "simcse")
 PAIRS_FILE = "pairs.npz"
@@ -257,7 +258,7 @@ class CodePairsDataModule(CorpusDataModule):
             return
         found = (f"found {len(encoded.queries)} docstring/code pairs in {encoded.n_documents} documents "
                  f"({encoded.n_not_python} not Python)")
-        raise ValueError(
+        raise InputError(
             f"data: the {split} split has {n_pairs} pairs, fewer than one batch of data.batch_size="
             f"{self.batch_size}; data.corpus={self.corpus!r}: {found} with data.min_docstring_chars="
             f"{self.min_docstring_chars}. Use a larger corpus of Python code or a smaller data.batch_size"
