@@ -33,6 +33,18 @@ def pytest_collection_modifyitems(items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def own_wandb_service_per_process():
+    """A W&B run inside the test process exports WANDB_SERVICE; a `python train.py` started later with
+    this environment would join that process's service (and collide with its run ids) instead of
+    starting its own. Tear the service down after the test that started it."""
+    yield
+    if "WANDB_SERVICE" in os.environ:
+        import wandb
+
+        wandb.teardown()
+
+
 @pytest.fixture
 def one_thread():
     """The test runs torch on one intra-op thread (see helpers.one_thread)."""
