@@ -33,6 +33,18 @@ def pytest_collection_modifyitems(items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def own_wandb_service_per_process():
+    """A W&B run inside the test process exports WANDB_SERVICE; a `python train.py` started later with
+    this environment would join that process's service (and collide with its run ids) instead of
+    starting its own. Tear the service down after the test that started it."""
+    yield
+    if "WANDB_SERVICE" in os.environ:
+        import wandb
+
+        wandb.teardown()
+
+
 @pytest.fixture
 def one_thread():
     """The test runs torch on one intra-op thread (see helpers.one_thread)."""
@@ -62,6 +74,9 @@ def tiny_overrides(corpus_dir: Path, cache_dir: Path, *chosen: str) -> list[str]
         "model": ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=64"],
         "trainer": ["trainer=cpu"],
         "logger": ["logger=csv"],
+        # the default callbacks decode 4 prompts x 32 tokens at every validation: one short prompt does
+        "callbacks": ["callbacks.decoding.num_prompts=1", "callbacks.decoding.max_new_tokens=4",
+                      "callbacks.throughput.decode_tokens=4"],
     }
     chosen_groups = {o.split("=", 1)[0].lstrip("+~") for o in chosen if "=" in o and "." not in o.split("=")[0]}
     common = [

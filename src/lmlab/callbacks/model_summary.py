@@ -28,7 +28,7 @@ class ModelSummary(L.Callback):
             console = self.console or Console()
             console.print(self.table(pl_module))
             for line in self.totals(pl_module, getattr(trainer.datamodule, "block_size", None)):
-                console.print(line, highlight=False)
+                console.print(line, highlight=False, soft_wrap=True)  # one line each, also in a log file
 
     def table(self, pl_module: L.LightningModule) -> Table:
         summary = summarize(pl_module, max_depth=self.max_depth)
