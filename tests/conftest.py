@@ -9,6 +9,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import helpers
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -30,6 +31,25 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def own_wandb_service_per_process():
+    """A W&B run inside the test process exports WANDB_SERVICE; a `python train.py` started later with
+    this environment would join that process's service (and collide with its run ids) instead of
+    starting its own. Tear the service down after the test that started it."""
+    yield
+    if "WANDB_SERVICE" in os.environ:
+        import wandb
+
+        wandb.teardown()
+
+
+@pytest.fixture
+def one_thread():
+    """The test runs torch on one intra-op thread (see helpers.one_thread)."""
+    with helpers.one_thread():
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -54,6 +74,9 @@ def tiny_overrides(corpus_dir: Path, cache_dir: Path, *chosen: str) -> list[str]
         "model": ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=64"],
         "trainer": ["trainer=cpu"],
         "logger": ["logger=csv"],
+        # the default callbacks decode 4 prompts x 32 tokens at every validation: one short prompt does
+        "callbacks": ["callbacks.decoding.num_prompts=1", "callbacks.decoding.max_new_tokens=4",
+                      "callbacks.throughput.decode_tokens=4"],
     }
     chosen_groups = {o.split("=", 1)[0].lstrip("+~") for o in chosen if "=" in o and "." not in o.split("=")[0]}
     common = [
@@ -116,17 +139,29 @@ def trained_run(corpus_dir, cache_dir, tmp_path_factory) -> Path:
     return run_dir
 
 
+SUBPROCESS_ENV = {"WANDB_MODE": "offline"}  # never reach for the network in tests
+
+
 @pytest.fixture
-def run_train_py(corpus_dir, cache_dir, tmp_path):
+def train_command(corpus_dir, cache_dir):
+    """The argv of `python <script> <tiny overrides> <yours>` (script: train.py unless given)."""
+
+    def command(*overrides: str, run_dir: Path, multirun: bool = False, script: list[str] | None = None):
+        where = f"hydra.sweep.dir={run_dir}" if multirun else f"hydra.run.dir={run_dir}"
+        return [sys.executable, *(script or [str(ROOT / "train.py")]), *(["-m"] if multirun else []),
+                *tiny_overrides(corpus_dir, cache_dir, where, *overrides)]
+
+    return command
+
+
+@pytest.fixture
+def run_train_py(train_command, tmp_path):
     """`python train.py <tiny overrides> <yours>` as a user would type it; returns the completed process."""
 
     def run(*overrides: str, run_dir: Path | None = None, multirun: bool = False, timeout: int = 300):
-        run_dir = run_dir or tmp_path / "run"
-        where = f"hydra.sweep.dir={run_dir}" if multirun else f"hydra.run.dir={run_dir}"
-        cmd = [sys.executable, str(ROOT / "train.py"), *(["-m"] if multirun else []),
-               *tiny_overrides(corpus_dir, cache_dir, where, *overrides)]
-        env = {**os.environ, "WANDB_MODE": "offline"}  # never reach for the network in tests
-        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=timeout, env=env)
+        cmd = train_command(*overrides, run_dir=run_dir or tmp_path / "run", multirun=multirun)
+        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, **SUBPROCESS_ENV})
         assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
         return proc
 

@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
 from lmlab.checkpoint import load_checkpoint, resolve_checkpoint
+from lmlab.cli.user_errors import build, one_line_errors
 from lmlab.errors import InputError
 from lmlab.quantization import MODES, quantization_settings, quantize, save_quantized
 from lmlab.quantization.measure import compare_models
@@ -67,7 +67,7 @@ def run_datamodule(ckpt: Path):
     """The run's own LM DataModule, set up, or None when the checkpoint has no run config beside it."""
     for folder in (ckpt.parent, ckpt.parent.parent):
         if (folder / "config.yaml").is_file():
-            datamodule = instantiate(OmegaConf.load(folder / "config.yaml").data)
+            datamodule = build(OmegaConf.load(folder / "config.yaml").data)
             if not hasattr(datamodule, "val_prompts"):
                 return None
             datamodule.prepare_data()
@@ -134,8 +134,5 @@ def print_table(figures: dict, n_prompts: int, new_tokens: int, cpu_time: bool, 
 def main(argv: list[str] | None = None) -> dict:
     """-> the figures of both models (what the table shows)."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
+    with one_line_errors(composing=False):
         return quantize_run(args, Console())
-    except (InputError, FileNotFoundError) as e:
-        print(f"lmlab quantize: {e}", file=sys.stderr)
-        raise SystemExit(2) from None

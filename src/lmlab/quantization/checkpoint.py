@@ -64,8 +64,8 @@ def load_quantized(path: str | Path, field: str = "ckpt"):
     """(model in eval mode on CPU, tokenizer or None, header metadata with its JSON decoded)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"{field}={path} does not exist (give a .safetensors file written by "
-                                "`lmlab quantize`)")
+        raise CheckpointError(f"{field}={path} does not exist (give a .safetensors file written by "
+                              "`lmlab quantize`)")
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = f.metadata() or {}
