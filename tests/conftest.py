@@ -111,6 +111,22 @@ def make_cfg(corpus_dir, cache_dir, tmp_path):
     GlobalHydra.instance().clear()
 
 
+@pytest.fixture
+def generate_cfg():
+    """compose('generate', overrides) as generate.py would (prompts quoted as its command line does)."""
+    from lmlab.cli.generate import quote_prompt
+
+    def compose_generate(*overrides: str) -> DictConfig:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("generate", overrides=[quote_prompt(o) for o in overrides], return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        return cfg
+
+    yield compose_generate
+    GlobalHydra.instance().clear()
+
+
 @pytest.fixture(scope="session")
 def trained_run(corpus_dir, cache_dir, tmp_path_factory) -> Path:
     """One short real run (30 steps) shared by tests that only read what it leaves behind."""

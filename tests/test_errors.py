@@ -342,9 +342,7 @@ def test_generate_settings_are_one_line_with_their_key(tmp_path, capsys, monkeyp
     assert capsys.readouterr().err == f"Error: {error}\n"
 
 
-def test_max_new_tokens_past_the_context_is_named_before_decoding(trained_run, tmp_path):
-    from test_generate import generate_cfg
-
+def test_max_new_tokens_past_the_context_is_named_before_decoding(trained_run, tmp_path, generate_cfg):
     from lmlab.cli.generate import generate
 
     with pytest.raises(InputError, match=r"^max_new_tokens=1000: the longest prompt \(\d+ tokens\) \+ "

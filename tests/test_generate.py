@@ -6,9 +6,6 @@ import subprocess
 import sys
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from torch.nn.modules.module import register_module_forward_hook
@@ -29,14 +26,6 @@ def ckpt(trained_run, tmp_path_factory):
     return alone
 
 
-def generate_cfg(*overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("generate", overrides=[quote_prompt(o) for o in overrides], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
-
-
 def test_generate_py_every_strategy_from_a_lone_checkpoint(ckpt, tmp_path):
     prompt = "def main(x='${HOME}'):"  # as the shell passes it: quotes and ${...} are text, not Hydra syntax
     cmd = [sys.executable, f"{ROOT}/generate.py", f"ckpt={ckpt}", "decoding=suite", f"prompt={prompt}",
@@ -50,7 +39,7 @@ def test_generate_py_every_strategy_from_a_lone_checkpoint(ckpt, tmp_path):
     assert not list(tmp_path.glob("outputs")), "generate.py must not litter the working directory"
 
 
-def test_prompt_file_is_decoded_as_one_left_padded_batch(ckpt, tmp_path):
+def test_prompt_file_is_decoded_as_one_left_padded_batch(ckpt, tmp_path, generate_cfg):
     lines = ["import os", "def loads(s):", "class JSONDecoder(object):"]
     prompts = tmp_path / "prompts.txt"
     prompts.write_text(f"{lines[0]}\n\n{lines[1]}\n{lines[2]}\n")
@@ -80,7 +69,7 @@ def test_prompt_file_is_decoded_as_one_left_padded_batch(ckpt, tmp_path):
 
 @pytest.mark.parametrize("text", ["it's ${HOME} (", '"""Return the', "'a' + b", '"x"', "print('a\\n')", "end\\",
                                   "\\${x}", "${oc.env:HOME}", "null", "[1, 2]", "a=b"])
-def test_prompt_text_reaches_the_config_verbatim(text):
+def test_prompt_text_reaches_the_config_verbatim(text, generate_cfg):
     assert generate_cfg("ckpt=x", f"prompt={text}").prompt == text
 
 
@@ -93,7 +82,7 @@ def test_prompt_quoting_round_trips_any_text():
         assert OmegaConf.create({"prompt": value}).prompt == text
 
 
-def test_shell_prompt_with_quotes_and_braces_is_taken_verbatim(ckpt):
+def test_shell_prompt_with_quotes_and_braces_is_taken_verbatim(ckpt, generate_cfg):
     typed = "it's ${HOME} ("
     (result,) = generate(generate_cfg(f"ckpt={ckpt}", f"prompt={typed}", "decoding=greedy", "max_new_tokens=2"))
     tokenizer = load_checkpoint(ckpt)[1]
@@ -107,6 +96,6 @@ def test_shell_prompt_with_quotes_and_braces_is_taken_verbatim(ckpt):
     (["ckpt=x"], "exactly one of prompt"),
     (["ckpt=x", "prompt_file=/nonexistent.txt"], "prompt_file=/nonexistent.txt: does not exist"),
 ])
-def test_bad_input_is_named(overrides, error):
+def test_bad_input_is_named(overrides, error, generate_cfg):
     with pytest.raises((ValueError, FileNotFoundError), match=error):
         generate(generate_cfg(*overrides))

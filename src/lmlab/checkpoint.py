@@ -118,7 +118,13 @@ def checkpoint_step(path: str | Path, field: str = "ckpt_path") -> int:
 
 
 def load_checkpoint(path: str | Path, map_location="cpu", field: str = "ckpt"):
-    """(model in eval mode, tokenizer, raw checkpoint dict) from a checkpoint file or run directory."""
+    """(model in eval mode, tokenizer, raw checkpoint dict) from a checkpoint file or run directory.
+
+    A ``.safetensors`` file is a quantized checkpoint (``lmlab quantize``); its dict is the header metadata."""
+    if str(path).endswith(".safetensors"):
+        from lmlab.quantization.checkpoint import load_quantized
+
+        return load_quantized(path, field)
     path = resolve_checkpoint(path, field)
     ckpt = read_checkpoint(path, map_location, field)
     if not isinstance(ckpt.get("lmlab"), dict) or "state_dict" not in ckpt:

@@ -2,27 +2,38 @@
 
 Logs ``decode/<strategy>/{tokens_per_s, mean_new_length, distinct_2, repetition_rate, perplexity}``
 (plus ``acceptance_rate``, ``mean_accepted`` and ``tokens_per_target_forward`` for speculative
-decoding) and a W&B table of the texts.
+decoding) and a W&B table of the texts. With ``quantize`` (int8 or int4) a weight-only quantized
+copy of the model is evaluated too, under ``decode/<strategy>-<mode>/``, with ``agreement``: the
+fraction of its tokens equal to the float model's.
 """
 
 from __future__ import annotations
+
+import copy
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lmlab.decoding.evaluate import evaluate_strategy, named_strategies
 from lmlab.loggers import wandb_loggers
+from lmlab.quantization import quantization_settings, quantize
+from lmlab.quantization.measure import token_agreement
 
 
 class DecodingEvaluator(L.Callback):
-    """``strategies``: one decoding partial (named ``name``) or a mapping name -> partial."""
+    """``strategies``: one decoding partial (named ``name``) or a mapping name -> partial;
+    ``quantize``: also evaluate an int8 or int4 copy (``quantize_group_size`` for int4, default 64)."""
 
     def __init__(self, strategies, name: str = "decoding", num_prompts: int = 4, prompt_tokens: int = 16,
-                 max_new_tokens: int = 32, every_n_validations: int = 1, seed: int = 0):
+                 max_new_tokens: int = 32, every_n_validations: int = 1, seed: int = 0,
+                 quantize: str | None = None, quantize_group_size: int | None = None):
         for field, value in (("num_prompts", num_prompts), ("prompt_tokens", prompt_tokens),
                              ("max_new_tokens", max_new_tokens), ("every_n_validations", every_n_validations)):
             if value < 1:
                 raise ValueError(f"callbacks.decoding.{field}={value} must be >= 1")
+        self.quantization = None if quantize is None else quantization_settings(
+            quantize, quantize_group_size,
+            names={"mode": "callbacks.decoding.quantize", "group_size": "callbacks.decoding.quantize_group_size"})
         self.strategies = named_strategies(strategies, name)
         self.num_prompts, self.prompt_tokens, self.max_new_tokens = num_prompts, prompt_tokens, max_new_tokens
         self.every_n_validations, self.seed = every_n_validations, seed
@@ -49,13 +60,22 @@ class DecodingEvaluator(L.Callback):
         tokenizer, model = pl_module.tokenizer, pl_module.model
         was_training = model.training
         model.eval()
+        models = {"": model}
+        if self.quantization is not None:
+            models[f"-{self.quantization.mode}"] = quantize(copy.deepcopy(model), self.quantization)
         for name, decode in self.strategies.items():
-            result = evaluate_strategy(name, decode, model, prompts, self.max_new_tokens,
-                                       tokenizer.eos_token_id, tokenizer.pad_token_id, self.seed)
-            for key, value in result.metrics.items():
-                pl_module.log(f"decode/{name}/{key}", value, rank_zero_only=True)
-            self.rows += [[trainer.global_step, name, tokenizer.decode(p), tokenizer.decode(c)]
-                          for p, c in zip(result.prompts, result.completions, strict=True)]
+            reference = None
+            for suffix, candidate in models.items():
+                result = evaluate_strategy(name + suffix, decode, candidate, prompts, self.max_new_tokens,
+                                           tokenizer.eos_token_id, tokenizer.pad_token_id, self.seed)
+                if reference is None:
+                    reference = result
+                else:
+                    result.metrics["agreement"] = token_agreement(reference.completions, result.completions)
+                for key, value in result.metrics.items():
+                    pl_module.log(f"decode/{result.name}/{key}", value, rank_zero_only=True)
+                self.rows += [[trainer.global_step, result.name, tokenizer.decode(p), tokenizer.decode(c)]
+                              for p, c in zip(result.prompts, result.completions, strict=True)]
         model.train(was_training)
         for logger in wandb_loggers(trainer):
             logger.log_table("decode/samples", columns=["step", "strategy", "prompt", "output"], data=self.rows)

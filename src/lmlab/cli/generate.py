@@ -1,7 +1,8 @@
 """`python generate.py ckpt=<run> decoding=<strategy> prompt="..."`: decode from a checkpoint alone.
 
 The checkpoint carries the model's config and the tokenizer, so neither the training config nor
-its data is needed.
+its data is needed. `quantize=int8|int4` decodes with weight-only quantized weights; `ckpt=` may
+also be a quantized `.safetensors` file written by `lmlab quantize`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from lmlab.config import check_generate_config
 from lmlab.decoding.evaluate import DecodeResult, evaluate_strategy, named_strategies
 from lmlab.devices import resolve_device
 from lmlab.errors import InputError
+from lmlab.quantization import QuantizationSettings, quantization_settings, quantize
 
 
 def read_prompts(cfg: DictConfig) -> list[str]:
@@ -39,6 +41,20 @@ def read_prompts(cfg: DictConfig) -> list[str]:
     return prompts
 
 
+def quantization(cfg: DictConfig) -> QuantizationSettings | None:
+    """`quantize=int8|int4` (and `quantize_group_size=` for int4), checked before anything is loaded."""
+    mode, group_size = cfg.get("quantize"), cfg.get("quantize_group_size")
+    if mode is None:
+        if group_size is not None:
+            raise InputError(f"quantize_group_size={group_size} is set but quantize is null; "
+                             "add quantize=int4 (group sizes apply to int4)")
+        return None
+    if str(cfg.ckpt).endswith(".safetensors"):
+        raise InputError(f"ckpt={cfg.ckpt} is a quantized checkpoint already; drop quantize={mode} "
+                         "(or give the float run directory or .ckpt)")
+    return quantization_settings(mode, group_size, names={"mode": "quantize", "group_size": "quantize_group_size"})
+
+
 def check_context(model, prompts: list[list[int]], max_new_tokens: int, key: str = "max_new_tokens") -> None:
     """The longest prompt plus the new tokens must fit the model's context (named before decoding starts)."""
     longest = max(len(p) for p in prompts)
@@ -50,7 +66,10 @@ def check_context(model, prompts: list[list[int]], max_new_tokens: int, key: str
 def generate(cfg: DictConfig) -> list[DecodeResult]:
     check_generate_config(resolved(cfg))
     prompts = read_prompts(cfg)
+    settings = quantization(cfg)
     model, tokenizer, _ = load_checkpoint(cfg.ckpt)
+    if settings is not None:
+        model = quantize(model, settings)
     model.to(resolve_device(cfg.device))
     encoded = [tokenizer.encode(p) for p in prompts]
     check_context(model, encoded, cfg.max_new_tokens)

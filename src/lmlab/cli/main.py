@@ -1,4 +1,4 @@
-"""`lmlab <command> [args]`: train, generate, report, cost."""
+"""`lmlab <command> [args]`: train, generate, report, cost, quantize."""
 
 import importlib
 import sys
@@ -10,6 +10,7 @@ COMMANDS = {
     "generate": "decode from a checkpoint (same as python generate.py)",
     "report": "HTML report of a run or sweep from its metrics.csv",
     "cost": "FLOPs, device-hours and money for a config, from measured throughput",
+    "quantize": "int8/int4 weight-only checkpoint of a run, with a before/after table",
 }
 
 

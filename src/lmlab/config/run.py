@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, model_validator
 
@@ -30,6 +30,7 @@ from lmlab.config.schema import (
     validate,
 )
 from lmlab.errors import InputError
+from lmlab.quantization import MODES
 
 # the module declaring each group's schemas, imported when the group is first checked (generate.py needs
 # the decoding schemas only, and so never imports Lightning)
@@ -89,6 +90,8 @@ class GenerateSchema(Schema):
     max_new_tokens: PositiveInt = 64
     seed: Int = 1234
     device: Str = "auto"
+    quantize: Literal[MODES] | None = None
+    quantize_group_size: PositiveInt | None = None
     decoding: dict
 
     @model_validator(mode="after")

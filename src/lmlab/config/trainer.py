@@ -31,6 +31,7 @@ from lmlab.config.schema import (
     schema_of,
 )
 from lmlab.loggers import WANDB_MODES, wandb_logger
+from lmlab.quantization import MODES
 
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "64", "16", "bf16",
               "transformer-engine", "transformer-engine-float16", 16, 32, 64)
@@ -180,3 +181,5 @@ class DecodingEvaluatorSchema(Schema):
     max_new_tokens: PositiveInt = 32
     every_n_validations: PositiveInt = 1
     seed: Int = 0
+    quantize: Literal[MODES] | None = None
+    quantize_group_size: PositiveInt | None = None

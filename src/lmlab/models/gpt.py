@@ -172,7 +172,7 @@ class GPT(nn.Module):
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         c = self.config
-        p = self.wte.weight
+        p = self.norm_f.weight  # a float parameter in every variant (the embeddings may be quantized)
         return KVCache(c.n_layer, batch_size, c.n_kv_head, max_len or c.block_size, c.n_embd // c.n_head,
                        dtype=p.dtype, device=p.device)
 

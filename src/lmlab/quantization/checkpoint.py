@@ -1,0 +1,93 @@
+"""Quantized checkpoints: one ``.safetensors`` file that rebuilds the model without unpickling anything.
+
+The tensors are the model's state dict (int8/uint8 weights, scales, float norms and biases; a
+tensor shared by tied layers is stored once and its other names listed under ``aliases``). The
+header metadata (strings only) carries the format version, the model spec and tokenizer of
+:mod:`lmlab.checkpoint` and the quantization settings. Loading builds the float model from the
+spec, swaps in empty quantized layers with the same settings and fills every tensor from the file,
+so a save/load round trip is bit-exact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch.nn as nn
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from lmlab.checkpoint import build_model, build_tokenizer, model_spec, tokenizer_spec
+from lmlab.errors import CheckpointError, InputError
+from lmlab.models.hf import as_causal_lm
+from lmlab.quantization.convert import QuantizationSettings, convert, settings_of
+
+FORMAT = "lmlab-quantized"
+FORMAT_VERSION = "1"
+SUFFIX = ".safetensors"
+
+
+def save_quantized(model: nn.Module, path: str | Path, tokenizer=None) -> Path:
+    """Write a quantized model (and its tokenizer, if given) to ``path`` (a .safetensors file)."""
+    path = Path(path)
+    model = as_causal_lm(model)
+    settings = settings_of(model)
+    if settings is None:
+        raise InputError("save_quantized takes a model returned by lmlab.quantization.quantize")
+    tensors, aliases = {}, {}
+    first_name: dict[tuple, str] = {}
+    for name, tensor in model.state_dict().items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
+        if key in first_name:
+            aliases[name] = first_name[key]
+        else:
+            first_name[key] = name
+            tensors[name] = tensor.detach().contiguous().cpu()
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": json.dumps(model_spec(model)),
+        "quantization": json.dumps(settings.to_dict()),
+        "aliases": json.dumps(aliases),
+    }
+    if tokenizer is not None:
+        metadata["tokenizer"] = json.dumps(tokenizer_spec(tokenizer))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    save_file(tensors, partial, metadata=metadata)
+    os.replace(partial, path)  # a reader never sees half a file
+    return path
+
+
+def load_quantized(path: str | Path, field: str = "ckpt"):
+    """(model in eval mode on CPU, tokenizer or None, header metadata with its JSON decoded)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"{field}={path} does not exist (give a .safetensors file written by "
+                              "`lmlab quantize`)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{field}={path} is not a readable safetensors file: {e}") from e
+    if raw.get("format") != FORMAT:
+        raise CheckpointError(f"{field}={path} is a safetensors file but not an lmlab quantized checkpoint "
+                              f"(metadata format={raw.get('format')!r}, expected {FORMAT!r})")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{field}={path} has format_version={raw.get('format_version')!r}; this lmlab "
+                              f"reads version {FORMAT_VERSION}")
+    try:
+        meta = {key: json.loads(raw[key]) for key in ("model", "quantization", "aliases")}
+        if "tokenizer" in raw:
+            meta["tokenizer"] = json.loads(raw["tokenizer"])
+        model = build_model(meta["model"])
+        convert(model, QuantizationSettings.from_dict(meta["quantization"]), quantize_weights=False)
+        for alias, name in meta["aliases"].items():
+            tensors[alias] = tensors[name]
+        model.load_state_dict(tensors, strict=True)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{field}={path} does not describe a model this lmlab can rebuild: {e}") from e
+    tokenizer = build_tokenizer(meta["tokenizer"]) if "tokenizer" in meta else None
+    return model.eval(), tokenizer, {**raw, **meta}
