@@ -34,7 +34,7 @@ def test_progress_is_the_rich_bar_on_a_terminal_and_plain_lines_in_a_pipe(monkey
         ProgressLines(0)
 
 
-def test_library_noise_is_silenced_by_message_and_origin_only(caplog):
+def test_library_noise_is_silenced_by_message_and_origin_only():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         silence_library_noise()
@@ -45,11 +45,24 @@ def test_library_noise_is_silenced_by_message_and_origin_only(caplog):
         ):
             warnings.warn_explicit(message, FutureWarning, "x.py", 1, module=module)
     assert [(w.message.args[0][:10]) for w in caught] == ["another de", "`isinstanc"]  # only the first is dropped
+    # a handler on the logger itself, enabled: an in-process Hydra app earlier in the session may have
+    # configured logging with disable_existing_loggers
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    with caplog.at_level(logging.INFO, logger=rank_zero.name):
+    seen: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: seen.append(record.getMessage())
+    level, disabled = rank_zero.level, rank_zero.disabled
+    rank_zero.addHandler(handler)
+    rank_zero.setLevel(logging.INFO)
+    rank_zero.disabled = False
+    try:
         rank_zero.info("💡 Tip: For seamless cloud logging and experiment tracking, try installing litlogger")
         rank_zero.info("GPU available: False, used: False")
-    assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
+    finally:
+        rank_zero.removeHandler(handler)
+        rank_zero.setLevel(level)
+        rank_zero.disabled = disabled
+    assert seen == ["GPU available: False, used: False"]
 
 
 def test_lmlab_command_installed_without_its_checkout_names_the_fix(tmp_path):
