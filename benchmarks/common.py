@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -64,7 +66,18 @@ def compose_train(overrides: list[str], run_dir: Path):
     return cfg
 
 
-def emit(result: dict) -> dict:
-    """Print the one JSON object a benchmark produces (and return it, for tests)."""
-    print(json.dumps(result, indent=1))
-    return result
+def run_quietly(main):
+    """``main(argv, result)`` fills ``result`` as it goes; everything it prints (Lightning's tables,
+    progress bars) goes to stderr, so that stdout carries only the one JSON object: ``result``, also
+    when a time limit interrupts it (SIGINT: then with ``"interrupted": true`` and what was measured)."""
+    def wrapped(argv: list[str] | None = None) -> dict:
+        result = {}
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                main(argv, result)
+        except KeyboardInterrupt:
+            result["interrupted"] = True
+        print(json.dumps(result, indent=1))
+        return result
+
+    return wrapped

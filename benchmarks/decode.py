@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import compose_train, device_info, emit, synchronize
+from common import compose_train, device_info, run_quietly, synchronize
 from hydra.utils import instantiate
 
 from lmlab.decoding import beam_search, greedy, sample, speculative
@@ -117,8 +117,7 @@ def strategy_calls(gpt, hf, ids, n, compile) -> dict:
     return calls
 
 
-def versus_generate(args, device, dtype) -> list[dict]:
-    rows = []
+def versus_generate(args, device, dtype, rows: list) -> None:
     for config in args.configs:
         name, batches = config.split(":")
         gpt = shipped_gpt(name, args.vocab_size, device, dtype)
@@ -127,8 +126,10 @@ def versus_generate(args, device, dtype) -> list[dict]:
         for batch in (int(b) for b in batches.split(",")):
             ids = torch.randint(2, args.vocab_size, (batch, args.prompt_len), device=device)
             for strategy, calls in strategy_calls(gpt, hf, ids, n, args.compile).items():
-                if batch > 1 and strategy != "greedy" and args.smoke:
+                if strategy not in args.strategies:
                     continue
+                if args.generate_static_batches is not None and batch not in args.generate_static_batches:
+                    calls.pop("generate_static", None)
                 outputs, seconds = race(calls, args.repeats)
                 row = dict(model=name, strategy=strategy, batch=batch, new_tokens=n)
                 row |= {f"{v}_tok_s": round(batch * n / s, 1) if s < math.inf else outputs[v]
@@ -141,12 +142,12 @@ def versus_generate(args, device, dtype) -> list[dict]:
                     row["same_tokens"] = {v: bool(torch.equal(outputs["lmlab_eager"], out))
                                           for v, out in outputs.items() if isinstance(out, torch.Tensor)}
                 rows.append(row)
-    return rows
 
 
-def where_time_goes(args, device, dtype) -> list[dict]:
+def where_time_goes(args, device, dtype, rows: list) -> None:
     """Batch-1 time per token: the eager step, the compiled step, and the weight matmuls alone."""
-    return [time_split(config.split(":")[0], args, device, dtype) for config in args.configs]
+    for config in args.configs:
+        rows.append(time_split(config.split(":")[0], args, device, dtype))
 
 
 def time_split(name: str, args, device, dtype) -> dict:
@@ -193,7 +194,7 @@ def train_target_and_draft(args, root: Path) -> tuple[Path, Path]:
     return target, draft
 
 
-def speculative_vs_greedy(args, device, dtype) -> dict:
+def speculative_vs_greedy(args, device, dtype, out: dict) -> None:
     from lmlab.checkpoint import load_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="decode_spec_") as tmp:
@@ -213,12 +214,12 @@ def speculative_vs_greedy(args, device, dtype) -> dict:
         "speculative_prompt_lookup": lambda p, c: speculative(target, "prompt_lookup", p, n, num_draft_tokens=k,
                                                               compile=c and args.compile),
     }
-    out = dict(target=dict(model=args.spec_model, params=target.num_params(), run=str(target_dir.name)),
+    out.update(target=dict(model=args.spec_model, params=target.num_params()),
                draft=dict(n_layer=draft.config.n_layer, params=draft.num_params(), loss="distill"),
                train_steps=args.train_steps, prompts=len(prompts), new_tokens=n, num_draft_tokens=k)
     reference = {}
-    for name, run in runs.items():
-        for compiled in (False, True):
+    for compiled in (False, True):  # every eager row first: a time limit cuts compiled rows only
+        for name, run in runs.items():
             total, stats_sum, same = 0.0, {}, True
             for i, ids in enumerate(prompts):
                 call = functools.partial(run, torch.tensor([ids], device=device), compiled)
@@ -234,14 +235,12 @@ def speculative_vs_greedy(args, device, dtype) -> dict:
             if stats_sum["target_forwards"]:
                 row |= dict(acceptance_rate=round(stats_sum["accepted"] / max(stats_sum["proposed"], 1), 3),
                             tokens_per_target_forward=round(stats_sum["new_tokens"] / stats_sum["target_forwards"], 2))
+            row["speedup_vs_greedy_eager"] = round(row["tok_s"] / out.get("greedy_eager", row)["tok_s"], 2)
             out[f"{name}_{'compiled' if compiled else 'eager'}"] = row
-    for name in list(out):
-        if name.startswith("speculative") or name == "greedy_compiled":
-            out[name]["speedup_vs_greedy_eager"] = round(out[name]["tok_s"] / out["greedy_eager"]["tok_s"], 2)
-    return out
 
 
-def main(argv: list[str] | None = None) -> dict:
+@run_quietly
+def main(argv: list[str] | None, result: dict) -> None:
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="*", default=["gpt_small:1,8,32"] if cuda else ["gpt_tiny:1,8,32",
@@ -257,6 +256,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--train-steps", type=int, default=150, help="of the target and of the distilled draft")
     parser.add_argument("--override", nargs="*", default=[], help="train.py overrides for the speculative runs")
     parser.add_argument("--sections", nargs="*", default=["vs_generate", "where_time_goes", "speculative"])
+    parser.add_argument("--strategies", nargs="*", default=["greedy", "sample", "beam4"])
+    parser.add_argument("--generate-static-batches", nargs="*", type=int,
+                        help="batch sizes with a generate_static row (default: all)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (decoding small models: 1 avoids spinning)")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the compiled rows")
     parser.add_argument("--smoke", action="store_true",
@@ -264,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.smoke:
         args.new_tokens, args.repeats, args.train_steps, args.spec_prompts = 4, 1, 2, 1
-        args.compile_backend = "eager"
+        args.compile_backend, args.strategies = "eager", ["greedy"]
     args.compile = True if args.compile_backend == "inductor" else args.compile_backend
     if not cuda:
         torch.set_num_threads(args.threads)
@@ -273,12 +275,13 @@ def main(argv: list[str] | None = None) -> dict:
     hf_logging.set_verbosity_error()  # generate()'s advice about masks for unpadded prompts
     device = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if cuda else torch.float32
-    result = dict(device_info(), benchmark="decode", dtype=str(dtype), new_tokens=args.new_tokens)
-    sections = {"vs_generate": versus_generate, "where_time_goes": where_time_goes,
-                "speculative": speculative_vs_greedy}
+    result.update(device_info(), benchmark="decode", dtype=str(dtype), new_tokens=args.new_tokens)
+    sections = {"vs_generate": (versus_generate, list), "where_time_goes": (where_time_goes, list),
+                "speculative": (speculative_vs_greedy, dict)}
     for name in args.sections:
-        result[name] = sections[name](args, device, dtype)
-    return emit(result)
+        run, container = sections[name]
+        result[name] = container()
+        run(args, device, dtype, result[name])
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import lightning as L
-from common import device_info, emit, median
+from common import device_info, median, run_quietly
 
 from lmlab.cli import CONF_DIR
 
@@ -102,7 +102,8 @@ def import_time(module: str) -> dict:
                 heavy_imports={name: heavy.get(name, "not imported") for name in HEAVY})
 
 
-def main(argv: list[str] | None = None) -> dict:
+@run_quietly
+def main(argv: list[str] | None, result: dict) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up run")
     parser.add_argument("--override", nargs="*", default=[], help="train.py overrides (default config otherwise)")
@@ -118,9 +119,9 @@ def main(argv: list[str] | None = None) -> dict:
     timed = runs if args.smoke else runs[1:]
     summary = {mark: median([r[mark] for r in timed]) for mark in timed[0]}
     imports = [import_time(module) for module in (["lmlab"] if args.smoke else ["lmlab", "lmlab.cli.train"])]
-    return emit(dict(device_info(), benchmark="startup", overrides=args.override, warm=not args.smoke,
-                     seconds_to_first_step=summary["first_step_done"], median_marks=summary,
-                     runs=timed, warm_up_run=None if args.smoke else runs[0], imports=imports))
+    result.update(device_info(), benchmark="startup", overrides=args.override, warm=not args.smoke,
+                  seconds_to_first_step=summary["first_step_done"], median_marks=summary,
+                  runs=timed, warm_up_run=None if args.smoke else runs[0], imports=imports)
 
 
 if __name__ == "__main__":

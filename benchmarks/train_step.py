@@ -34,7 +34,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-from common import compose_train, device_info, emit, median, synchronize
+from common import compose_train, device_info, median, run_quietly, synchronize
 from hydra.utils import instantiate
 
 from lmlab.cost import model_shape, peak_flops_per_device, precision_dtype, train_flops_per_token
@@ -82,9 +82,10 @@ def overrides(args, variant: str, run_dir: Path) -> list[str]:
               "trainer.limit_val_batches=0", "samples.num_prompts=0", f"hydra.run.dir={run_dir}", *args.override]
     if args.model_overrides:
         common += [f"model.{o}" for o in args.model_overrides]
-    quiet = ["callbacks=none", "logger=none"]
     if variant == "default":
         return common
+    quiet = ["callbacks=none", "logger=none"]
+    common = [o for o in common if not o.startswith(("callbacks=", "logger="))]  # e.g. --override logger=csv
     if variant != "hf":
         return common + quiet
     shape = compose_train(common, run_dir).model  # the lmlab GPT this HF model mirrors
@@ -165,10 +166,11 @@ def peak_rss_gb(argv: list[str], variant: str) -> float:
     """Peak resident memory of a fresh process that runs only ``variant`` (CPU memory, per variant)."""
     cmd = [sys.executable, __file__, *argv, "--only", variant]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_gb"]
+    return json.loads(out.stdout)["peak_rss_gb"]
 
 
-def main(argv: list[str] | None = None) -> dict:
+@run_quietly
+def main(argv: list[str] | None, result: dict) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="gpt_tiny", help="a conf/model option (GPT-2-style for the hf variant)")
     parser.add_argument("--model-overrides", nargs="*", default=[], help="model fields, e.g. n_layer=2")
@@ -190,44 +192,39 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.only:
         run_variant(args, args.only)
-        print(json.dumps({"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9}))
-        return {}
+        result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+        return
 
-    tokens = args.batch_size * args.seq_len * args.steps
-    seconds: dict[str, list[float]] = {v: [] for v in args.variants}
+    cuda = torch.cuda.is_available()
+    peak = peak_flops_per_device(torch.device("cuda" if cuda else "cpu"), precision_dtype(args.precision))
+    result.update(device_info(), benchmark="train_step", model=args.model, model_overrides=args.model_overrides,
+                  batch_size=args.batch_size, seq_len=args.seq_len, precision=args.precision, compile=args.compile,
+                  warmup=args.warmup, steps=args.steps, repeats=args.repeats, peak_flops=peak,
+                  memory_measure="cuda max allocated" if cuda else "peak RSS of a fresh process")
+    seconds = result["seconds_per_round"] = {v: [] for v in args.variants}  # filled as rounds finish
     runs = {}
     for _ in range(args.repeats):
         for variant in args.variants:
             runs[variant] = run_variant(args, variant)
-            seconds[variant].append(runs[variant]["seconds"])
+            seconds[variant].append(round(runs[variant]["seconds"], 4))
 
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
-    peak = peak_flops_per_device(device, precision_dtype(args.precision))
-    results = {}
+    tokens = args.batch_size * args.seq_len * args.steps
+    results = result["variants"] = {}
     for variant, run in runs.items():
         tokens_per_s = tokens / median(seconds[variant])
         flops = train_flops_per_token(model_shape(run["model"]), args.seq_len)
         memory = run["peak_mem_gb"] if cuda or args.smoke else peak_rss_gb(argv, variant)
-        results[variant] = dict(tokens_per_s=round(tokens_per_s, 1), step_time_s=round(median(seconds[variant]) /
-                                args.steps, 5), mfu=round(flops * tokens_per_s / peak, 4) if peak else None,
-                                peak_mem_gb=None if memory is None else round(memory, 3),
-                                seconds_per_round=[round(s, 3) for s in seconds[variant]])
-    ratios = {}
-    if "plain" in results:
-        for variant in results:
-            if variant == "plain":
-                continue
-            per_round = [p / s for p, s in zip(seconds["plain"], seconds[variant], strict=True)]
-            memory = results[variant]["peak_mem_gb"], results["plain"]["peak_mem_gb"]
-            ratios[variant] = dict(tokens_per_s=round(median(per_round), 3),
-                                   tokens_per_s_per_round=[round(r, 3) for r in per_round],
-                                   peak_mem=round(memory[0] / memory[1], 3) if None not in memory else None)
-    return emit(dict(device_info(), benchmark="train_step", model=args.model, model_overrides=args.model_overrides,
-                     batch_size=args.batch_size, seq_len=args.seq_len, precision=args.precision,
-                     compile=args.compile, warmup=args.warmup, steps=args.steps, repeats=args.repeats,
-                     peak_flops=peak, variants=results, ratio_to_plain=ratios,
-                     memory_measure="cuda max allocated" if cuda else "peak RSS of a fresh process"))
+        results[variant] = dict(tokens_per_s=round(tokens_per_s, 1),
+                                step_time_s=round(median(seconds[variant]) / args.steps, 5),
+                                mfu=round(flops * tokens_per_s / peak, 4) if peak else None,
+                                peak_mem_gb=None if memory is None else round(memory, 3))
+    ratios = result["ratio_to_plain"] = {}
+    for variant in [v for v in results if v != "plain"] if "plain" in results else []:
+        per_round = [p / s for p, s in zip(seconds["plain"], seconds[variant], strict=True)]
+        memory = results[variant]["peak_mem_gb"], results["plain"]["peak_mem_gb"]
+        ratios[variant] = dict(tokens_per_s=round(median(per_round), 3),
+                               tokens_per_s_per_round=[round(r, 3) for r in per_round],
+                               peak_mem=round(memory[0] / memory[1], 3) if None not in memory else None)
 
 
 if __name__ == "__main__":

@@ -68,3 +68,16 @@ class HostReads(L.Callback):
         if self.recorder is not None:
             self.recorder.__exit__(None, None, None)
             self.recorder = None
+
+
+class NoSyncBetweenLogs(L.Callback):
+    """CUDA's sync debug mode at "error" from the start of a batch that is not a logging step (nor the
+    first or last) to the start of the next: any synchronizing call in that window raises."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        step = trainer.global_step
+        strict = 0 < step < trainer.max_steps - 1 and (step + 1) % trainer.log_every_n_steps
+        torch.cuda.set_sync_debug_mode("error" if strict else "default")
+
+    def on_train_end(self, trainer, pl_module):
+        torch.cuda.set_sync_debug_mode("default")

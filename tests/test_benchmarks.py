@@ -27,7 +27,7 @@ def tiny_data(corpus_dir, cache_dir) -> list[str]:
 def test_train_step_smoke(benchmark, corpus_dir, cache_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = benchmark("train_step").main(["--smoke", "--batch-size", "4", "--seq-len", "32", "--model-overrides",
-                                        *TINY_MODEL, "--override", *tiny_data(corpus_dir, cache_dir)])
+                                        *TINY_MODEL, "--override", *tiny_data(corpus_dir, cache_dir), "logger=csv"])
     assert set(out["variants"]) == {"plain", "lit", "default", "hf"}
     for variant in out["variants"].values():
         assert variant["tokens_per_s"] > 0 and 0 < variant["mfu"] < 1

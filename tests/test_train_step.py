@@ -44,3 +44,21 @@ def test_shipped_models_compile_without_graph_breaks(make_cfg, model):
     explanation = torch._dynamo.explain(module.forward)(ids)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
+
+
+@pytest.mark.gpu
+def test_gpu_training_step_never_synchronizes_between_logging_steps(make_cfg):
+    """bf16, the default callbacks, pinned batches copied without blocking."""
+    cfg = make_cfg("trainer=gpu", "trainer.max_steps=12", "trainer.log_every_n_steps=4",
+                   "trainer.val_check_interval=12")
+    with open_dict(cfg):
+        cfg.callbacks = {"no_sync": {"_target_": "helpers.NoSyncBetweenLogs"}, **cfg.callbacks}
+    train(cfg)
+
+
+@pytest.mark.gpu
+def test_gpu_batches_come_from_pinned_memory(make_cfg):
+    datamodule = instantiate(make_cfg().data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    assert datamodule.train_dataloader().pin_memory and next(iter(datamodule.train_dataloader())).is_pinned()
