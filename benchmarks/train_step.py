@@ -43,23 +43,60 @@ from lmlab.optim import param_groups
 VARIANTS = ("plain", "lit", "default", "hf")
 
 
+TRAINING_HOOKS = ("on_train_batch_start", "on_before_backward", "on_after_backward", "on_before_optimizer_step",
+                  "on_before_zero_grad", "on_train_batch_end")
+
+
 class StepClock(L.Callback):
-    """Wall time from the start of optimizer step ``start`` to the start of step ``start + steps``."""
+    """Wall time from the start of optimizer step ``start`` to the start of step ``start + steps``, and the
+    time each other callback's training hooks take in that window, split into logging and other steps.
+    Goes first in the callback list, so it opens each step before the others see it."""
 
     latest: StepClock | None = None  # the last instance that finished (Hydra builds it inside train())
 
     def __init__(self, start: int, steps: int):
         self.start, self.steps = start, steps
         self.seconds = self.peak_mem_gb = self.model = None
+        self.hook_seconds: dict[str, dict[str, float]] = {}
+        self.step = -1
+
+    def on_train_start(self, trainer, pl_module):
+        self.every = trainer.log_every_n_steps or 1
+        for callback in trainer.callbacks:
+            if callback is not self:
+                for hook in TRAINING_HOOKS:
+                    if getattr(type(callback), hook) is not getattr(L.Callback, hook):
+                        setattr(callback, hook, self._timed(type(callback).__name__, getattr(callback, hook)))
+
+    def _timed(self, name: str, hook):
+        def run(*args, **kwargs):
+            start = time.perf_counter()
+            result = hook(*args, **kwargs)
+            if self.start <= self.step < self.start + self.steps:
+                kind = "logging_steps" if (self.step + 1) % self.every == 0 else "other_steps"
+                costs = self.hook_seconds.setdefault(name, {"logging_steps": 0.0, "other_steps": 0.0})
+                costs[kind] += time.perf_counter() - start
+            return result
+
+        return run
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.start:
+        self.step = trainer.global_step
+        if self.step == self.start:
             self.t0 = clock_start()
-        elif trainer.global_step == self.start + self.steps:
+        elif self.step == self.start + self.steps:
             self.seconds, self.peak_mem_gb = clock_stop(self.t0)
             self.model = pl_module.model
             trainer.should_stop = True
             StepClock.latest = self
+
+    def ms_per_step(self) -> dict[str, dict[str, float]]:
+        """Each callback's hook time per step in the window, on logging steps and on the others."""
+        window = range(self.start, self.start + self.steps)
+        logging = sum((k + 1) % self.every == 0 for k in window)
+        counts = {"logging_steps": logging, "other_steps": self.steps - logging}
+        return {name: {kind: round(1e3 * t / counts[kind], 3) if counts[kind] else None for kind, t in costs.items()}
+                for name, costs in self.hook_seconds.items()}
 
 
 def clock_start() -> float:
@@ -106,16 +143,16 @@ def run_trainer(args, variant: str, run_dir: Path) -> dict:
     from lmlab.cli.train import train
 
     cfg = compose_train(overrides(args, variant, run_dir), run_dir)
+    clock = {"_target_": f"{StepClock.__module__}.StepClock", "start": args.warmup, "steps": args.steps}
     with open_dict(cfg):
-        cfg.callbacks = dict(cfg.callbacks or {})
-        cfg.callbacks["step_clock"] = {"_target_": f"{StepClock.__module__}.StepClock", "start": args.warmup,
-                                       "steps": args.steps}
+        cfg.callbacks = {"step_clock": clock, **(cfg.callbacks or {})}
     StepClock.latest = None
     train(cfg)
     clock = StepClock.latest
     if clock is None:
         raise RuntimeError(f"{variant}: the run ended before step {args.warmup + args.steps}")
-    return dict(seconds=clock.seconds, peak_mem_gb=clock.peak_mem_gb, model=clock.model)
+    return dict(seconds=clock.seconds, peak_mem_gb=clock.peak_mem_gb, model=clock.model,
+                callback_ms_per_step=clock.ms_per_step())
 
 
 def run_plain(args, run_dir: Path) -> dict:
@@ -218,6 +255,8 @@ def main(argv: list[str] | None, result: dict) -> None:
                                 step_time_s=round(median(seconds[variant]) / args.steps, 5),
                                 mfu=round(flops * tokens_per_s / peak, 4) if peak else None,
                                 peak_mem_gb=None if memory is None else round(memory, 3))
+    if "default" in runs:  # the hooks' host time (on a GPU: launches, no waiting), last round
+        result["callback_ms_per_step"] = runs["default"]["callback_ms_per_step"]
     ratios = result["ratio_to_plain"] = {}
     for variant in [v for v in results if v != "plain"] if "plain" in results else []:
         per_round = [p / s for p, s in zip(seconds["plain"], seconds[variant], strict=True)]

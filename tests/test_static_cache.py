@@ -235,3 +235,24 @@ def test_compiled_decoding_on_cuda_equals_eager_and_replays_graphs():
         for name in QUICK.get(batch, ()):
             for _ in range(2):  # the second generation replays what the first recorded
                 assert_same_outputs(runs[name](model), runs[name](model, compile=True), (name, batch))
+
+
+def test_decoding_compile_switch_through_the_evaluation_path(make_cfg):
+    """`decoding.compile=...` reaches the strategy through Hydra, and the evaluation (inference mode) and a
+    later plain call (no_grad) share the leased cache: same texts as eager decoding."""
+    import functools
+
+    from hydra.utils import instantiate
+
+    from lmlab.decoding.evaluate import evaluate_strategy, left_pad
+
+    decode = instantiate(make_cfg("decoding=greedy", "decoding.compile=eager").decoding)
+    assert isinstance(decode, functools.partial) and decode.keywords["compile"] == "eager"
+    model = build("llama_style")
+    prompts_ = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
+    eager = evaluate_strategy("greedy", functools.partial(greedy), model, prompts_, 8, EOS, PAD)
+    compiled = evaluate_strategy("greedy", decode, model, prompts_, 8, EOS, PAD)
+    assert compiled.completions == eager.completions
+    ids, mask = left_pad(prompts_, PAD, "cpu")
+    assert torch.equal(decode(model, ids, 8, eos_token_id=EOS, attention_mask=mask, pad_token_id=PAD),
+                       greedy(model, ids, 8, eos_token_id=EOS, attention_mask=mask, pad_token_id=PAD))
