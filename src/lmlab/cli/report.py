@@ -16,12 +16,16 @@ import html
 import io
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
+
+from lmlab.cli.user_errors import one_line_errors
+from lmlab.errors import InputError
 
 Series = tuple[np.ndarray, np.ndarray]  # steps, values
 # settings that differ between jobs without being the experiment
@@ -46,23 +50,46 @@ class Run:
 
 def read_metrics_csv(path: Path) -> dict[str, Series]:
     """{column: (steps, values)} of a Lightning CSVLogger file: rows are sparse; non-finite values are
-    dropped; a step written twice (a resumed run appends to the file) keeps its latest value."""
+    dropped; a step written twice (a resumed run appends to the file) keeps its latest value.
+
+    A file that is not such a table (not UTF-8, no `step` column, a value that is not a number, no rows
+    with a step) raises an InputError naming the file and the first bad row."""
     columns: dict[str, dict[int, float]] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            step = row.get("step")
-            if step in (None, ""):
-                continue
-            for key, value in row.items():
-                if key in ("step", "epoch") or value in (None, ""):
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or "step" not in reader.fieldnames:
+                found = ", ".join(reader.fieldnames or []) or "nothing"
+                raise InputError(f"{path}: not a metrics file (its header has no 'step' column; found {found})")
+            for line, row in enumerate(reader, start=2):
+                step = row.get("step")
+                if step in (None, ""):
                     continue
-                v = float(value)
-                if math.isfinite(v):
-                    columns.setdefault(key, {})[int(float(step))] = v
+                for key, value in row.items():
+                    if key in ("step", "epoch") or value in (None, ""):
+                        continue
+                    v = _number(value, path, line, key)
+                    if math.isfinite(v):
+                        columns.setdefault(key, {})[int(_number(step, path, line, "step"))] = v
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not a metrics file (not UTF-8 text: {e.reason} at byte {e.start})") from None
+    except csv.Error as e:
+        raise InputError(f"{path}: not a metrics file (malformed CSV: {e})") from None
+    if not columns:
+        raise InputError(f"{path}: has no logged values (the run logged nothing, or stopped before its first log)")
     return {
         key: (np.array(sorted(values)), np.array([values[s] for s in sorted(values)]))
         for key, values in columns.items()
     }
+
+
+def _number(value: str | list, path: Path, line: int, key: str | None) -> float:
+    if key is None or isinstance(value, list):  # more cells than the header has columns
+        raise InputError(f"{path}: line {line} has more cells than the header has columns")
+    try:
+        return float(value)
+    except ValueError:
+        raise InputError(f"{path}: line {line}, column {key!r}: {value!r} is not a number") from None
 
 
 def _flatten(tree, prefix: str = "") -> dict:
@@ -101,11 +128,20 @@ def load_runs(path: Path) -> list[Run]:
         )
     runs = []
     for d in dirs:
+        try:
+            metrics = read_metrics_csv(d / "metrics.csv")
+        except InputError as e:
+            if len(dirs) == 1:
+                raise
+            warnings.warn(f"report: skipping job {d.name}: {e}", stacklevel=2)
+            continue
         config_file = d / "config.yaml"
         config = (
             _flatten(OmegaConf.to_container(OmegaConf.load(config_file))) if config_file.is_file() else {}
         )
-        runs.append(Run(d.name, d, read_metrics_csv(d / "metrics.csv"), config))
+        runs.append(Run(d.name, d, metrics, config))
+    if not runs:
+        raise InputError(f"{path}: no job has a readable metrics.csv (each was skipped, see the warnings)")
     differing = sorted(k for k in set().union(*(r.config for r in runs)) if _is_setting(k, runs))
     for run in runs:
         settings = " ".join(f"{k}={run.config.get(k)}" for k in differing)
@@ -341,7 +377,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out", help="HTML file to write (default: <path>/report.html)")
     args = parser.parse_args(argv)
     try:
-        out = write_report(args.path, args.out)
+        with one_line_errors():
+            out = write_report(args.path, args.out)
     except FileNotFoundError as e:
         parser.error(str(e))
     print(f"report written to {out}")
