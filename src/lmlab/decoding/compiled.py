@@ -58,7 +58,8 @@ def _step(model, input_ids, attention_mask, position_ids, cache_position, cache)
 def compiled_step(device_type: str, backend: str = "inductor"):
     """``_step`` under torch.compile: whole-graph (a graph break would be an error), static shapes."""
     config = torch._dynamo.config
-    config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
+    limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.6
+    setattr(config, limit, max(getattr(config, limit), RECOMPILE_LIMIT))
     mode = "reduce-overhead" if device_type == "cuda" and backend == "inductor" else None
     return torch.compile(_step, backend=backend, mode=mode, fullgraph=True, dynamic=False)
 
