@@ -41,6 +41,7 @@ from lmlab.cost import model_shape, peak_flops_per_device, precision_dtype, trai
 from lmlab.optim import param_groups
 
 VARIANTS = ("plain", "lit", "default", "hf")
+HF_KEYS = ("_target_", "architecture", "pretrained", "trust_remote_code", "vocab_size")  # the rest: sizes
 
 
 TRAINING_HOOKS = ("on_train_batch_start", "on_before_backward", "on_after_backward", "on_before_optimizer_step",
@@ -128,12 +129,12 @@ def overrides(args, variant: str, run_dir: Path) -> list[str]:
     shape = compose_train(common, run_dir).model  # the lmlab GPT this HF model mirrors
     if shape.position != "learned" or shape.norm != "layernorm" or shape.mlp != "standard":
         raise SystemExit(f"--model {args.model}: the hf variant mirrors GPT-2-style shapes only")
-    gpt2 = ["model=hf", "model.architecture=gpt2", f"model.hidden_size={shape.n_embd}",
-            f"model.num_hidden_layers={shape.n_layer}", f"model.num_attention_heads={shape.n_head}",
-            f"model.max_position_embeddings={shape.block_size}", "~model.intermediate_size",
-            "~model.num_key_value_heads", "+model.resid_pdrop=0.0", "+model.embd_pdrop=0.0",
-            "+model.attn_pdrop=0.0"]
-    return [o for o in common if not o.startswith("model")] + gpt2 + quiet
+    hf = [o for o in common if not o.startswith("model")] + ["model=hf", "model.architecture=gpt2"]
+    llama_sizes = [f"~model.{k}" for k in compose_train(hf, run_dir).model if k not in HF_KEYS]  # conf/model/hf
+    gpt2 = [*hf, *llama_sizes, f"+model.n_embd={shape.n_embd}", f"+model.n_layer={shape.n_layer}",
+            f"+model.n_head={shape.n_head}", f"+model.n_positions={shape.block_size}", "+model.resid_pdrop=0.0",
+            "+model.embd_pdrop=0.0", "+model.attn_pdrop=0.0"]
+    return gpt2 + quiet
 
 
 def run_trainer(args, variant: str, run_dir: Path) -> dict:
