@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from conftest import ROOT, SUBPROCESS_ENV
@@ -221,3 +222,21 @@ def test_read_only_checkpoint_folder_keeps_the_previous_checkpoint(make_cfg, tmp
             train(make_cfg(run_dir=checkpoints))  # a read-only run directory: refused before any work
     finally:
         subprocess.run(["umount", str(checkpoints)], capture_output=True)
+
+
+class CrashInSetup(L.Callback):
+    """Set-up fails, as a broken device or data path would, after the Trainer started but before any step."""
+
+    def setup(self, trainer, pl_module, stage):
+        raise RuntimeError("set-up failed")
+
+
+def test_a_crash_before_any_step_keeps_the_last_checkpoint(make_cfg, tmp_path):
+    run_dir = tmp_path / "run"
+    train(make_cfg("trainer.max_steps=3", "trainer.val_check_interval=3", run_dir=run_dir))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    with pytest.raises(RuntimeError, match="set-up failed"):
+        train(make_cfg("trainer.max_steps=6", "ckpt_path=last", "+callbacks.crash._target_=test_faults.CrashInSetup",
+                       run_dir=run_dir))
+    assert last.read_bytes() == before

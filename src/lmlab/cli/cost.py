@@ -39,6 +39,7 @@ from lmlab.cost import (
     train_flops_per_token,
 )
 from lmlab.devices import resolve_device
+from lmlab.errors import InputError
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
@@ -48,13 +49,18 @@ def compose_config(overrides: list[str]) -> DictConfig:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """The groups cost reads (model, data, trainer), checked as train.py checks them."""
+    """The groups cost builds or reads (model, trainer) checked as train.py checks them, and the blocks it times
+    within the model's context; the data itself is never prepared, so its other settings do not matter here."""
     from lmlab.config import check_group
-    from lmlab.config.run import check_model_fits_data
+    from lmlab.config.run import check_block_fits_context
 
-    checked = {group: check_group(group, OmegaConf.to_container(cfg[group], resolve=True, throw_on_missing=True),
-                                  group) for group in ("model", "data", "trainer")}
-    check_model_fits_data(checked["model"], checked["data"], {"samples": {"num_prompts": 0}})
+    model, _ = (check_group(group, OmegaConf.to_container(cfg[group], resolve=True, throw_on_missing=True), group)
+                for group in ("model", "trainer"))
+    for field in ("batch_size", "block_size"):
+        value = cfg.data.get(field)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"data.{field}={value!r}: must be an integer >= 1")
+    check_block_fits_context(model, cfg.data.block_size)
 
 
 def world_size(trainer_cfg: DictConfig, device: torch.device) -> int:

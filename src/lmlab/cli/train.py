@@ -162,7 +162,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path, info: dict, resume_step: int |
 def check_simcse_dropout(model, datamodule) -> None:
     """SimCSE's two views of a text differ only by dropout: the built model must have some."""
     if isinstance(datamodule, CodePairsDataModule) and datamodule.pairs == "simcse" and not dropout_differs(model):
-        raise InputError("data.pairs=simcse: needs dropout (the two views of a text differ only by it): "
+        raise InputError("data.pairs=simcse needs dropout (the two views of a text differ only by it): "
                          "set model.dropout > 0, e.g. model.dropout=0.1 (HF models: their dropout fields)")
 
 
@@ -184,8 +184,9 @@ def check_teacher_vocab(loss, model) -> None:
     vocab = model(torch.zeros(1, 1, dtype=torch.long)).logits.shape[-1]
     teacher_vocab = loss.teacher(torch.zeros(1, 1, dtype=torch.long)).logits.shape[-1]
     if vocab != teacher_vocab:
-        raise InputError(f"loss.teacher: the teacher has {teacher_vocab} output logits, this model {vocab} "
-                         "(data.vocab_size and data.corpus must match the teacher's run)")
+        raise InputError(f"loss.teacher: was trained with a different tokenizer: its {teacher_vocab} output logits do "
+                         f"not match this model's {vocab} (data.vocab_size and data.corpus must match the teacher's "
+                         "run)")
 
 
 def check_teacher_tokenizer(loss, tokenizer) -> None:

@@ -77,6 +77,9 @@ class HFModelSchema(Schema):
         key = lambda field: self.key(info, field)
         if self.pretrained:
             path = Path(self.pretrained).expanduser()
+            if self.pretrained.startswith(("/", "./", "../", "~")) and not path.exists():
+                raise ValueError(f"{key('pretrained')}={self.pretrained}: does not exist (give a folder written by "
+                                 "save_pretrained, or a hub name such as gpt2)")
             if path.exists() and not (path / "config.json").is_file():
                 raise ValueError(f"{key('pretrained')}={self.pretrained}: a local folder without config.json "
                                  "(give a folder written by save_pretrained, or a hub name)")

@@ -7,14 +7,16 @@ built. Every failure is one :class:`~lmlab.errors.InputError` naming the full do
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, model_validator
 
-from lmlab.config import data, decoding, models, trainer, training  # noqa: F401  (registers the schemas)
+from lmlab.config import decoding
+from lmlab.config.messages import show
 from lmlab.config.schema import (
-    _EXPLICIT,
+    DECLARED,
     Bool,
     Int,
     NonNegativeInt,
@@ -29,6 +31,11 @@ from lmlab.config.schema import (
 )
 from lmlab.errors import InputError
 
+# the module declaring each group's schemas, imported when the group is first checked (generate.py needs
+# the decoding schemas only, and so never imports Lightning)
+SCHEMA_MODULES = {"data": "data", "model": "models", "trainer": "trainer", "logger": "trainer",
+                  "callbacks": "trainer", "loss": "training", "optimizer": "training", "sched": "training",
+                  "decoding": "decoding"}
 # arguments the code passes to every target of a group (never config keys)
 RUNTIME = {
     "optimizer": ("params", "model"),  # the factory is called with the model (lmlab.optim.grouped: `model`)
@@ -119,6 +126,7 @@ def check_generate_config(cfg: dict) -> None:
 
 def check_group(group: str, node: Any, key: str) -> Any:
     """A group's node (or, for groups that hold several, each named node) checked by its target's schema."""
+    importlib.import_module(f"lmlab.config.{SCHEMA_MODULES.get(group, 'trainer')}")
     if node is None:
         return None
     if group in ("logger", "callbacks") or (group == "decoding" and "_target_" not in node):
@@ -128,9 +136,9 @@ def check_group(group: str, node: Any, key: str) -> Any:
 
 def check_node(node: Any, key: str, group: str) -> BaseModel:
     if not isinstance(node, dict) or "_target_" not in node:
-        raise InputError(f"{key}={node!r}: must be a config node with a _target_ (a class or function to build)")
+        raise InputError(f"{key}={show(node)}: must be a config node with a _target_ (a class or function to build)")
     target = locate(node["_target_"], f"{key}._target_")
-    explicit = _EXPLICIT.get(target)
+    explicit = DECLARED.get(target)
     nested_groups = explicit.nested_groups if explicit else {}
     values = dict(node)
     for name, child in node.items():
@@ -169,12 +177,10 @@ def check_model_fits_data(model: BaseModel, data_cfg: BaseModel, cfg: dict) -> N
     if vocab is not None and vocab < data_cfg.vocab_size:
         raise InputError(f"model.vocab_size={vocab}: must be at least data.vocab_size={data_cfg.vocab_size} "
                          "(the tokenizer's ids index the model's embedding)")
+    check_block_fits_context(model, data_cfg.block_size)
     context = getattr(model, "context", None)
     if context is None:
         return
-    if data_cfg.block_size > context:
-        raise InputError(f"data.block_size={data_cfg.block_size}: must be at most the model's context ({context}: "
-                         "model.block_size or model.max_position_embeddings)")
     decoder = (cfg.get("callbacks") or {}).get("decoding")
     if decoder:
         prompt, new = decoder.get("prompt_tokens", 16), decoder.get("max_new_tokens", 32)
@@ -191,6 +197,13 @@ def check_model_fits_data(model: BaseModel, data_cfg: BaseModel, cfg: dict) -> N
                          f"samples.max_new_tokens must be at most the model's context ({context})")
 
 
+def check_block_fits_context(model: BaseModel, block_size: int) -> None:
+    context = getattr(model, "context", None)
+    if context is not None and block_size > context:
+        raise InputError(f"data.block_size={block_size}: must be at most the model's context ({context}: "
+                         "model.block_size or model.max_position_embeddings)")
+
+
 def check_loss_fits_data(cfg: dict) -> None:
     """A contrastive loss trains on pair batches (data=code_pairs), and only it does."""
     from lmlab.data import CodePairsDataModule
@@ -201,6 +214,6 @@ def check_loss_fits_data(cfg: dict) -> None:
     if isinstance(pairs, type) and isinstance(loss, type) and (
             issubclass(loss, InfoNCELoss) != issubclass(pairs, CodePairsDataModule)):
         raise InputError(
-            f"loss._target_={cfg['loss']['_target_']} with data._target_={cfg['data']['_target_']}: loss=contrastive "
-            "trains on pair batches (data=code_pairs, which it selects unless data= is given), and only on those")
+            f"loss {loss.__name__} with data {pairs.__name__}: loss=contrastive trains on pair batches "
+            "(data=code_pairs, which it selects unless data= is given), and only on those")
 

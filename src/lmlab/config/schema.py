@@ -21,8 +21,7 @@ import inspect
 import typing
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
-from pydantic import ValidationInfo as _ValidationInfo
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, create_model
 
 from lmlab.errors import InputError
 
@@ -43,8 +42,6 @@ PositiveInt = Annotated[int, Field(strict=True, ge=1)]
 NonNegativeInt = Annotated[int, Field(strict=True, ge=0)]
 Betas = Annotated[list[Beta], Field(min_length=2, max_length=2)]
 
-ValidationInfo = _ValidationInfo
-
 
 class Schema(BaseModel):
     """A config node's fields: unknown keys refused."""
@@ -62,7 +59,8 @@ class Schema(BaseModel):
         return f"{(info.context or {}).get('prefix', '')}{field}"
 
 
-_EXPLICIT: dict[Any, type[Schema]] = {}
+# target (class or function) -> its declared schema
+DECLARED: dict[Any, type[Schema]] = {}
 
 
 def schema_of(*targets):
@@ -70,7 +68,7 @@ def schema_of(*targets):
 
     def register(schema: type[Schema]) -> type[Schema]:
         for target in targets:
-            _EXPLICIT[target] = schema
+            DECLARED[target] = schema
         return schema
 
     return register
@@ -105,7 +103,7 @@ def schema_for(target: Any, runtime: tuple[str, ...] = ()) -> type[BaseModel]:
     """The declared schema of ``target``, widened by its signature when open; for a target without a
     declared schema, one made from its signature (types from annotations, every argument optional).
     ``runtime``: arguments the code passes to any target of this group (not config keys)."""
-    explicit = _EXPLICIT.get(target)
+    explicit = DECLARED.get(target)
     if explicit is not None and not explicit.open_signature:
         return explicit
     return _signature_schema(target, explicit, runtime)

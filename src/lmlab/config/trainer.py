@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import StrategyRegistry
 from pydantic import Field, field_validator, model_validator
@@ -76,6 +77,9 @@ class TrainerSchema(Schema):
 
     @model_validator(mode="after")
     def steps_and_clipping(self, info: ValidationInfo) -> TrainerSchema:
+        if self.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise ValueError(f"{self.key(info, 'accelerator')}={self.accelerator}: no CUDA device is available on this "
+                             "machine; use trainer=cpu or trainer.accelerator=auto")
         if not self.fast_dev_run and self.max_steps < 1:  # schedules and cost projections count optimizer steps
             raise ValueError(f"{self.key(info, 'max_steps')}={self.max_steps}: must be a positive number of "
                              "optimizer steps (>= 1)")

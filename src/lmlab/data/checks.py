@@ -7,8 +7,9 @@
   quadratic in a word's length (a 100 kB word takes ~15 s, 2 MB does not finish);
 - empty files are skipped (they hold no document); long lines of ordinary text are fine.
 
-The scan reads each file once; runs without whitespace are found with numpy, and only runs longer than
-the limit go through the tokenizer's own pre-tokenizer.
+The scan reads each file once and finds the longest word with numpy: the byte-level pre-tokenizer cuts
+text into runs of letters, of digits, of punctuation and of whitespace (GPT-2's pattern), so a word is a
+run of bytes of one class (bytes of non-ASCII characters counted as letters).
 """
 
 from __future__ import annotations
@@ -16,13 +17,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from tokenizers import pre_tokenizers
 
 from lmlab.errors import InputError
 
 MAX_WORD_BYTES = 10_000
 FILES_NAMED = 5
-WHITESPACE = np.frombuffer(b" \t\n\r\x0b\x0c", dtype=np.uint8)
+
+
+def _byte_classes() -> np.ndarray:
+    """Class of each byte value: 0 punctuation, 1 letter (or part of a non-ASCII character), 2 digit, 3 space."""
+    classes = np.zeros(256, dtype=np.uint8)
+    classes[[*range(ord("a"), ord("z") + 1), *range(ord("A"), ord("Z") + 1), *range(0x80, 0x100)]] = 1
+    classes[ord("0"):ord("9") + 1] = 2
+    classes[list(b" \t\n\r\x0b\x0c")] = 3
+    return classes
+
+
+BYTE_CLASSES = _byte_classes()
 
 
 def file_problem(path: Path) -> str | None:
@@ -36,24 +47,18 @@ def file_problem(path: Path) -> str | None:
         return f"{path} is not UTF-8 text ({e.reason} at byte {e.start})"
     longest = longest_word(data)
     if longest > MAX_WORD_BYTES:
-        return (f"{path} has a {longest}-byte word (letters, digits or punctuation without a break), longer than "
+        return (f"{path} has a {longest}-byte word (a run of letters, digits, punctuation or spaces), longer than "
                 f"the {MAX_WORD_BYTES} bytes a BPE tokenizer trains on in reasonable time")
     return None
 
 
 def longest_word(data: bytes) -> int:
-    """Length in bytes of the longest pre-token of ``data``, exact wherever it exceeds MAX_WORD_BYTES."""
-    text = np.frombuffer(data, dtype=np.uint8)
-    breaks = np.flatnonzero(np.isin(text, WHITESPACE))
-    starts = np.concatenate([[0], breaks + 1])
-    ends = np.concatenate([breaks, [len(text)]])
-    long_runs = np.flatnonzero(ends - starts > MAX_WORD_BYTES)
-    split = pre_tokenizers.ByteLevel(add_prefix_space=False).pre_tokenize_str
-    longest = 0
-    for i in long_runs:
-        run = data[starts[i]:ends[i]].decode("utf-8")
-        longest = max(longest, max(len(piece) for piece, _ in split(run)))
-    return longest
+    """Length in bytes of the longest run of bytes of one class (letters, digits, punctuation, whitespace)."""
+    if not data:
+        return 0
+    classes = BYTE_CLASSES[np.frombuffer(data, dtype=np.uint8)]
+    bounds = np.concatenate([[0], np.flatnonzero(classes[1:] != classes[:-1]) + 1, [len(classes)]])
+    return int(np.diff(bounds).max())
 
 
 def check_text_files(files: list[Path], key: str = "data.corpus") -> None:
