@@ -136,6 +136,19 @@ def one_thread():
         torch.set_num_threads(threads)
 
 
+def left_padded_prompts(batch: int, length: int, vocab: int, first_id: int, pad: int, seed: int = 0):
+    """Random prompts of ids in [first_id, vocab): (ids [batch, length], mask) for batch > 1, row r
+    left-padded by 2r % length positions; (ids [1, length], None) for batch 1."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(first_id, vocab, (batch, length), generator=g)
+    if batch == 1:
+        return ids, None
+    mask = torch.ones_like(ids)
+    for row in range(batch):
+        mask[row, : 2 * row % length] = 0
+    return ids.masked_fill(mask == 0, pad), mask
+
+
 class HostReads(L.Callback):
     """Counts, per optimizer step, the ops that would stall a GPU's queue: tensors read to the host
     (.item(), float(), bool(): a device sync) and tensors made from Python numbers (a blocking

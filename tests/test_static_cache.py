@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+from helpers import left_padded_prompts
 
 from lmlab.decoding import beam_search, greedy, sample, speculative
 from lmlab.models import GPT
@@ -25,12 +26,7 @@ SHAPES = {
 EOS_BIAS = {"llama_style": 1.0, "gpt2_style": 2.0}  # rows finish at different steps within 10 tokens
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: extra threads only spin on a shared CPU
 
 
 def build(style: str, seed: int = 0) -> GPT:
@@ -49,14 +45,7 @@ def build(style: str, seed: int = 0) -> GPT:
 
 def prompts(batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Random prompts; batch > 1 is left-padded to lengths 6, 4, 2."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(EOS + 1, VOCAB, (batch, PROMPT_LEN), generator=g)
-    if batch == 1:
-        return ids, None
-    mask = torch.ones_like(ids)
-    for row in range(batch):
-        mask[row, : 2 * row % PROMPT_LEN] = 0
-    return ids.masked_fill(mask == 0, PAD), mask
+    return left_padded_prompts(batch, PROMPT_LEN, VOCAB, EOS + 1, PAD, seed)
 
 
 class PairedCache:
