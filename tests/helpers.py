@@ -10,6 +10,7 @@ import os
 import signal
 import struct
 import time
+import traceback
 from pathlib import Path
 
 import lightning as L
@@ -133,3 +134,71 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def left_padded_prompts(batch: int, length: int, vocab: int, first_id: int, pad: int, seed: int = 0):
+    """Random prompts of ids in [first_id, vocab): (ids [batch, length], mask) for batch > 1, row r
+    left-padded by 2r % length positions; (ids [1, length], None) for batch 1."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(first_id, vocab, (batch, length), generator=g)
+    if batch == 1:
+        return ids, None
+    mask = torch.ones_like(ids)
+    for row in range(batch):
+        mask[row, : 2 * row % length] = 0
+    return ids.masked_fill(mask == 0, pad), mask
+
+
+class HostReads(L.Callback):
+    """Counts, per optimizer step, the ops that would stall a GPU's queue: tensors read to the host
+    (.item(), float(), bool(): a device sync) and tensors made from Python numbers (a blocking
+    host-to-device copy), from the start of one training batch to the start of the next. Tensors
+    the DataLoader builds are host-side work (they reach the device in one non-blocking copy)."""
+
+    steps: dict = {}  # global step -> list of op names, of the last run
+
+    def on_train_start(self, trainer, pl_module):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        class Recorder(TorchDispatchMode):
+            def __init__(self):
+                super().__init__()
+                self.ops = []
+
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.lift_fresh.default):
+                    stack = traceback.extract_stack()[:-1]
+                    if not any("torch/utils/data/" in f.filename for f in stack):
+                        caller = next(f for f in reversed(stack) if "/torch/" not in f.filename)
+                        self.ops.append(f"{func} from {caller.filename}:{caller.lineno}")
+                return func(*args, **(kwargs or {}))
+
+        HostReads.steps = {}
+        self.recorder_class, self.recorder = Recorder, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._stop()
+        self.recorder = self.recorder_class()
+        self.recorder.__enter__()
+        HostReads.steps[trainer.global_step] = self.recorder.ops
+
+    def on_train_end(self, trainer, pl_module):
+        self._stop()
+
+    def _stop(self):
+        if self.recorder is not None:
+            self.recorder.__exit__(None, None, None)
+            self.recorder = None
+
+
+class NoSyncBetweenLogs(L.Callback):
+    """CUDA's sync debug mode at "error" from the start of a batch that is not a logging step (nor the
+    first or last) to the start of the next: any synchronizing call in that window raises."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        step = trainer.global_step
+        strict = 0 < step < trainer.max_steps - 1 and (step + 1) % trainer.log_every_n_steps
+        torch.cuda.set_sync_debug_mode("error" if strict else "default")
+
+    def on_train_end(self, trainer, pl_module):
+        torch.cuda.set_sync_debug_mode("default")

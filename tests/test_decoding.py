@@ -13,6 +13,7 @@ import itertools
 import pytest
 import torch
 import torch.nn as nn
+from helpers import left_padded_prompts
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from lmlab.decoding import beam_search, greedy, sample, speculative
@@ -58,14 +59,7 @@ def _random_model(kind: str, seed: int) -> nn.Module:
 
 def prompts(batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Random prompts; batch > 1 is left-padded to lengths 7, 5, 3, ..."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(EOS + 1, VOCAB, (batch, PROMPT_LEN), generator=g)
-    if batch == 1:
-        return ids, None
-    mask = torch.ones_like(ids)
-    for row in range(batch):
-        mask[row, : 2 * row % PROMPT_LEN] = 0
-    return ids.masked_fill(mask == 0, PAD), mask
+    return left_padded_prompts(batch, PROMPT_LEN, VOCAB, EOS + 1, PAD, seed)
 
 
 def uncached_greedy(model, ids, mask, max_new_tokens, eos):

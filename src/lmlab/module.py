@@ -75,10 +75,16 @@ class LitLM(LogitStats, L.LightningModule):
         return loss
 
     def _log_training(self, loss: torch.Tensor, n_tokens: int) -> None:
+        """No host-device sync: Lightning reads prog_bar values to the host after every batch (the
+        progress bar shows the loss itself, lmlab.callbacks.progress) and turns Python numbers into
+        device tensors with a blocking copy, so those are logged on logging steps only."""
         self.tokens_seen += n_tokens * self.trainer.world_size
-        self.log("train/loss", loss, on_step=True, prog_bar=True)
-        self.log("train/tokens", float(self.tokens_seen), on_step=True)
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
+        self.log("train/loss", loss, on_step=True)
+        trainer = self.trainer
+        step = trainer.global_step + 1  # Lightning writes step metrics after every log_every_n_steps-th step
+        if trainer.log_every_n_steps and (step % trainer.log_every_n_steps == 0 or step == trainer.max_steps):
+            self.log("train/tokens", float(self.tokens_seen), on_step=True)
+            self.log("train/lr", trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
 
     def embed(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """[B, C] float32 embeddings: the mean of the final hidden states over real tokens (mask 1).

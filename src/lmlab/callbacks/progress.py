@@ -2,6 +2,10 @@
 
 A rich bar redraws one line in place; written to a log file (SLURM, CI, ``> train.log``) it shows
 nothing until the run ends. There, lmlab prints one line every few optimizer steps instead.
+
+Neither reads a metric to the host between logging steps: Lightning reads every
+``self.log(..., prog_bar=True)`` value after every batch (a device sync per step), so lmlab logs step
+metrics without ``prog_bar`` and both bars show them as of the latest logging step.
 """
 
 from __future__ import annotations
@@ -22,8 +26,30 @@ def progress_bar(refresh_rate: int = 10, every_n_steps: int | None = None) -> Pr
     otherwise :class:`ProgressLines` every `every_n_steps` optimizer steps (None: the trainer's
     ``log_every_n_steps``)."""
     if sys.stdout.isatty() or Console().is_jupyter:
-        return RichProgressBar(refresh_rate=refresh_rate)
+        return LoggedMetricsRichBar(refresh_rate=refresh_rate)
     return ProgressLines(every_n_steps)
+
+
+class LoggedMetricsRichBar(RichProgressBar):
+    """Lightning's RichProgressBar, plus ``shown`` metrics read from ``trainer.callback_metrics`` at
+    logging steps (every ``trainer.log_every_n_steps`` optimizer steps) only."""
+
+    def __init__(self, refresh_rate: int = 1, shown: tuple[str, ...] = ("train/loss", "perf/tokens_per_s")):
+        super().__init__(refresh_rate=refresh_rate)
+        self.shown = tuple(shown)
+        self._values: dict[str, float] = {}
+        self._read_at = -1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step, every = trainer.global_step, trainer.log_every_n_steps
+        if every and step % every == 0 and step != self._read_at:  # once per logging step (accumulation)
+            self._read_at = step
+            metrics = trainer.callback_metrics
+            self._values = {key: float(metrics[key]) for key in self.shown if key in metrics}
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def get_metrics(self, trainer, pl_module):
+        return {**super().get_metrics(trainer, pl_module), **self._values}
 
 
 def _duration(seconds: float) -> str:

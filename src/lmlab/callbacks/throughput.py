@@ -164,7 +164,7 @@ class ThroughputMonitor(L.Callback):
         if self.peak_flops:
             self.mfu = mfu(self.flops_per_token, self.tokens_per_s, self.peak_flops, self.world_size)
             metrics["perf/mfu"] = self.mfu
-        log_metrics(trainer, metrics, trainer.global_step - 1, pl_module, prog_bar=("perf/tokens_per_s",))
+        log_metrics(trainer, metrics, trainer.global_step - 1, pl_module)  # not prog_bar: read after every batch
         self.intervals += 1
         if self.intervals == self.warmup_intervals + 1:
             self.projection.tokens_per_s = self.tokens_per_s

@@ -27,13 +27,20 @@ RUNTIME = ("model", "target", "input_ids", "max_new_tokens", "eos_token_id", "at
 TopP = Annotated[float, Field(strict=True, gt=0, le=1)]
 
 
+class CompilableSchema(Schema):
+    """compile: true runs the steps after the prefill compiled on a static KV cache; a string names
+    another torch.compile backend."""
+
+    compile: Bool | Str = False
+
+
 @schema_of(greedy)
-class GreedySchema(Schema):
+class GreedySchema(CompilableSchema):
     pass
 
 
 @schema_of(sample)
-class SampleSchema(Schema):
+class SampleSchema(CompilableSchema):
     temperature: NonNegative = 1.0
     top_k: NonNegativeInt = 0
     top_p: TopP = 1.0
@@ -42,7 +49,7 @@ class SampleSchema(Schema):
 
 
 @schema_of(beam_search)
-class BeamSchema(Schema):
+class BeamSchema(CompilableSchema):
     num_beams: PositiveInt
     length_penalty: Number = 1.0
     early_stopping: Bool | Literal["never"] = False
@@ -57,7 +64,7 @@ class BeamSchema(Schema):
 
 
 @schema_of(speculative)
-class SpeculativeSchema(Schema):
+class SpeculativeSchema(CompilableSchema):
     draft: Str
     num_draft_tokens: PositiveInt = 4
     temperature: NonNegative = 0.0

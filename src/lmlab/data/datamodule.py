@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from transformers import PreTrainedTokenizerFast
 
 from lmlab.data.blocks import TokenBlocks
 from lmlab.data.corpus import Corpus
@@ -27,6 +27,9 @@ from lmlab.data.tokenizer import (
     tokenizer_cache_dir,
 )
 from lmlab.errors import InputError
+
+if TYPE_CHECKING:  # transformers is imported where a tokenizer is made (lmlab.data.tokenizer)
+    from transformers import PreTrainedTokenizerFast
 
 DEFAULT_CACHE_DIR = "~/.cache/lmlab"
 

@@ -16,14 +16,17 @@ import logging
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from transformers import PreTrainedTokenizerFast
 
 from lmlab.data.cache import atomic_directory, cache_key
 from lmlab.data.corpus import Corpus
 from lmlab.data.tokenizer import tokenizer_fingerprint
 from lmlab.errors import InputError
+
+if TYPE_CHECKING:  # transformers is imported where a tokenizer is made (lmlab.data.tokenizer)
+    from transformers import PreTrainedTokenizerFast
 
 TOKENS_FILE = "tokens.bin"
 META_FILE = "meta.json"

@@ -21,12 +21,11 @@ import textwrap
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from transformers import PreTrainedTokenizerFast
 
 from lmlab.data.cache import atomic_directory, cache_key
 from lmlab.data.corpus import Corpus
@@ -34,6 +33,9 @@ from lmlab.data.datamodule import CorpusDataModule
 from lmlab.data.packing import split_documents, token_dtype
 from lmlab.data.tokenizer import cached_tokenizer, tokenizer_fingerprint
 from lmlab.errors import InputError
+
+if TYPE_CHECKING:  # transformers is imported where a tokenizer is made (lmlab.data.tokenizer)
+    from transformers import PreTrainedTokenizerFast
 
 PAIR_KINDS = ("code_search", "simcse")
 PAIRS_FILE = "pairs.npz"

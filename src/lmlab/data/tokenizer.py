@@ -11,9 +11,9 @@ import hashlib
 import logging
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
 
 from lmlab.data.cache import atomic_directory, cache_key
 from lmlab.data.corpus import Corpus
@@ -27,6 +27,9 @@ MIN_VOCAB_SIZE = BYTE_ALPHABET_SIZE + len(SPECIAL_TOKENS)
 SETTINGS = dict(model="byte-level-bpe", special_tokens=SPECIAL_TOKENS, add_prefix_space=False, version=1)
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 
 def check_vocab_size(vocab_size: int) -> None:
@@ -50,6 +53,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
         show_progress=False,
     )
     bpe.train_from_iterator(texts, trainer)
+    from transformers import PreTrainedTokenizerFast
+
     return PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         bos_token=EOS_TOKEN,
@@ -76,6 +81,8 @@ def cached_tokenizer(corpus: Corpus, vocab_size: int, cache_dir: Path) -> PreTra
 
 
 def load_tokenizer(folder: str | Path) -> PreTrainedTokenizerFast:
+    from transformers import PreTrainedTokenizerFast
+
     return PreTrainedTokenizerFast.from_pretrained(str(folder))
 
 

@@ -31,9 +31,10 @@ def _take(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def beam_search(model, input_ids, max_new_tokens, num_beams, length_penalty=1.0, early_stopping=False,
-                eos_token_id=None, num_return_sequences=1, attention_mask=None, pad_token_id=None):
+                eos_token_id=None, num_return_sequences=1, attention_mask=None, pad_token_id=None, compile=False):
     """-> (sequences [B * num_return_sequences, prompt + new], scores [B * num_return_sequences]),
-    best first per prompt; positions after a hypothesis' EOS hold the pad token."""
+    best first per prompt; positions after a hypothesis' EOS hold the pad token. ``compile=True``: the
+    steps after the prefill run compiled on a static KV cache (same results)."""
     model = as_causal_lm(model)
     check_prompt(model, input_ids, max_new_tokens, attention_mask)
     check_beam(num_beams, num_return_sequences, early_stopping)
@@ -54,7 +55,7 @@ def beam_search(model, input_ids, max_new_tokens, num_beams, length_penalty=1.0,
     improvable = torch.ones(batch, 1, dtype=torch.bool, device=device)
     row_offset = torch.arange(batch, device=device)[:, None] * n
 
-    lm = IncrementalLM(model, batch, total, attention_mask)
+    lm = IncrementalLM(model, batch, total, attention_mask, compile)
     logprobs = lm.forward(input_ids)[:, -1:].float().log_softmax(-1)  # [B, 1, V], same for every beam
     lm.repeat_interleave(n)
     for cur in range(prompt_len, total):

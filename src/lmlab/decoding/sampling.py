@@ -18,18 +18,22 @@ from lmlab.models.hf import as_causal_lm
 
 
 @torch.no_grad()
-def greedy(model, input_ids, max_new_tokens, eos_token_id=None, attention_mask=None, pad_token_id=None):
-    """Most likely next token at each step -> LongTensor [B, prompt + new]."""
+def greedy(model, input_ids, max_new_tokens, eos_token_id=None, attention_mask=None, pad_token_id=None,
+           compile=False):
+    """Most likely next token at each step -> LongTensor [B, prompt + new].
+
+    ``compile=True``: the steps after the prefill run compiled on a static KV cache (same tokens)."""
     return _decode(model, input_ids, max_new_tokens, lambda logits, seen: logits.argmax(-1),
-                   eos_token_id, attention_mask, pad_token_id)
+                   eos_token_id, attention_mask, pad_token_id, compile)
 
 
 @torch.no_grad()
 def sample(model, input_ids, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0,
-           repetition_penalty=1.0, eos_token_id=None, attention_mask=None, generator=None, pad_token_id=None):
+           repetition_penalty=1.0, eos_token_id=None, attention_mask=None, generator=None, pad_token_id=None,
+           compile=False):
     """Ancestral sampling from the processed distribution (temperature 0 = greedy).
 
-    Deterministic for a seeded ``generator`` (on the model's device)."""
+    Deterministic for a seeded ``generator`` (on the model's device); ``compile`` as in :func:`greedy`."""
     check_sampling(temperature, top_k, top_p, min_p, repetition_penalty)
 
     def choose(logits, seen):
@@ -38,10 +42,11 @@ def sample(model, input_ids, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
             return logits.argmax(-1)
         return sample_from(warp_logits(logits, temperature, top_k, top_p, min_p).softmax(-1), generator)
 
-    return _decode(model, input_ids, max_new_tokens, choose, eos_token_id, attention_mask, pad_token_id)
+    return _decode(model, input_ids, max_new_tokens, choose, eos_token_id, attention_mask, pad_token_id, compile)
 
 
-def _decode(model, input_ids, max_new_tokens, choose: Callable, eos_token_id, attention_mask, pad_token_id):
+def _decode(model, input_ids, max_new_tokens, choose: Callable, eos_token_id, attention_mask, pad_token_id,
+            compile: bool):
     """The shared loop: ``choose(logits [B, V], tokens so far [B, L]) -> next token [B]``."""
     model = as_causal_lm(model)
     check_prompt(model, input_ids, max_new_tokens, attention_mask)
@@ -52,7 +57,7 @@ def _decode(model, input_ids, max_new_tokens, choose: Callable, eos_token_id, at
     tokens = input_ids.new_full((batch, total), pad, dtype=torch.long)
     tokens[:, :prompt_len] = input_ids
     unfinished = torch.ones(batch, dtype=torch.bool, device=input_ids.device)
-    lm = IncrementalLM(model, batch, total, attention_mask)
+    lm = IncrementalLM(model, batch, total, attention_mask, compile)
     logits = lm.forward(tokens[:, :prompt_len])
     for cur in range(prompt_len, total):
         if cur > prompt_len:

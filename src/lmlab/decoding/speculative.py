@@ -60,8 +60,9 @@ def prompt_lookup(tokens: torch.Tensor, num_tokens: int, max_ngram_size: int = 2
 
 @torch.no_grad()
 def speculative(target, draft, input_ids, max_new_tokens, num_draft_tokens=4, temperature=0.0, top_k=0,
-                top_p=1.0, eos_token_id=None, generator=None, max_ngram_size=2):
-    """-> (sequences [1, prompt + new], stats dict).
+                top_p=1.0, eos_token_id=None, generator=None, max_ngram_size=2, compile=False):
+    """-> (sequences [1, prompt + new], stats dict). ``compile=True``: target and draft forwards after
+    their prefill run compiled on static KV caches (rollback moves the cache position; same tokens).
 
     stats: proposed / accepted draft tokens, acceptance_rate, target_forwards (each verifies a draft
     and yields >= 1 token), draft_forwards, new_tokens, mean_accepted (per target forward) and
@@ -92,8 +93,8 @@ def speculative(target, draft, input_ids, max_new_tokens, num_draft_tokens=4, te
     tokens = input_ids.new_empty((1, total), dtype=torch.long)
     tokens[:, :prompt_len] = input_ids
     length = prompt_len
-    verifier = IncrementalLM(target, 1, total)
-    drafter = None if lookup else IncrementalLM(draft, 1, total)
+    verifier = IncrementalLM(target, 1, total, compile=compile)
+    drafter = None if lookup else IncrementalLM(draft, 1, total, compile=compile)
     stats = dict(proposed=0, accepted=0, target_forwards=0, draft_forwards=0)
 
     while length < total:

@@ -82,7 +82,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
 
-    def forward(self, x, rope=None, mask=None, cache: KVCache | None = None):
+    def forward(self, x, rope=None, mask=None, cache: KVCache | None = None, cache_position=None):
         B, T, C = x.shape
         kv_dim = self.n_kv_head * self.head_dim
         q, k, v = self.qkv(x).split([C, kv_dim, kv_dim], dim=-1)
@@ -92,7 +92,7 @@ class Attention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
-            k, v = cache.update(self.layer_idx, k, v)
+            k, v = cache.update(self.layer_idx, k, v, cache_position)
         y = F.scaled_dot_product_attention(
             q, k, v,
             attn_mask=mask,
@@ -128,8 +128,8 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x, rope=None, mask=None, cache=None):
-        x = x + self.drop(self.attn(self.norm1(x), rope, mask, cache))
+    def forward(self, x, rope=None, mask=None, cache=None, cache_position=None):
+        x = x + self.drop(self.attn(self.norm1(x), rope, mask, cache, cache_position))
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
@@ -170,11 +170,13 @@ class GPT(nn.Module):
             n -= self.wpe.weight.numel() if self.wpe is not None else 0
         return n
 
-    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+    supports_static_cache = True
+
+    def new_cache(self, batch_size: int, max_len: int | None = None, static: bool = False) -> KVCache:
         c = self.config
         p = self.norm_f.weight  # a float parameter in every variant (the embeddings may be quantized)
         return KVCache(c.n_layer, batch_size, c.n_kv_head, max_len or c.block_size, c.n_embd // c.n_head,
-                       dtype=p.dtype, device=p.device)
+                       dtype=p.dtype, device=p.device, static=static)
 
     def forward(
         self,
@@ -183,19 +185,31 @@ class GPT(nn.Module):
         position_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
         output_hidden: bool = False,
+        cache_position: torch.Tensor | None = None,
     ) -> CausalLMOutput:
         """Logits for every position.
 
         ``attention_mask`` ([B, past + T], 1 = real token) covers the cached prefix too, as in
         Hugging Face models; ``position_ids`` default to past + arange(T). Passing a cache
-        appends this chunk's keys and values to it.
+        appends this chunk's keys and values to it. With a static cache, ``cache_position`` [T]
+        says where the chunk goes; whoever passes it also advances the cache (``cache.advance``), so
+        that a compiled step reads no Python-side length (one graph for every step).
         """
         B, T = input_ids.shape
-        past = cache.get_seq_length() if cache is not None else 0
-        if past + T > self.config.block_size:
-            raise ValueError(f"sequence length {past + T} exceeds model.block_size={self.config.block_size}")
+        positioned = cache_position is not None
+        if positioned and not (cache is not None and cache.static):
+            raise ValueError("cache_position needs a static cache (model.new_cache(..., static=True))")
+        if not positioned:
+            past = cache.get_seq_length() if cache is not None else 0
+            limit = min(self.config.block_size, cache.max_len) if cache is not None else self.config.block_size
+            if past + T > limit:
+                what = "model.block_size" if limit == self.config.block_size else "the KV cache's length"
+                raise ValueError(f"sequence length {past + T} exceeds {what}={limit}")
+            if cache is not None and cache.static:
+                cache_position = torch.arange(past, past + T, device=input_ids.device)
         if position_ids is None:
-            position_ids = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
+            position_ids = (cache_position if cache_position is not None
+                            else torch.arange(past, past + T, device=input_ids.device)).expand(B, T)
         x = self.wte(input_ids)
         rope = None
         if self.wpe is not None:
@@ -204,11 +218,13 @@ class GPT(nn.Module):
             rope = rope_cos_sin(position_ids, self.config.n_embd // self.config.n_head, self.config.rope_theta)
         x = self.drop(x)
         mask = None
-        if attention_mask is not None or (cache is not None and T > 1 and past > 0):
+        if cache is not None and cache.static:
+            mask = static_decoding_mask(attention_mask, cache_position, cache.max_len)
+        elif attention_mask is not None or (cache is not None and T > 1 and past > 0):
             mask = decoding_mask(attention_mask, past, T, B, input_ids.device)
         for block in self.blocks:
-            x = block(x, rope, mask, cache)
-        if cache is not None:
+            x = block(x, rope, mask, cache, cache_position)
+        if cache is not None and not positioned:
             cache.advance(T)
         x = self.norm_f(x)
         return CausalLMOutput(logits=self.lm_head(x), cache=cache, hidden=x if output_hidden else None)
@@ -228,3 +244,15 @@ def decoding_mask(attention_mask, past: int, T: int, B: int, device) -> torch.Te
     if attention_mask is not None:
         allowed = allowed & attention_mask[:, None, None, :].bool()
     return allowed | (k_pos == q_pos)[None, None]
+
+
+def static_decoding_mask(attention_mask, cache_position: torch.Tensor, max_len: int) -> torch.Tensor:
+    """Boolean [B or 1, 1, T, max_len] mask over a whole static cache: each query sees the written keys
+    up to its own position; with ``attention_mask`` ([B, <= max_len], 1 = real token; missing columns
+    count as real) padded keys are hidden, but each query always sees itself."""
+    k_pos = torch.arange(max_len, device=cache_position.device)
+    allowed = k_pos <= cache_position[:, None]  # [T, max_len]
+    if attention_mask is None:
+        return allowed[None, None]
+    real = F.pad(attention_mask.bool(), (0, max_len - attention_mask.shape[1]), value=True)
+    return ((allowed & real[:, None, :]) | (k_pos == cache_position[:, None]))[:, None]

@@ -2,18 +2,23 @@
 
 ``HFCausalLM.from_config("llama", vocab_size=..., hidden_size=...)`` builds a fresh model of a
 named architecture; ``HFCausalLM.from_pretrained(path_or_name)`` loads weights (a local folder
-always, the hub only when the network allows).
+always, the hub only when the network allows). transformers is imported when first used, so that
+code paths without a Hugging Face model do not pay for its import.
 """
 
 from __future__ import annotations
 
 import inspect
+import sys
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
-from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, PreTrainedModel
 
 from lmlab.models.output import CausalLMOutput
+
+if TYPE_CHECKING:
+    from transformers import DynamicCache, PreTrainedModel
 
 
 class HFCausalLM(nn.Module):
@@ -26,6 +31,8 @@ class HFCausalLM(nn.Module):
 
     @classmethod
     def from_config(cls, architecture: str, vocab_size: int, **overrides) -> HFCausalLM:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
         try:
             config = AutoConfig.for_model(architecture, vocab_size=vocab_size, **overrides)
         except ValueError as e:
@@ -35,6 +42,8 @@ class HFCausalLM(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str, trust_remote_code: bool = False, **kwargs) -> HFCausalLM:
         """Weights from a folder or hub name; Python code shipped with them runs only if trusted explicitly."""
+        from transformers import AutoModelForCausalLM
+
         return cls(AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs))
 
     @classmethod
@@ -70,7 +79,13 @@ class HFCausalLM(nn.Module):
         out = self.hf.get_output_embeddings()
         return out is not None and out.weight is self.hf.get_input_embeddings().weight
 
-    def new_cache(self, batch_size: int, max_len: int | None = None) -> DynamicCache:
+    supports_static_cache = False  # decoding with compile=True falls back to eager for these models
+
+    def new_cache(self, batch_size: int, max_len: int | None = None, static: bool = False) -> DynamicCache:
+        if static:
+            raise ValueError(f"{type(self.hf).__name__} through HFCausalLM has no static KV cache")
+        from transformers import DynamicCache
+
         return DynamicCache(config=self.hf.config)
 
     def forward(
@@ -98,4 +113,5 @@ class HFCausalLM(nn.Module):
 
 def as_causal_lm(model: nn.Module) -> nn.Module:
     """lmlab models pass through; a bare Hugging Face model is wrapped in the adapter."""
-    return HFCausalLM(model) if isinstance(model, PreTrainedModel) else model
+    modeling = sys.modules.get("transformers.modeling_utils")  # loaded if any HF model exists
+    return HFCausalLM(model) if modeling is not None and isinstance(model, modeling.PreTrainedModel) else model

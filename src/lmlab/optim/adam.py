@@ -56,7 +56,7 @@ def adam_update(
     scale, offset = _denominator_coefficients(cohort, lr, beta1, beta2, eps)
     denominators = torch._foreach_sqrt(exp_avg_sqs)
     torch._foreach_mul_(denominators, scale)
-    torch._foreach_add_(denominators, offset)
+    torch._foreach_add_(denominators, offset, alpha=1)  # alpha: the Tensor overload (without it, .item())
     torch._foreach_addcdiv_(params, exp_avgs, denominators, value=-1.0)
 
 

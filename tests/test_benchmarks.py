@@ -1,0 +1,57 @@
+"""The benchmarks run (``--smoke``: tiny shapes, a few steps or tokens) and print what they promise, so
+they cannot rot between the runs that measure. No timing is asserted."""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import pytest
+from conftest import ROOT
+
+TINY_MODEL = ["n_layer=1", "n_embd=32", "n_head=2", "block_size=64"]
+
+
+@pytest.fixture
+def benchmark(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    return lambda name: importlib.import_module(name)
+
+
+def tiny_data(corpus_dir, cache_dir) -> list[str]:
+    return ["data=text_files", f"data.corpus.paths={corpus_dir}", "data.vocab_size=384",
+            f"paths.cache_dir={cache_dir}"]
+
+
+def test_train_step_smoke(benchmark, corpus_dir, cache_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = benchmark("train_step").main(["--smoke", "--batch-size", "4", "--seq-len", "32", "--model-overrides",
+                                        *TINY_MODEL, "--override", *tiny_data(corpus_dir, cache_dir), "logger=csv"])
+    assert set(out["variants"]) == {"plain", "lit", "default", "hf"}
+    for variant in out["variants"].values():
+        assert variant["tokens_per_s"] > 0 and 0 < variant["mfu"] < 1
+    assert set(out["ratio_to_plain"]) == {"lit", "default", "hf"}
+
+
+def test_decode_smoke(benchmark, corpus_dir, cache_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = benchmark("decode").main(["--smoke", "--configs", "gpt_tiny:1", "--spec-model", "gpt_tiny",
+                                    "--override", *tiny_data(corpus_dir, cache_dir), "model.n_layer=1",
+                                    "model.n_embd=32", "model.n_head=2", "data.block_size=32", "data.batch_size=8"])
+    greedy = next(row for row in out["vs_generate"] if row["strategy"] == "greedy")
+    assert {"lmlab_eager_tok_s", "lmlab_compiled_tok_s", "generate_tok_s", "generate_static_tok_s"} <= set(greedy)
+    assert greedy["same_tokens"]["lmlab_compiled"]
+    assert out["where_time_goes"][0]["matmuls_ms_per_token"] > 0
+    spec = out["speculative"]
+    assert spec["draft"]["loss"] == "distill" and spec["speculative_draft_compiled"]["same_as_greedy"]
+
+
+def test_startup_smoke(benchmark, corpus_dir, cache_dir, capsys):
+    out = benchmark("startup").main(["--smoke", "--override", *tiny_data(corpus_dir, cache_dir), "logger=csv",
+                                     *[f"model.{o}" for o in TINY_MODEL], "data.block_size=32"])
+    marks = out["median_marks"]
+    assert 0 < marks["setup"] < marks["train_start"] < marks["first_batch"] < marks["first_step_done"]
+    [lmlab] = out["imports"]  # --smoke: `import lmlab` only
+    assert lmlab["module"] == "lmlab" and lmlab["heavy_imports"]["transformers"] == "not imported"
+    assert json.loads(capsys.readouterr().out)["benchmark"] == "startup"
