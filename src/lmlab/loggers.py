@@ -34,10 +34,14 @@ def resolve_wandb_mode(mode: str) -> str:
     return os.environ.get("WANDB_MODE") or ("online" if wandb_key_configured() else "offline")
 
 
-def wandb_logger(save_dir: str, project: str = "lmlab", mode: str = "auto", **kwargs) -> WandbLogger:
+WANDB_TAG_LENGTH = 64  # W&B refuses longer tags
+
+
+def wandb_logger(save_dir: str, project: str = "lmlab", mode: str = "auto", tags=None, **kwargs) -> WandbLogger:
     """A WandbLogger whose files live in the run directory (``<save_dir>/wandb``)."""
     os.makedirs(save_dir, exist_ok=True)
-    return WandbLogger(save_dir=save_dir, project=project, mode=resolve_wandb_mode(mode), **kwargs)
+    tags = [str(tag)[:WANDB_TAG_LENGTH] for tag in tags or []]
+    return WandbLogger(save_dir=save_dir, project=project, mode=resolve_wandb_mode(mode), tags=tags, **kwargs)
 
 
 class _AppendingWriter(ExperimentWriter):

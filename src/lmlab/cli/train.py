@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmlab.cli import CONF_DIR
 from lmlab.cli.generate import decode_and_print
+from lmlab.cli.multirun import in_multirun, run_sweep_job
 from lmlab.data import CodePairsDataModule
 from lmlab.loggers import AppendingCSVLogger
 from lmlab.losses import InfoNCELoss
@@ -181,15 +182,17 @@ def train(cfg: DictConfig) -> float | None:
     module = LitLM(model, loss, optimizer, scheduler, compile=cfg.compile, tokenizer=tokenizer)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = build_loggers(cfg, run_dir, info)
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=run_dir)
-
+    exit_code = 1  # what the W&B run records unless fit returns
     try:
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=run_dir)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        exit_code = 0
     except SIGTERMException:
+        exit_code = 143
         log.warning("SIGTERM: stopped at step %d; last checkpoint and logs are in %s", trainer.global_step, run_dir)
         raise SystemExit(143) from None
     finally:
-        finish_wandb(loggers)
+        finish_wandb(loggers, exit_code)
 
     metric = trainer.callback_metrics.get(cfg.optimized_metric)
     if trainer.is_global_zero and not trainer.fast_dev_run and cfg.samples.num_prompts and hasattr(
@@ -198,14 +201,15 @@ def train(cfg: DictConfig) -> float | None:
     return float(metric) if metric is not None else None
 
 
-def finish_wandb(loggers: list) -> None:
-    """One W&B run per Hydra job: without finish(), every multirun job logs into the first run."""
+def finish_wandb(loggers: list, exit_code: int = 0) -> None:
+    """One W&B run per Hydra job (without finish(), every multirun job logs into the first run);
+    a non-zero exit code marks the W&B run failed."""
     from lightning.pytorch.loggers import WandbLogger
 
     if any(isinstance(lg, WandbLogger) for lg in loggers):
         import wandb
 
-        wandb.finish()
+        wandb.finish(exit_code=exit_code)
 
 
 def print_samples(module: LitLM, datamodule, tokenizer, cfg: DictConfig) -> None:
@@ -217,4 +221,4 @@ def print_samples(module: LitLM, datamodule, tokenizer, cfg: DictConfig) -> None
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    return train(cfg)
+    return run_sweep_job(cfg, train) if in_multirun() else train(cfg)
