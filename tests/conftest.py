@@ -104,14 +104,17 @@ def trained_run(corpus_dir, cache_dir, tmp_path_factory) -> Path:
 def run_train_py(corpus_dir, cache_dir, tmp_path):
     """`python train.py <tiny overrides> <yours>` as a user would type it; returns the completed process."""
 
-    def run(*overrides: str, run_dir: Path | None = None, multirun: bool = False, timeout: int = 300):
+    def run(*overrides: str, run_dir: Path | None = None, multirun: bool = False, timeout: int = 300,
+            returncode: int = 0):
         run_dir = run_dir or tmp_path / "run"
         where = f"hydra.sweep.dir={run_dir}" if multirun else f"hydra.run.dir={run_dir}"
         cmd = [sys.executable, str(ROOT / "train.py"), *(["-m"] if multirun else []),
                *tiny_overrides(corpus_dir, cache_dir, where, *overrides)]
-        env = {**os.environ, "WANDB_MODE": "offline"}  # never reach for the network in tests
+        # never reach for the network in tests; `helpers` callbacks are importable by the job
+        python_path = os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": python_path}
         proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=timeout, env=env)
-        assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        assert proc.returncode == returncode, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
         return proc
 
     return run

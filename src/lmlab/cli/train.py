@@ -23,12 +23,14 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lmlab.cli import CONF_DIR
+from lmlab.cli.cost import world_size
 from lmlab.cli.generate import decode_and_print
 from lmlab.cli.multirun import in_multirun, run_sweep_job
 from lmlab.data import CodePairsDataModule
+from lmlab.errors import InputError
 from lmlab.loggers import AppendingCSVLogger
 from lmlab.losses import InfoNCELoss
 from lmlab.module import LitLM
@@ -68,11 +70,51 @@ def check_config(cfg: DictConfig) -> None:
     if warmup and max_steps and max_steps > 0 and warmup > max_steps and not cfg.trainer.get("fast_dev_run"):
         raise ValueError(f"sched.warmup_steps={warmup} is longer than the run (trainer.max_steps={max_steps})")
     mode = HydraConfig.get().mode if HydraConfig.initialized() else RunMode.RUN
-    if mode == RunMode.MULTIRUN and cfg.trainer.get("strategy") == "ddp":
+    if mode == RunMode.MULTIRUN and cfg.trainer.get("strategy") == "ddp" and not ranks_started_outside():
         raise ValueError(
             "trainer.strategy=ddp re-executes the command line, which would re-run the whole multirun; "
-            "use trainer=ddp_spawn in sweeps"
+            "use trainer=ddp_spawn in sweeps (or a SLURM launcher, hydra/launcher=slurm_gpu, whose srun "
+            "starts the ranks)"
         )
+
+
+def ranks_started_outside() -> bool:
+    """SLURM (srun / submitit tasks) or torchrun started every rank: Lightning's DDP re-launches nothing."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    return SLURMEnvironment.detect() or TorchElasticEnvironment.detect()
+
+
+def apply_global_batch(cfg: DictConfig) -> None:
+    """`data.global_batch_size` (sequences per optimizer step, all ranks together) with `data.batch_size`
+    as the micro batch sets `trainer.accumulate_grad_batches` for this run's world size."""
+    global_batch = cfg.data.get("global_batch_size")
+    if global_batch is None:
+        return
+    accelerator = cfg.trainer.get("accelerator", "auto")
+    cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    world = world_size(cfg.trainer, torch.device("cuda" if cuda else "cpu"))
+    per_pass = cfg.data.batch_size * world
+    where = (f"data.batch_size={cfg.data.batch_size} x world size {world} (trainer.devices="
+             f"{cfg.trainer.get('devices')} x trainer.num_nodes={cfg.trainer.get('num_nodes', 1)})")
+    if isinstance(global_batch, bool) or not isinstance(global_batch, int) or global_batch < 1:
+        raise InputError(f"data.global_batch_size={global_batch!r} must be a positive number of sequences")
+    if global_batch % per_pass:
+        raise InputError(f"data.global_batch_size={global_batch} is not a multiple of {where} = {per_pass}; "
+                         f"allowed: multiples of {per_pass}, or change data.batch_size")
+    accumulate = global_batch // per_pass
+    explicit = cfg.trainer.get("accumulate_grad_batches", 1)
+    if explicit not in (1, accumulate):
+        raise InputError(f"trainer.accumulate_grad_batches={explicit} contradicts data.global_batch_size="
+                         f"{global_batch} ({where} needs {accumulate}); set only one of them")
+    with open_dict(cfg):
+        cfg.trainer.accumulate_grad_batches = accumulate
+
+
+def instantiate_datamodule(cfg: DictConfig):
+    """The DataModule of `data`; global_batch_size is the trainer's business (apply_global_batch)."""
+    fields = {key: cfg.data[key] for key in cfg.data if key != "global_batch_size"}
+    return instantiate(OmegaConf.create(fields, parent=cfg))
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
@@ -153,11 +195,12 @@ def check_teacher(loss, model, tokenizer) -> None:
 
 def train(cfg: DictConfig) -> float | None:
     check_config(cfg)
+    apply_global_batch(cfg)
     run_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
     L.seed_everything(cfg.seed, workers=True)
 
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate_datamodule(cfg)
     model = instantiate(cfg.model)
     check_model_fits_data(model, datamodule)
     loss = instantiate(cfg.loss)
