@@ -17,6 +17,7 @@ stops at the first failed batch. Instead, every job of a multirun goes through `
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -105,13 +106,19 @@ def run_sweep_job(cfg: DictConfig, train: Callable[[DictConfig], float | None]) 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(cfg.paths.output_dir)
     overrides = list(hydra_cfg.overrides.task)
-    job = {"job": hydra_cfg.job.num, "overrides": overrides}
+    config_sha = hashlib.sha1(OmegaConf.to_yaml(cfg).encode()).hexdigest()[:16]  # before ckpt_path=auto
+    job = {"job": hydra_cfg.job.num, "overrides": overrides, "config_sha": config_sha}
     label = job_label(overrides, sweep_info(hydra_cfg.sweep.dir).get("swept"))
     previous = read_status(run_dir)
     if previous is not None and previous.get("overrides") != overrides:
         raise InputError(
             f"hydra.sweep.dir: job {job['job']} ({run_dir}) holds a run of other overrides "
             f"({' '.join(previous.get('overrides') or [])}); run a different sweep in a new directory"
+        )
+    if previous is not None and previous.get("config_sha") != config_sha:
+        raise InputError(
+            f"hydra.sweep.dir: job {job['job']} ({run_dir}) was run with the same overrides but another config "
+            "(a config file changed since); run the sweep in a new directory"
         )
     if previous is not None and previous.get("status") == "completed":
         log.info("job %s (%s) completed before: skipped, %s=%s", job["job"], label,
