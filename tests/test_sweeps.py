@@ -17,7 +17,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from lmlab.cli import CONF_DIR, REPO_ROOT
+from lmlab.cli import CONF_DIR, REPO_ROOT, report
 from lmlab.cli.train import train
 from lmlab.errors import InputError
 
@@ -59,6 +59,10 @@ def test_a_failing_job_costs_no_other_job_and_a_rerun_skips_the_finished(run_tra
         assert done["status"] == "completed" and done["metric"] == pytest.approx(val[-1], rel=1e-6)
         assert wandb_run(sweep_dir / job) == {"name": f"optimizer.lr={lr}", "group": "train-grid",
                                               "tags": [f"optimizer.lr={lr}"], "exit_code": 0}
+    # the report labels the jobs by what was swept and lists the failed one
+    page = report.write_report(sweep_dir).read_text()
+    assert "<td>optimizer.lr=0.003</td><td>completed</td>" in page
+    assert re.search(r"<td>optimizer.lr=0</td><td>failed: \w+Error: optimizer.lr=0 must be &gt; 0</td>", page)
 
     before = {job: (sweep_dir / job / "metrics.csv").read_bytes() for job in ("0", "2")}
     proc = run_train_py(*args, run_dir=sweep_dir, multirun=True, returncode=1)
