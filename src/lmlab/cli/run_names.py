@@ -1,10 +1,10 @@
 """Readable W&B names, groups and tags from what the user typed, as OmegaConf resolvers that
 conf/logger/wandb.yaml uses: `${lmlab.run_name:}`, `${lmlab.run_group:}`, `${lmlab.run_tags:}`.
 
-A job of a multirun is named by the overrides its sweep varies (`optimizer=lion sched=wsd`), and
-all jobs of one multirun share a group (the sweep's name and directory, e.g.
-`optimizers-2026-12-02_14-22-16`); a single run is named by its overrides, or by its directory
-when it has none. The overrides are the tags.
+A job of a multirun is named by the overrides its sweep varies (`optimizer=lion sched=wsd`), or by
+its directory when the sweep names them (hydra.sweep.subdir), and all jobs of one multirun share a
+group (the sweep's name and directory, e.g. `optimizers-2026-12-02_14-22-16`); a single run is named
+by its overrides, or by its directory when it has none. The overrides are the tags.
 """
 
 from __future__ import annotations
@@ -29,10 +29,14 @@ def shown_overrides() -> list[str]:
 
 
 def run_name() -> str | None:
+    """A sweep that names its job directories (hydra.sweep.subdir, e.g. `adamw_lr0.001`) names its runs
+    the same way: its commands may share one directory, each varying other keys."""
     if not HydraConfig.initialized():
         return None
-    name = " ".join(shown_overrides()) or Path(HydraConfig.get().runtime.output_dir).name
-    return name[:MAX_NAME]
+    directory = Path(HydraConfig.get().runtime.output_dir).name
+    if in_multirun() and not directory.isdigit():
+        return directory[:MAX_NAME]
+    return (" ".join(shown_overrides()) or directory)[:MAX_NAME]
 
 
 def run_group() -> str | None:
