@@ -9,6 +9,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import helpers
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -30,6 +31,13 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def one_thread():
+    """The test runs torch on one intra-op thread (see helpers.one_thread)."""
+    with helpers.one_thread():
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -100,20 +108,32 @@ def trained_run(corpus_dir, cache_dir, tmp_path_factory) -> Path:
     return run_dir
 
 
+SUBPROCESS_ENV = {"WANDB_MODE": "offline"}  # never reach for the network in tests
+
+
 @pytest.fixture
-def run_train_py(corpus_dir, cache_dir, tmp_path):
+def train_command(corpus_dir, cache_dir):
+    """The argv of `python <script> <tiny overrides> <yours>` (script: train.py unless given)."""
+
+    def command(*overrides: str, run_dir: Path, multirun: bool = False, script: list[str] | None = None):
+        where = f"hydra.sweep.dir={run_dir}" if multirun else f"hydra.run.dir={run_dir}"
+        return [sys.executable, *(script or [str(ROOT / "train.py")]), *(["-m"] if multirun else []),
+                *tiny_overrides(corpus_dir, cache_dir, where, *overrides)]
+
+    return command
+
+
+@pytest.fixture
+def run_train_py(train_command, tmp_path):
     """`python train.py <tiny overrides> <yours>` as a user would type it; returns the completed process."""
 
     def run(*overrides: str, run_dir: Path | None = None, multirun: bool = False, timeout: int = 300,
             returncode: int = 0):
-        run_dir = run_dir or tmp_path / "run"
-        where = f"hydra.sweep.dir={run_dir}" if multirun else f"hydra.run.dir={run_dir}"
-        cmd = [sys.executable, str(ROOT / "train.py"), *(["-m"] if multirun else []),
-               *tiny_overrides(corpus_dir, cache_dir, where, *overrides)]
-        # never reach for the network in tests; `helpers` callbacks are importable by the job
+        cmd = train_command(*overrides, run_dir=run_dir or tmp_path / "run", multirun=multirun)
+        # `helpers` callbacks are importable by the job
         python_path = os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))
-        env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": python_path}
-        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=timeout, env=env)
+        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, **SUBPROCESS_ENV, "PYTHONPATH": python_path})
         assert proc.returncode == returncode, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
         return proc
 

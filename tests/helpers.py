@@ -1,7 +1,11 @@
 """Callbacks that tests put into real runs through the config, and readers of what runs leave behind
 (importable as `helpers`)."""
 
+from __future__ import annotations
+
+import contextlib
 import csv
+import json
 import os
 import signal
 import struct
@@ -9,6 +13,10 @@ import time
 from pathlib import Path
 
 import lightning as L
+import torch
+
+from lmlab.cli.report import read_metrics_csv
+from lmlab.data import TextFiles
 
 
 class SigtermAtStep(L.Callback):
@@ -23,12 +31,23 @@ class SigtermAtStep(L.Callback):
 
 
 class LossRecorder(L.Callback):
-    """Records (global step, loss) of every training batch in a class-level list."""
+    """Appends (global step, loss) of every training batch to `<run dir>/recorded_losses.jsonl`.
 
-    losses: list = []
+    The record belongs to the run directory, not to the process: two runs never see each other's
+    steps, and a resumed run appends to what its interrupted part recorded.
+    """
+
+    FILE = "recorded_losses.jsonl"
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        LossRecorder.losses.append((trainer.global_step, outputs["loss"].item()))
+        with open(Path(trainer.default_root_dir) / self.FILE, "a") as f:
+            f.write(json.dumps([trainer.global_step, outputs["loss"].item()]) + "\n")
+
+    @classmethod
+    def read(cls, run_dir: Path) -> dict[int, float]:
+        """{global step: loss}; a step recorded twice keeps its latest loss."""
+        lines = (Path(run_dir) / cls.FILE).read_text().splitlines()
+        return {step: loss for step, loss in map(json.loads, lines)}
 
 
 class RaiseAtStep(L.Callback):
@@ -40,6 +59,44 @@ class RaiseAtStep(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step == self.step:
             raise RuntimeError(f"deliberate failure at step {self.step}")
+
+
+class SaveInitialWeights(L.Callback):
+    """Saves the model's state dict at the start of fit to `<run dir>/initial_weights.pt`: the real
+    initialisation of a run, for comparing a trained model against its own starting point."""
+
+    FILE = "initial_weights.pt"
+
+    def on_fit_start(self, trainer, pl_module):
+        torch.save(pl_module.model.state_dict(), Path(trainer.default_root_dir) / self.FILE)
+
+
+def make_dm(datamodule_class, corpus_dir: Path, cache_dir: Path, **settings):
+    """A DataModule (LMDataModule, CodePairsDataModule) over the files of corpus_dir, a fifth held out,
+    its cache in cache_dir; `settings` are the rest of its arguments (vocab_size, block_size, ...)."""
+    return datamodule_class(TextFiles(str(corpus_dir)), **{"val_fraction": 0.2, "cache_dir": str(cache_dir),
+                                                           **settings})
+
+
+def read_metrics(run_dir: Path) -> dict[str, dict[int, float]]:
+    """A run directory's metrics.csv as {column: {step: value}}, read as `lmlab report` reads it (rows
+    are sparse; non-finite values are left out; a step written twice keeps its latest value)."""
+    return {
+        key: dict(zip(steps.tolist(), values.tolist(), strict=True))
+        for key, (steps, values) in read_metrics_csv(Path(run_dir) / "metrics.csv").items()
+    }
+
+
+def column(metrics: dict[str, dict[int, float]], key: str) -> list[float]:
+    """The values of one metric in step order ([] when it was never logged)."""
+    return list(metrics.get(key, {}).values())
+
+
+def rows_with(run_dir: Path, key: str) -> int:
+    """How many rows of metrics.csv carry `key`: read_metrics keeps one value per step, so a step
+    logged twice (e.g. by two DDP ranks) shows only here."""
+    with open(Path(run_dir) / "metrics.csv", newline="") as f:
+        return sum(1 for row in csv.DictReader(f) if row.get(key))
 
 
 def wandb_records(path):
@@ -77,11 +134,13 @@ def finished_wandb_records(run_file, timeout: float = 60.0) -> list:
         time.sleep(0.5)
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    """The rows of a run directory's metrics.csv."""
-    with open(Path(run_dir) / "metrics.csv") as f:
-        return list(csv.DictReader(f))
-
-
-def column(rows: list[dict], key: str) -> list[float]:
-    return [float(r[key]) for r in rows if r.get(key)]
+@contextlib.contextmanager
+def one_thread():
+    """Tiny models are dominated by per-op overhead: extra intra-op threads only contend on a shared
+    CPU (10x slower on two busy cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

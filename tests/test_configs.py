@@ -1,10 +1,19 @@
-"""Every shipped config file composes and runs a fast_dev_run on CPU."""
+"""Every shipped config file composes and runs on CPU, and leaves what such a run must leave.
 
+Most options run a fast_dev_run (one training and one validation batch). Lightning switches loggers
+off under fast_dev_run, so the logger options (and debug=overfit, which fast_dev_run would replace)
+run two real optimizer steps instead and are checked by the files their loggers wrote.
+"""
+
+import json
+import math
 from pathlib import Path
 
 import pytest
+from helpers import column, finished_wandb_records, read_metrics
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
+from transformers import AutoTokenizer
 
 from lmlab.cli import CONF_DIR
 from lmlab.cli.train import train
@@ -22,6 +31,8 @@ EXTRA = {
     ("trainer", "ddp_spawn"): ["trainer.accelerator=cpu"],
     ("data", "code_pairs"): ["loss=contrastive"],  # pair batches need the contrastive loss
 }
+# two optimizer steps, validation after the second
+SHORT_RUN = ["trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1"]
 
 
 def options():
@@ -34,7 +45,7 @@ def options():
 
 
 @pytest.mark.parametrize("group,option", options())
-def test_config_option_runs_fast_dev_run(make_cfg, group, option, hf_dataset_file, corpus_dir, request):
+def test_config_option_runs(make_cfg, group, option, hf_dataset_file, corpus_dir, request):
     if (group, option) == ("trainer", "ddp"):
         pytest.skip("strategy=ddp re-executes sys.argv; run as a subprocess in test_train.py")
     extra = list(EXTRA.get((group, option), []))
@@ -49,8 +60,48 @@ def test_config_option_runs_fast_dev_run(make_cfg, group, option, hf_dataset_fil
                   f"+data.corpus.paths={corpus_dir}"]
     if (group, option) == ("data", "hf_dataset"):
         extra += ["data.corpus.path=json", f"data.corpus.data_files={hf_dataset_file}"]
-    cfg = make_cfg(f"{group}={option}", *extra, "debug=fast")
-    train(cfg)
+    writes = group == "logger" or (group, option) == ("debug", "overfit")
+    if writes:
+        extra += SHORT_RUN
+    elif group != "debug":
+        extra.append("debug=fast")
+    cfg = make_cfg(f"{group}={option}", *extra)
+    metric = train(cfg)
+
+    run_dir = Path(cfg.paths.output_dir)
+    assert metric is not None and math.isfinite(metric), f"no finite {cfg.optimized_metric} returned"
+    # self-describing: the resolved config, the command's overrides, a tokenizer that loads
+    assert (run_dir / "config.yaml").is_file()
+    assert f"{group}={option}" in json.loads((run_dir / "run.json").read_text())["overrides"]
+    assert len(AutoTokenizer.from_pretrained(run_dir / "tokenizer")) <= cfg.data.vocab_size
+    if not writes:  # fast_dev_run: no loggers
+        assert not (run_dir / "metrics.csv").exists()
+        return
+    if option == "none":
+        assert not (run_dir / "metrics.csv").exists() and not (run_dir / "wandb").exists()
+        assert not (run_dir / "tensorboard").exists()
+        return
+    metrics = read_metrics(run_dir)
+    assert list(metrics["train/loss"]) == [0, 1] and list(metrics["val/loss"]) == [1]
+    assert column(metrics, "val/loss") == [pytest.approx(metric)]
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    if option == "tensorboard":
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        (events,) = (run_dir / "tensorboard").glob("events.out.tfevents.*")
+        scalars = EventAccumulator(str(events)).Reload()
+        assert [e.step for e in scalars.Scalars("train/loss")] == [0, 1]
+        assert [e.value for e in scalars.Scalars("val/loss")] == [pytest.approx(metric)]
+    if option == "wandb":
+        (run_file,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+        logged = {}
+        for record in finished_wandb_records(run_file):
+            if record.WhichOneof("record_type") == "history":
+                items = {item.key or "/".join(item.nested_key): item.value_json for item in record.history.item}
+                for key in ("train/loss", "val/loss"):
+                    if key in items:
+                        logged.setdefault(key, []).append(float(items[key]))
+        assert len(logged["train/loss"]) == 2 and logged["val/loss"] == [pytest.approx(metric)]
 
 
 def test_unknown_group_option_lists_the_choices():
@@ -62,12 +113,8 @@ def test_unknown_group_option_lists_the_choices():
 @pytest.fixture
 def hf_dataset_file(tmp_path, corpus_dir) -> Path:
     """A JSON-lines dataset of real source files, read through Hugging Face `datasets`."""
-    import json
-
     path = tmp_path / "docs.jsonl"
     with open(path, "w") as f:
         for file in sorted(corpus_dir.glob("*.py")):
             f.write(json.dumps({"text": file.read_text()}) + "\n")
     return path
-
-

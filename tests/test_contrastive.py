@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 import sysconfig
@@ -13,6 +12,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from helpers import make_dm, read_metrics
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
@@ -108,10 +108,10 @@ def pairs_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("pairs_cache")
 
 
-def make_dm(corpus_dir: Path, cache_dir: Path, **overrides) -> CodePairsDataModule:
-    args = dict(vocab_size=VOCAB, block_size=BLOCK, batch_size=BATCH, val_fraction=0.2,
-                cache_dir=str(cache_dir))
-    dm = CodePairsDataModule(TextFiles(str(corpus_dir)), **{**args, **overrides})
+def pairs_dm(corpus_dir: Path, cache_dir: Path, **settings) -> CodePairsDataModule:
+    """Prepared and set up for fitting."""
+    sizes = dict(vocab_size=VOCAB, block_size=BLOCK, batch_size=BATCH)
+    dm = make_dm(CodePairsDataModule, corpus_dir, cache_dir, **{**sizes, **settings})
     dm.prepare_data()
     dm.setup("fit")
     return dm
@@ -122,7 +122,7 @@ def same_texts(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
 
 
 def test_split_is_by_file_seeded_and_deterministic(corpus_dir, pairs_cache, tmp_path):
-    dm = make_dm(corpus_dir, pairs_cache)
+    dm = pairs_dm(corpus_dir, pairs_cache)
     encoded = EncodedPairs.load(dm._pairs_folder())
     tokenizer = dm.tokenizer
     decode = [tokenizer.decode(q.tolist()) for q in encoded.queries]
@@ -135,15 +135,15 @@ def test_split_is_by_file_seeded_and_deterministic(corpus_dir, pairs_cache, tmp_
     assert set(decode[split:]) <= from_val and set(decode[:split]) <= from_train
     assert 0.1 < len(dm.val_pairs) / len(encoded.queries) < 0.3  # about data.val_fraction=0.2
     # another cache, same settings: the same pairs; another split seed: other held-out files
-    again = EncodedPairs.load(make_dm(corpus_dir, tmp_path)._pairs_folder())
+    again = EncodedPairs.load(pairs_dm(corpus_dir, tmp_path)._pairs_folder())
     assert again.val_documents == encoded.val_documents
     assert same_texts(again.queries, encoded.queries) and same_texts(again.documents, encoded.documents)
-    assert not same_texts(make_dm(corpus_dir, tmp_path, split_seed=1).val_pairs.first, dm.val_pairs.first)
+    assert not same_texts(pairs_dm(corpus_dir, tmp_path, split_seed=1).val_pairs.first, dm.val_pairs.first)
     assert set(json.loads((dm._pairs_folder() / "meta.json").read_text())["val_documents"]) == val_files
 
 
 def test_batches_are_right_padded_truncated_pairs(corpus_dir, pairs_cache):
-    dm = make_dm(corpus_dir, pairs_cache, block_size=12)
+    dm = pairs_dm(corpus_dir, pairs_cache, block_size=12)
     batch = next(iter(dm.val_dataloader()))
     assert set(batch) == {"query_ids", "query_mask", "doc_ids", "doc_mask", "index"}
     assert torch.equal(batch["index"], torch.arange(BATCH))
@@ -163,8 +163,8 @@ def test_batches_are_right_padded_truncated_pairs(corpus_dir, pairs_cache):
 
 
 def test_simcse_pairs_every_training_text_with_itself(corpus_dir, pairs_cache):
-    code_search = make_dm(corpus_dir, pairs_cache)
-    simcse = make_dm(corpus_dir, pairs_cache, pairs="simcse")
+    code_search = pairs_dm(corpus_dir, pairs_cache)
+    simcse = pairs_dm(corpus_dir, pairs_cache, pairs="simcse")
     assert len(simcse.train_pairs) == 2 * len(code_search.train_pairs)
     assert simcse.train_pairs.first is simcse.train_pairs.second
     val = simcse.val_pairs  # validation is code search in both
@@ -176,7 +176,7 @@ def test_too_few_pairs_name_the_fields(tmp_path, pairs_cache):
     (tmp_path / "one.py").write_text(SOURCE)
     one_file = r"validation split has 0 pairs.*data\.batch_size=2.*3 docstring/code pairs in 1 documents"
     with pytest.raises(ValueError, match=one_file + r".*data\.val_fraction.*at least two files"):
-        make_dm(tmp_path, pairs_cache, min_docstring_chars=10, batch_size=2)
+        pairs_dm(tmp_path, pairs_cache, min_docstring_chars=10, batch_size=2)
     other = {"numbers": "values", "a + b": "b + a", "greeting": "salute", "hello": "hi", "done": "ready"}
     text = SOURCE
     for old, new in other.items():
@@ -184,7 +184,7 @@ def test_too_few_pairs_name_the_fields(tmp_path, pairs_cache):
     (tmp_path / "two.py").write_text(text)
     two_files = r"training split has 3 pairs.*data\.batch_size=8.*6 docstring/code pairs in 2 documents"
     with pytest.raises(ValueError, match=two_files + r" \(0 not Python\).*data\.min_docstring_chars=10"):
-        make_dm(tmp_path, pairs_cache, min_docstring_chars=10)
+        pairs_dm(tmp_path, pairs_cache, min_docstring_chars=10)
     with pytest.raises(ValueError, match=r"data\.pairs='dense'; allowed: code_search, simcse"):
         CodePairsDataModule(TextFiles(str(tmp_path)), pairs="dense")
 
@@ -261,7 +261,7 @@ def test_mean_pooled_embedding_ignores_padding():
 
 @pytest.mark.ddp
 def test_validation_under_ddp_scores_every_pair_once(corpus_dir, pairs_cache):
-    dm = make_dm(corpus_dir, pairs_cache)
+    dm = pairs_dm(corpus_dir, pairs_cache)
     assert len(dm.val_pairs) % 2  # two ranks: the distributed sampler repeats a pair to even them out
     torch.manual_seed(0)
     model = GPT(vocab_size=VOCAB, block_size=BLOCK, n_layer=1, n_head=2, n_embd=16)
@@ -318,15 +318,6 @@ def learning_corpus(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny matrices: extra intra-op threads only add synchronisation (13 s vs 80 s on two busy cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_contrastive_training_beats_the_untrained_model(make_cfg, learning_corpus, one_thread):
     cfg = make_cfg(*pairs_overrides(learning_corpus), "data.batch_size=32", "data.val_fraction=0.2",
                    "optimizer.lr=1e-3", "trainer.max_steps=100", "trainer.val_check_interval=100",
@@ -351,6 +342,6 @@ def test_contrastive_training_beats_the_untrained_model(make_cfg, learning_corpu
 
 
 def _last_validation(run_dir: Path) -> dict[str, float]:
-    with open(run_dir / "metrics.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("val/recall@1")]
-    return {k: float(v) for k, v in rows[-1].items() if k.startswith("val/") and v}
+    metrics = read_metrics(run_dir)
+    step = max(metrics["val/recall@1"])
+    return {key: values[step] for key, values in metrics.items() if key.startswith("val/") and step in values}

@@ -12,6 +12,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from helpers import make_dm
 from transformers import AutoTokenizer
 
 from lmlab.data import EOS_TOKEN, PAD_TOKEN, HFDataset, LMDataModule, StdlibCode, TextFiles, train_tokenizer
@@ -27,32 +28,33 @@ UNSEEN = "héllo → 世界 🙂\tzürich\r\n  \x00end"
 
 
 @pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("corpus")
+def modules_dir(tmp_path_factory) -> Path:
+    """The ten stdlib modules of FILES, by their own names (conftest's corpus_dir holds whole packages)."""
+    folder = tmp_path_factory.mktemp("modules")
     for name in FILES:
         shutil.copy(STDLIB / name, folder / name)
     return folder
 
 
 @pytest.fixture(scope="module")
-def texts(corpus_dir) -> dict[str, str]:
-    return {name: (corpus_dir / name).read_text(encoding="utf-8") for name in FILES}
+def texts(modules_dir) -> dict[str, str]:
+    return {name: (modules_dir / name).read_text(encoding="utf-8") for name in FILES}
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> Path:
+def data_cache_dir(tmp_path_factory) -> Path:
+    """A cache of this module's own, so the cache tests see only the entries these tests make."""
     return tmp_path_factory.mktemp("cache")
 
 
-def make_dm(corpus_dir, cache_dir, **overrides) -> LMDataModule:
-    args = dict(vocab_size=VOCAB, block_size=BLOCK, batch_size=BATCH, val_fraction=0.2,
-                cache_dir=str(cache_dir))
-    return LMDataModule(TextFiles(str(corpus_dir)), **{**args, **overrides})
+def lm_dm(corpus_dir, cache_dir, **settings) -> LMDataModule:
+    sizes = dict(vocab_size=VOCAB, block_size=BLOCK, batch_size=BATCH)
+    return make_dm(LMDataModule, corpus_dir, cache_dir, **{**sizes, **settings})
 
 
 @pytest.fixture(scope="module")
-def dm(corpus_dir, cache_dir) -> LMDataModule:
-    dm = make_dm(corpus_dir, cache_dir)
+def dm(modules_dir, data_cache_dir) -> LMDataModule:
+    dm = lm_dm(modules_dir, data_cache_dir)
     dm.prepare_data()
     dm.setup("fit")
     return dm
@@ -77,18 +79,18 @@ def test_stdlib_code_is_library_code_only():
     assert corpus.fingerprint() == StdlibCode().fingerprint()
 
 
-def test_text_files_accepts_a_file_a_folder_a_glob_and_a_list(corpus_dir, texts, tmp_path):
-    by_folder = TextFiles(str(corpus_dir))
-    by_glob = TextFiles(str(corpus_dir / "*.py"))
-    by_list = TextFiles([corpus_dir / n for n in FILES])
+def test_text_files_accepts_a_file_a_folder_a_glob_and_a_list(modules_dir, texts, tmp_path):
+    by_folder = TextFiles(str(modules_dir))
+    by_glob = TextFiles(str(modules_dir / "*.py"))
+    by_list = TextFiles([modules_dir / n for n in FILES])
     assert by_folder.files == by_glob.files == by_list.files
     assert by_folder.fingerprint() == by_glob.fingerprint()
     assert dict((Path(doc_id).name, text) for doc_id, text in by_folder) == texts
-    assert [text for _, text in TextFiles(str(corpus_dir / "heapq.py"))] == [texts["heapq.py"]]
+    assert [text for _, text in TextFiles(str(modules_dir / "heapq.py"))] == [texts["heapq.py"]]
 
     # hidden files are skipped inside folders; editing a file changes the fingerprint
     (copy := tmp_path / "c").mkdir()
-    shutil.copy(corpus_dir / "bisect.py", copy / "bisect.py")
+    shutil.copy(modules_dir / "bisect.py", copy / "bisect.py")
     (copy / ".hidden").write_text("not a document")
     corpus = TextFiles(str(copy))
     assert [f.name for f in corpus.files] == ["bisect.py"]
@@ -179,7 +181,7 @@ def test_packed_tokens_are_whole_documents_joined_by_eos(dm, texts):
     assert 0.05 < dm.packed.n_val_tokens / dm.packed.n_tokens < 0.45
 
 
-def test_split_is_deterministic_and_seeded(dm, corpus_dir, tmp_path):
+def test_split_is_deterministic_and_seeded(dm, modules_dir, tmp_path):
     again = pack_corpus(dm.corpus, dm.tokenizer, tmp_path / "again", val_fraction=0.2, split_seed=0)
     assert again.folder != dm.packed.folder
     assert again.tokens_path.read_bytes() == dm.packed.tokens_path.read_bytes()
@@ -190,8 +192,8 @@ def test_split_is_deterministic_and_seeded(dm, corpus_dir, tmp_path):
     assert order != other_order and sorted(order) == sorted(other_order)
 
 
-def test_a_single_document_corpus_is_cut_at_the_fraction(corpus_dir, tmp_path):
-    dm = LMDataModule(TextFiles(str(corpus_dir / "textwrap.py")), vocab_size=300, block_size=16, batch_size=2,
+def test_a_single_document_corpus_is_cut_at_the_fraction(modules_dir, tmp_path):
+    dm = LMDataModule(TextFiles(str(modules_dir / "textwrap.py")), vocab_size=300, block_size=16, batch_size=2,
                       val_fraction=0.1, cache_dir=str(tmp_path))
     dm.prepare_data()
     dm.setup()
@@ -230,23 +232,23 @@ def entry_state(path: Path) -> tuple[int, int]:
     return stat.st_ino, stat.st_mtime_ns
 
 
-def test_cache_is_reused_and_keyed(dm, corpus_dir, cache_dir):
-    tokenizer_file = tokenizer_cache_dir(dm.corpus, VOCAB, cache_dir) / "tokenizer.json"
+def test_cache_is_reused_and_keyed(dm, modules_dir, data_cache_dir):
+    tokenizer_file = tokenizer_cache_dir(dm.corpus, VOCAB, data_cache_dir) / "tokenizer.json"
     before = entry_state(tokenizer_file), entry_state(dm.packed.tokens_path)
 
-    same = make_dm(corpus_dir, cache_dir)
+    same = lm_dm(modules_dir, data_cache_dir)
     same.prepare_data()
     same.setup()
     assert (entry_state(tokenizer_file), entry_state(same.packed.tokens_path)) == before
     assert same.packed == dm.packed
 
-    bigger_vocab = make_dm(corpus_dir, cache_dir, vocab_size=VOCAB + 64)
+    bigger_vocab = lm_dm(modules_dir, data_cache_dir, vocab_size=VOCAB + 64)
     bigger_vocab.prepare_data()
     bigger_vocab.setup()
     assert bigger_vocab.packed.folder != dm.packed.folder
     assert len(bigger_vocab.tokenizer) > len(dm.tokenizer)
 
-    other_split = make_dm(corpus_dir, cache_dir, val_fraction=0.3)
+    other_split = lm_dm(modules_dir, data_cache_dir, val_fraction=0.3)
     other_split.prepare_data()
     other_split.setup()
     assert other_split.packed.folder != dm.packed.folder
@@ -254,12 +256,12 @@ def test_cache_is_reused_and_keyed(dm, corpus_dir, cache_dir):
     assert entry_state(tokenizer_file) == before[0]  # same tokenizer, only re-split
 
 
-def test_failed_prepare_leaves_no_cache_entry(corpus_dir, tmp_path):
+def test_failed_prepare_leaves_no_cache_entry(modules_dir, tmp_path):
     """A prepare that fails half-way (here: a file turns out not to be text) leaves nothing to be mistaken
     for a complete cache entry, at either stage."""
     (mixed := tmp_path / "mixed").mkdir()
     for name in ("heapq.py", "bisect.py"):
-        shutil.copy(corpus_dir / name, mixed / name)
+        shutil.copy(modules_dir / name, mixed / name)
     (mixed / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")
     cache = tmp_path / "cache"
     with pytest.raises(ValueError, match="image.png is not UTF-8"):
@@ -275,15 +277,15 @@ def test_failed_prepare_leaves_no_cache_entry(corpus_dir, tmp_path):
     assert list(cache.glob("tokens/*")) == []
 
 
-def test_setup_without_prepare_says_what_to_do(corpus_dir, tmp_path):
+def test_setup_without_prepare_says_what_to_do(modules_dir, tmp_path):
     with pytest.raises(RuntimeError, match=r"prepare_data\(\)"):
-        make_dm(corpus_dir, tmp_path).setup()
+        lm_dm(modules_dir, tmp_path).setup()
 
 
 # ----- loaders
 
 
-def test_train_order_is_seeded_per_epoch(dm, corpus_dir, cache_dir):
+def test_train_order_is_seeded_per_epoch(dm, modules_dir, data_cache_dir):
     def first_tokens(loader):
         return torch.cat([batch[:, 0] for batch in loader])
 
@@ -293,7 +295,7 @@ def test_train_order_is_seeded_per_epoch(dm, corpus_dir, cache_dir):
     loader = dm.train_dataloader()
     loader.sampler.set_epoch(1)
     assert not torch.equal(first_tokens(loader), epoch0)
-    other_seed = make_dm(corpus_dir, cache_dir, seed=7)
+    other_seed = lm_dm(modules_dir, data_cache_dir, seed=7)
     other_seed.setup()
     assert not torch.equal(first_tokens(other_seed.train_dataloader()), epoch0)
 
@@ -318,7 +320,7 @@ class RecordBatches(L.LightningModule):
 
 
 @pytest.mark.parametrize("saved_at", ["train_batch_end", "validation_end"])
-def test_resumed_fit_sees_the_same_batches(saved_at, dm, corpus_dir, cache_dir, tmp_path):
+def test_resumed_fit_sees_the_same_batches(saved_at, dm, modules_dir, data_cache_dir, tmp_path):
     """k steps, checkpoint, resume to N steps == N steps straight, also across an epoch boundary."""
     batch_size = 16
     steps_per_epoch = len(dm.train_blocks) // batch_size
@@ -332,7 +334,7 @@ def test_resumed_fit_sees_the_same_batches(saved_at, dm, corpus_dir, cache_dir, 
                             enable_model_summary=False, val_check_interval=2, check_val_every_n_epoch=None,
                             limit_val_batches=1, num_sanity_val_steps=0, callbacks=list(callbacks),
                             default_root_dir=tmp_path, enable_checkpointing=bool(callbacks))
-        datamodule = make_dm(corpus_dir, cache_dir, batch_size=batch_size)
+        datamodule = lm_dm(modules_dir, data_cache_dir, batch_size=batch_size)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         return module.seen
 
@@ -356,13 +358,13 @@ class RecordBatchesPerRank(RecordBatches):
 
 @pytest.mark.slow
 @pytest.mark.ddp
-def test_ddp_spawn_ranks_read_disjoint_shards_of_the_seeded_order(dm, corpus_dir, cache_dir, tmp_path):
+def test_ddp_spawn_ranks_read_disjoint_shards_of_the_seeded_order(dm, modules_dir, data_cache_dir, tmp_path):
     """Two spawned ranks load the cache in setup and each reads its half of torch.randperm(seed)."""
     steps = 3
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=steps, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         limit_val_batches=0, default_root_dir=tmp_path)
-    trainer.fit(RecordBatchesPerRank(), datamodule=make_dm(corpus_dir, cache_dir))
+    trainer.fit(RecordBatchesPerRank(), datamodule=lm_dm(modules_dir, data_cache_dir))
     n = len(dm.train_blocks)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(dm.seed))[: n // 2 * 2]
     for rank in (0, 1):
@@ -379,12 +381,12 @@ def test_datamodule_pickles_without_open_memory_maps(dm):
     assert copy.tokenizer.encode("def f():") == dm.tokenizer.encode("def f():")
 
 
-def test_val_prompts_are_fixed_starts_of_validation_blocks(dm, corpus_dir, cache_dir):
+def test_val_prompts_are_fixed_starts_of_validation_blocks(dm, modules_dir, data_cache_dir):
     prompts = dm.val_prompts(3, 8)
     assert len(prompts) == 3 and all(len(p) == 8 for p in prompts)
     assert prompts[0] == dm.val_blocks[0][:8].tolist()
     assert prompts[-1] == dm.val_blocks[len(dm.val_blocks) - 1][:8].tolist()
-    fresh = make_dm(corpus_dir, cache_dir)
+    fresh = lm_dm(modules_dir, data_cache_dir)
     assert fresh.val_prompts(3, 8) == prompts
     with pytest.raises(ValueError, match="block_size"):
         dm.val_prompts(1, BLOCK + 1)
@@ -398,9 +400,9 @@ def test_val_prompts_are_fixed_starts_of_validation_blocks(dm, corpus_dir, cache
     [("block_size", 0), ("batch_size", 0), ("val_fraction", 0.0), ("val_fraction", 1.0),
      ("val_fraction", -0.1), ("vocab_size", 257), ("num_workers", -1)],
 )
-def test_bad_settings_name_their_field(field, value, corpus_dir, tmp_path):
+def test_bad_settings_name_their_field(field, value, modules_dir, tmp_path):
     with pytest.raises(ValueError, match=rf"data\.{field}={value}"):
-        make_dm(corpus_dir, tmp_path, **{field: value})
+        lm_dm(modules_dir, tmp_path, **{field: value})
 
 
 def test_corpus_must_be_a_corpus(tmp_path):
@@ -408,9 +410,9 @@ def test_corpus_must_be_a_corpus(tmp_path):
         LMDataModule("some/path", cache_dir=str(tmp_path))
 
 
-def test_corpus_too_small_for_one_validation_batch(dm, corpus_dir, cache_dir):
+def test_corpus_too_small_for_one_validation_batch(dm, modules_dir, data_cache_dir):
     batch_size = dm.packed.n_val_tokens // BLOCK + 1  # one block too many for the validation split
-    too_big = make_dm(corpus_dir, cache_dir, batch_size=batch_size)
+    too_big = lm_dm(modules_dir, data_cache_dir, batch_size=batch_size)
     too_big.prepare_data()
     needed = batch_size * BLOCK + 1
     with pytest.raises(ValueError, match=rf"data: the validation split has {dm.packed.n_val_tokens} tokens.*"

@@ -1,9 +1,11 @@
 """Distillation against a teacher checkpoint trained in the test."""
 
+import copy
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import SaveInitialWeights
 
 from lmlab.checkpoint import load_checkpoint
 from lmlab.cli.train import train
@@ -26,13 +28,11 @@ def test_kl_distillation_moves_the_student_towards_the_teacher(make_cfg, teacher
     student_dir = tmp_path / "student"
     cfg = make_cfg("loss=kl", f"loss.teacher={teacher_dir}", "loss.temperature=1.0", "trainer.max_steps=30",
                    "trainer.val_check_interval=30", "optimizer.lr=1e-2", "sched.warmup_steps=5", "seed=7",
-                   run_dir=student_dir)
-    untrained = load_checkpoint(teacher_dir)[0]
-    torch.manual_seed(7)
-    for p in untrained.parameters():  # a fresh student of the same shape
-        torch.nn.init.normal_(p, std=0.02)
+                   "+callbacks.initial._target_=helpers.SaveInitialWeights", run_dir=student_dir)
     train(cfg)
     student, _, _ = load_checkpoint(student_dir / "checkpoints" / "last.ckpt")
+    untrained = copy.deepcopy(student)
+    untrained.load_state_dict(torch.load(student_dir / SaveInitialWeights.FILE))  # the student as it started
     assert teacher_kl(student, teacher, tokens) < 0.5 * teacher_kl(untrained, teacher, tokens)
 
 

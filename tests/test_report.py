@@ -9,11 +9,11 @@ import re
 
 import pytest
 import yaml
-from helpers import finished_wandb_records
+from helpers import finished_wandb_records, read_metrics
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger
 from rich.console import Console
-from tiny_lightning import TinyLM, fit_tiny, read_metrics
+from tiny_lightning import TinyLM, fit_tiny
 
 from lmlab.callbacks.dashboard import WandbDashboard
 from lmlab.callbacks.stability import StabilityMonitor

@@ -12,10 +12,13 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from helpers import read_metrics
 from lightning.pytorch.plugins.precision import MixedPrecision
-from tiny_lightning import TinyLM, fit_tiny, markov_sequences, read_metrics
+from tiny_lightning import TinyLM, fit_tiny, markov_sequences
 
-from lmlab.callbacks.stability import SpikeDetector, StabilityMonitor, layer_name
+from lmlab.callbacks.layers import layer_name
+from lmlab.callbacks.spikes import SpikeDetector
+from lmlab.callbacks.stability import StabilityMonitor
 from lmlab.optim import param_groups
 
 
@@ -35,7 +38,10 @@ class Recorder(L.Callback):
         rec = pl_module.recorded[trainer.global_step - 1]
         rec["after"] = [p.detach().clone() for p in pl_module.parameters()]
         rec["state"] = [s["exp_avg_sq"].clone() for s in trainer.optimizers[0].state.values()]
-        rec["forward_stats"] = {k: v.item() for k, v in pl_module.forward_stats.items()}
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]  # as the optimizer applied them
+        rec["applied_grad_norm"] = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item()
+        logits = pl_module.last_logits.double()  # recomputed here, independently of the module's mixin
+        rec["forward_stats"] = {"max_logit": logits.max().item(), "z_loss": logits.logsumexp(-1).pow(2).mean().item()}
 
 
 class GradCopy(L.Callback):
@@ -88,6 +94,7 @@ def test_grad_norm_clip_and_update_ratio_equal_independent_values(tmp_path):
         clipped = torch.linalg.vector_norm(torch.stack([c.grad.norm() for c in copies])).item()
         assert m["stability/grad_norm"][step] == pytest.approx(total, rel=1e-5)
         assert m["stability/grad_norm_clipped"][step] == pytest.approx(clipped, rel=1e-4)
+        assert m["stability/grad_norm_clipped"][step] == pytest.approx(rec["applied_grad_norm"], rel=1e-4)
         assert total > clip and m["stability/clip_rate"][step] == 1.0
         before, after = rec["before"], rec["after"]
         delta = math.sqrt(sum(((a - b) ** 2).sum().item() for a, b in zip(after, before, strict=True)))
@@ -129,9 +136,19 @@ def test_grad_norm_clip_and_update_ratio_equal_independent_values(tmp_path):
     assert m["stability/nonfinite_steps"][5] == 0 and m["stability/skipped_steps"][5] == 0
 
 
+@pytest.mark.parametrize("clip", [0.0, -1.0])
+def test_no_clipping_telemetry_when_lightning_does_not_clip(tmp_path, clip):
+    """Lightning clips only for gradient_clip_val > 0; the monitor must not report clipping it never did."""
+    trainer, module = fit_tiny(tmp_path, [Recorder(clip), StabilityMonitor()], steps=2, gradient_clip_val=clip)
+    m = read_metrics(tmp_path)
+    assert "stability/grad_norm_clipped" not in m and "stability/clip_rate" not in m
+    assert m["stability/grad_norm"][1] == pytest.approx(module.recorded[1]["applied_grad_norm"], rel=1e-5)
+
+
 def test_nan_batch_counts_nonfinite_steps(tmp_path):
     module = TinyLM(inject={3: "nan"})
-    fit_tiny(tmp_path, [StabilityMonitor()], steps=6, module=module)
+    with pytest.warns(UserWarning, match="1 non-finite step.* by step 4; policy=log applied their updates"):
+        fit_tiny(tmp_path, [StabilityMonitor()], steps=6, module=module)
     nonfinite = read_metrics(tmp_path)["stability/nonfinite_steps"]
     # policy log: the NaN update goes through and every later step is NaN too
     assert [nonfinite[s] for s in range(6)] == [0, 0, 0, 1, 2, 3]
@@ -209,7 +226,7 @@ def test_halt_policy_stops_with_message_and_usable_checkpoint(tmp_path):
         trainer, _ = fit_tiny(tmp_path, [Recorder(0.0), monitor], steps=20, module=module)
     assert trainer.global_step == 4  # step 3 ran (its update skipped), then the run stopped
     assert monitor.halt_checkpoint == tmp_path / "checkpoints" / "halt-step3.ckpt"
-    state = torch.load(monitor.halt_checkpoint, weights_only=False)["state_dict"]
+    state = torch.load(monitor.halt_checkpoint, weights_only=True)["state_dict"]
     for (name, _), before in zip(module.named_parameters(), module.recorded[3]["before"], strict=True):
         assert torch.equal(state[name], before)
     resumed = TinyLM()

@@ -3,16 +3,17 @@ callback tests (stability, throughput, report)."""
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from helpers import one_thread
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
+from lmlab.callbacks.forward_stats import LogitStats
 from lmlab.models import GPT
 from lmlab.optim import param_groups
 
@@ -32,9 +33,9 @@ def markov_sequences(n: int, seed: int = 0) -> torch.Tensor:
     return seqs
 
 
-class TinyLM(L.LightningModule):
-    """Follows LitLM's contract: batch [B, T+1], `train/loss`, `val/loss`, `val/ppl`, and
-    `forward_stats` when `collect_forward_stats` is set. `inject` = {step: "nan" | "spike"}
+class TinyLM(LogitStats, L.LightningModule):
+    """Follows LitLM's contract: batch [B, T+1], `train/loss`, `val/loss`, `val/ppl`, and forward
+    statistics through `ForwardStatsSource` (the LogitStats mixin). `inject` = {step: "nan" | "spike"}
     corrupts the logits of that optimizer step (on `inject_rank` only, when given)."""
 
     def __init__(
@@ -49,8 +50,7 @@ class TinyLM(L.LightningModule):
         self.model = GPT(vocab_size=VOCAB, block_size=BLOCK, n_layer=2, n_head=2, n_embd=32)
         self.optimizer_name, self.lr = optimizer, lr
         self.inject, self.inject_rank = inject or {}, inject_rank
-        self.collect_forward_stats = False
-        self.forward_stats: dict[str, torch.Tensor] = {}
+        self.last_logits: torch.Tensor | None = None
         self.recorded: dict[int, dict] = {}  # step -> independent measurements (see Recorder)
 
     def training_step(self, batch, batch_idx):
@@ -60,10 +60,8 @@ class TinyLM(L.LightningModule):
         if kind and (self.inject_rank is None or self.inject_rank == self.global_rank):
             logits = logits * (math.nan if kind == "nan" else 300.0)
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
-        if self.collect_forward_stats:
-            with torch.no_grad():
-                lse = torch.logsumexp(logits.float(), dim=-1)
-                self.forward_stats = {"max_logit": logits.detach().max().float(), "z_loss": lse.pow(2).mean()}
+        self.record_logits(logits)
+        self.last_logits = logits.detach()
         self.log("train/loss", loss, on_step=True)
         return loss
 
@@ -129,21 +127,7 @@ def fit_tiny(
     kwargs.update(trainer_kwargs)
     kwargs.setdefault("logger", CSVLogger(run_dir, name="", version=""))
     trainer = L.Trainer(callbacks=callbacks, **kwargs)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: threads only contend (10x slower on a shared 2-core machine)
-    try:
+    with one_thread():
         trainer.fit(module, train, val_loader, ckpt_path=ckpt_path)
-    finally:
-        torch.set_num_threads(threads)
     return trainer, module
 
-
-def read_metrics(run_dir: Path) -> dict[str, dict[int, float]]:
-    """metrics.csv as {column: {step: value}} (rows are sparse: one per logging call)."""
-    out: dict[str, dict[int, float]] = {}
-    with open(Path(run_dir) / "metrics.csv") as f:
-        for row in csv.DictReader(f):
-            for key, value in row.items():
-                if key != "step" and value != "":
-                    out.setdefault(key, {})[int(row["step"])] = float(value)
-    return out

@@ -1,16 +1,25 @@
-"""Self-describing checkpoints: a ``.ckpt`` alone rebuilds its model and tokenizer.
+"""Self-describing checkpoints that are safe to load: a ``.ckpt`` alone rebuilds its model and tokenizer.
 
-Lightning checkpoints carry an ``lmlab`` entry (written by ``LitLM.on_save_checkpoint``) with the
-model's class and constructor config and the tokenizer's JSON, so ``generate.py`` and
-distillation need neither the original Hydra config nor the data.
+Lightning checkpoints carry an ``lmlab`` entry (written by ``LitLM.on_save_checkpoint``) with a format
+version, the model's class and constructor config and the tokenizer's JSON, so ``generate.py`` and
+distillation need neither the original Hydra config nor the data. Everything in it is tensors and
+plain containers, so every file is read with ``torch.load(weights_only=True)``: a checkpoint someone
+shared can hold weights, never code that runs while it is unpickled.
 """
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+
+from lmlab.errors import CheckpointError
+
+# version of the ``lmlab`` entry; bump when its layout changes and keep reading the older ones
+FORMAT_VERSION = 1
 
 
 def model_spec(model: nn.Module) -> dict:
@@ -28,8 +37,9 @@ def build_model(spec: dict) -> nn.Module:
         from lmlab.models.hf import HFCausalLM
 
         config = dict(spec["config"])
+        config.pop("auto_map", None)  # code a checkpoint names is never imported
         hf_config = AutoConfig.for_model(config.pop("model_type"), **config)
-        return HFCausalLM(AutoModelForCausalLM.from_config(hf_config))
+        return HFCausalLM(AutoModelForCausalLM.from_config(hf_config, trust_remote_code=False))
     from lmlab.models.gpt import GPT
 
     return GPT(**spec["config"])
@@ -58,22 +68,70 @@ def resolve_checkpoint(path: str | Path, field: str = "ckpt") -> Path:
         for name in ("best.ckpt", "last.ckpt"):
             if (path / "checkpoints" / name).is_file():
                 return path / "checkpoints" / name
-        raise FileNotFoundError(f"{field}={path}: a run directory, but it has no checkpoints/best.ckpt or last.ckpt")
+        raise CheckpointError(f"{field}={path}: a run directory, but it has no checkpoints/best.ckpt or last.ckpt")
     if not path.is_file():
-        raise FileNotFoundError(f"{field}={path} does not exist (give a .ckpt file or a run directory)")
+        raise CheckpointError(f"{field}={path} does not exist (give a .ckpt file or a run directory)")
     return path
+
+
+def read_checkpoint(path: str | Path, map_location="cpu", field: str = "ckpt", mmap: bool = False) -> dict:
+    """The checkpoint's dict, read with ``weights_only=True``; every failure is a ``CheckpointError``
+    naming ``field`` and the file, never a raw unpickling traceback. ``mmap``: tensors stay on disk
+    until touched (cheap when only metadata is needed)."""
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))  # an object whose unpickling would call that function
+        if found is None:
+            raise _corrupt(path, field, e) from None
+        raise CheckpointError(
+            f"{field}={path}: refused, loading it would run code from inside the file ({found.group(1)}); "
+            "lmlab reads checkpoints with torch.load(weights_only=True), which allows only tensors and "
+            "plain containers"
+        ) from None
+    except Exception as e:  # a truncated zip, a text file, an empty file: many exception types
+        raise _corrupt(path, field, e) from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{field}={path} holds a {type(ckpt).__name__}, not a checkpoint dict")
+    version = ckpt.get("lmlab", {}).get("format_version", 0) if isinstance(ckpt.get("lmlab"), dict) else 0
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{field}={path} has checkpoint format {version}; this lmlab reads up to "
+                              f"{FORMAT_VERSION} (upgrade lmlab)")
+    return ckpt
+
+
+def _corrupt(path, field: str, error: Exception) -> CheckpointError:
+    size = Path(path).stat().st_size if Path(path).is_file() else 0
+    return CheckpointError(
+        f"{field}={path} ({size} bytes) is truncated, corrupt or not a PyTorch checkpoint: {_first_line(error)}"
+    )
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def checkpoint_step(path: str | Path, field: str = "ckpt_path") -> int:
+    """The optimizer step a checkpoint was written at (memory-mapped: the weights are not read)."""
+    return int(read_checkpoint(path, field=field, mmap=True).get("global_step", 0))
 
 
 def load_checkpoint(path: str | Path, map_location="cpu", field: str = "ckpt"):
     """(model in eval mode, tokenizer, raw checkpoint dict) from a checkpoint file or run directory."""
     path = resolve_checkpoint(path, field)
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    if "lmlab" not in ckpt:
-        raise ValueError(f"{field}={path} was not written by lmlab (no 'lmlab' entry)")
+    ckpt = read_checkpoint(path, map_location, field)
+    if not isinstance(ckpt.get("lmlab"), dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{field}={path} was not written by lmlab (no 'lmlab' entry)")
     meta = ckpt["lmlab"]
     model = build_model(meta["model"])
     prefix = "model."
     state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"{field}={path}: its weights do not fit the model it describes: {_first_line(e)}"
+        ) from None
     tokenizer = build_tokenizer(meta["tokenizer"]) if meta.get("tokenizer") else None
     return model.eval(), tokenizer, ckpt

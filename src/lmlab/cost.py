@@ -29,6 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmlab.devices import synchronize
+
 # Dense (no 2:4 sparsity) tensor-core peaks per device, from NVIDIA datasheets and architecture
 # whitepapers. Matched as substrings of the lower-cased device name, most specific first.
 # "tf32" is float32 matmuls with torch.set_float32_matmul_precision("high"/"medium").
@@ -222,11 +224,6 @@ class CostProjection:
         return out
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure_train_throughput(
     model: nn.Module,
     batch_size: int,
@@ -244,13 +241,13 @@ def measure_train_throughput(
     try:
         for i in range(warmup + steps):
             if i == warmup:
-                _synchronize(device)
+                synchronize(device)
                 start = time.perf_counter()
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 logits = model(tokens[:, :-1]).logits
                 loss = F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
             loss.backward()
-        _synchronize(device)
+        synchronize(device)
         elapsed = time.perf_counter() - start
     finally:
         model.zero_grad(set_to_none=True)
@@ -279,11 +276,11 @@ def measure_decode_speed(
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             cache = model.new_cache(batch_size, max_len)
             next_token = model(prompt, cache=cache).logits[:, -1:].argmax(-1)
-            _synchronize(device)
+            synchronize(device)
             start = time.perf_counter()
             for _ in range(new_tokens):
                 next_token = model(next_token, cache=cache).logits[:, -1:].argmax(-1)
-            _synchronize(device)
+            synchronize(device)
         elapsed = time.perf_counter() - start
     finally:
         model.train(was_training)

@@ -1,13 +1,11 @@
 """The LightningModule: the one place where model, loss, optimizer and schedule meet.
 
 Everything it wires is built by Hydra from config groups and handed in; the optimizer and the
-schedule arrive as partials and are completed in ``configure_optimizers``.
+schedule arrive as factories and are completed in ``configure_optimizers``.
 """
 
 from __future__ import annotations
 
-import functools
-import warnings
 from collections.abc import Callable
 
 import lightning as L
@@ -15,18 +13,30 @@ import torch
 import torch.nn as nn
 from torchmetrics import MeanMetric
 
-from lmlab.checkpoint import model_spec, tokenizer_spec
+from lmlab.callbacks.forward_stats import LogitStats
+from lmlab.checkpoint import FORMAT_VERSION, model_spec, tokenizer_spec
+from lmlab.errors import InputError
 from lmlab.losses import mean_reciprocal_rank, recall_at_k
-from lmlab.optim import Muon, muon_param_groups, param_groups
 
 
-class LitLM(L.LightningModule):
+class LitLM(LogitStats, L.LightningModule):
+    """Args:
+        model: lmlab's GPT or ``HFCausalLM``.
+        loss: a language-modelling, teacher or contrastive loss module.
+        optimizer: ``optimizer(model) -> torch.optim.Optimizer``. lmlab's optimizers take the model and
+            group its parameters themselves (no weight decay on biases, norms and embeddings; Muon's
+            own split); ``lmlab.optim.grouped`` does the same for any torch optimizer.
+        scheduler: ``scheduler(optimizer) -> LRScheduler``, stepped every optimizer step; or None.
+        compile: run the forward under ``torch.compile``.
+        tokenizer: stored in every checkpoint, so a checkpoint alone can decode.
+    """
+
     def __init__(
         self,
         model: nn.Module,
         loss: nn.Module,
-        optimizer: Callable,
-        scheduler: Callable | None = None,
+        optimizer: Callable[[nn.Module], torch.optim.Optimizer],
+        scheduler: Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler] | None = None,
         compile: bool = False,
         tokenizer=None,
     ):
@@ -41,9 +51,7 @@ class LitLM(L.LightningModule):
         self.val_loss = MeanMetric()
         self.val_embeddings: list[tuple[torch.Tensor, ...]] = []  # (index, query, document) per pair batch
         self.tokens_seen = 0
-        # set by the stability callback before a step whose forward statistics it will log
-        self.collect_forward_stats = False
-        self.forward_stats: dict[str, torch.Tensor] = {}
+        self._restored_rng: dict | None = None
 
     def forward(self, input_ids, **kwargs):
         return self.model(input_ids, **kwargs)
@@ -62,10 +70,7 @@ class LitLM(L.LightningModule):
             with torch.no_grad():
                 teacher_logits = teacher(inputs).logits
             loss = self.loss(logits, targets, teacher_logits)
-        if self.collect_forward_stats:
-            with torch.no_grad():
-                lse = torch.logsumexp(logits.float(), dim=-1)
-                self.forward_stats = {"max_logit": logits.detach().max().float(), "z_loss": lse.pow(2).mean()}
+        self.record_logits(logits)
         self._log_training(loss, inputs.numel())
         return loss
 
@@ -125,36 +130,64 @@ class LitLM(L.LightningModule):
         self.log("val/mrr", mean_reciprocal_rank(scores), sync_dist=False)
 
     def configure_optimizers(self):
-        factory = self._without_fused_if_clipping_under_amp(self.optimizer_factory)
-        weight_decay = getattr(factory, "keywords", {}).get("weight_decay", 0.0)
-        groups = muon_param_groups if _builds(factory, Muon) else param_groups
-        optimizer = factory(groups(self.model, weight_decay))
+        optimizer = self.optimizer_factory(self.model)
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise InputError(f"optimizer: the factory returned a {type(optimizer).__name__}; it is called as "
+                             "factory(model) and must return a torch.optim.Optimizer")
+        self._check_fused_clipping(optimizer)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def _without_fused_if_clipping_under_amp(self, factory: Callable) -> Callable:
-        """Lightning refuses to clip under AMP when a fused optimizer unscales internally; use foreach."""
+    def _check_fused_clipping(self, optimizer: torch.optim.Optimizer) -> None:
+        """A fused optimizer unscales fp16 gradients inside its step, after clipping would have run."""
         trainer = self._trainer
-        mixed = trainer is not None and "mixed" in str(trainer.precision)
-        if not (mixed and trainer.gradient_clip_val and getattr(factory, "keywords", {}).get("fused")):
-            return factory
-        warnings.warn("fused optimizer + AMP + gradient clipping: using the foreach implementation", stacklevel=2)
-        return functools.partial(factory, fused=False, foreach=True)
+        if trainer is None or not trainer.gradient_clip_val or not optimizer.defaults.get("fused"):
+            return
+        if getattr(trainer.precision_plugin, "scaler", None) is not None:
+            raise InputError(
+                f"optimizer.fused=true with trainer.precision={trainer.precision} and trainer.gradient_clip_val="
+                f"{trainer.gradient_clip_val}: a fused optimizer unscales the gradients inside its step, so they "
+                "cannot be clipped first; set optimizer.fused=false or trainer.gradient_clip_val=0"
+            )
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Lightning refuses to clip a fused optimizer under any mixed precision; without a loss scaler
+        (bf16-mixed) the gradients are already unscaled, so clip them directly."""
+        if gradient_clip_val and optimizer.defaults.get("fused") and self.trainer.precision_plugin is not None \
+                and getattr(self.trainer.precision_plugin, "scaler", None) is None:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            if gradient_clip_algorithm == "value":
+                nn.utils.clip_grad_value_(params, gradient_clip_val)
+            else:
+                nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Make every checkpoint self-describing: enough to rebuild model and tokenizer alone."""
+        """Make every checkpoint self-describing (model and tokenizer rebuild from it alone) and resumable
+        bit for bit (the RNG state, for dropout)."""
         checkpoint["lmlab"] = {
+            "format_version": FORMAT_VERSION,
             "model": model_spec(self.model),
             "tokenizer": tokenizer_spec(self.tokenizer) if self.tokenizer is not None else None,
             "tokens_seen": self.tokens_seen,
+            "rng": {"cpu": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []},
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.tokens_seen = checkpoint.get("lmlab", {}).get("tokens_seen", 0)
+        meta = checkpoint.get("lmlab", {})
+        self.tokens_seen = meta.get("tokens_seen", 0)
+        self._restored_rng = meta.get("rng")
 
-
-def _builds(factory: Callable, cls: type) -> bool:
-    func = getattr(factory, "func", factory)  # Hydra's _partial_ gives a functools.partial
-    return isinstance(func, type) and issubclass(func, cls)
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        """Restore the RNG at the first step after a resume: the DataLoaders draw from it when they
+        start, which an uninterrupted run did at other times."""
+        if self._restored_rng is None:
+            return
+        rng, self._restored_rng = self._restored_rng, None
+        torch.set_rng_state(rng["cpu"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])

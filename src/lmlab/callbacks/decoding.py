@@ -1,16 +1,17 @@
 """Evaluate decoding strategies while training: the same prompts at every validation.
 
 Logs ``decode/<strategy>/{tokens_per_s, mean_new_length, distinct_2, repetition_rate, perplexity}``
-(plus acceptance figures for speculative decoding) and a W&B table of the texts.
+(plus ``acceptance_rate``, ``mean_accepted`` and ``tokens_per_target_forward`` for speculative
+decoding) and a W&B table of the texts.
 """
 
 from __future__ import annotations
 
 import lightning as L
-from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lmlab.decoding.evaluate import evaluate_strategy, named_strategies
+from lmlab.loggers import wandb_loggers
 
 
 class DecodingEvaluator(L.Callback):
@@ -56,6 +57,5 @@ class DecodingEvaluator(L.Callback):
             self.rows += [[trainer.global_step, name, tokenizer.decode(p), tokenizer.decode(c)]
                           for p, c in zip(result.prompts, result.completions, strict=True)]
         model.train(was_training)
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_table("decode/samples", columns=["step", "strategy", "prompt", "output"], data=self.rows)
+        for logger in wandb_loggers(trainer):
+            logger.log_table("decode/samples", columns=["step", "strategy", "prompt", "output"], data=self.rows)

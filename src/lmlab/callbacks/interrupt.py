@@ -4,6 +4,8 @@ from pathlib import Path
 
 import lightning as L
 
+from lmlab.errors import CheckpointError
+
 
 class CheckpointOnInterrupt(L.Callback):
     """Writes ``<dirpath>/last.ckpt`` from ``on_exception``.
@@ -16,4 +18,6 @@ class CheckpointOnInterrupt(L.Callback):
         self.path = Path(dirpath) / f"{filename}.ckpt"
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        trainer.save_checkpoint(self.path)  # atomic: written to a temporary file, then moved
+        if isinstance(exception, CheckpointError):  # the disk refused a checkpoint: keep the last good one
+            return
+        trainer.save_checkpoint(self.path)  # atomic (lmlab.checkpoint_io): the old file or the new, never half

@@ -22,67 +22,17 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import torch.distributed as dist
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
-from lmlab.callbacks.dashboard import log_interval, log_metrics, wandb_loggers
+from lmlab.callbacks.distributed import all_reduce
+from lmlab.callbacks.forward_stats import ForwardStatsSource
+from lmlab.callbacks.layers import layer_name, layer_order
+from lmlab.callbacks.metric_logging import log_interval, log_metrics
+from lmlab.callbacks.spikes import SpikeDetector
+from lmlab.loggers import wandb_loggers
 
 POLICIES = ("log", "skip", "halt")
 PER_LAYER = ("off", "scalars", "histogram")
-
-
-def all_reduce(tensor: torch.Tensor, op: str) -> torch.Tensor:
-    """Mean or max over ranks as a device op: no barrier, so no host sync (Lightning's reduce has one)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return tensor
-    out = tensor.clone()
-    dist.all_reduce(out, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
-    return out if op == "max" else out / dist.get_world_size()
-
-
-def layer_name(param_name: str) -> str:
-    """Block of a parameter: `model.blocks.3.attn.qkv.weight` -> `blocks.3`, `model.wte.weight` -> `wte`."""
-    parts = param_name.removeprefix("model.").split(".")
-    for i, part in enumerate(parts):
-        if part.isdigit():
-            return ".".join(parts[: i + 1])
-    return ".".join(parts[:-1]) or parts[0]
-
-
-class SpikeDetector:
-    """Flags a value more than `threshold` standard deviations above the rolling mean of the last
-    `window` finite values, once `warmup` values have been seen. State lives on the device.
-
-    Spikes enter the window (a lasting level shift becomes the new normal, so a `skip` policy
-    cannot stall a run forever); non-finite values do not (they would poison the statistics).
-    """
-
-    def __init__(self, window: int, warmup: int, threshold: float, device: torch.device):
-        self.window, self.warmup, self.threshold = window, warmup, threshold
-        self.values = torch.zeros(window, device=device)
-        self.count = torch.zeros((), dtype=torch.long, device=device)
-        self.slots = torch.arange(window, device=device)
-
-    def update(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float()
-        filled = self.slots < self.count.clamp(max=self.window)
-        n = filled.sum().clamp(min=1)
-        mean = torch.where(filled, self.values, 0.0).sum() / n
-        var = torch.where(filled, (self.values - mean) ** 2, 0.0).sum() / (n - 1).clamp(min=1)
-        finite = torch.isfinite(x)
-        spike = finite & (self.count >= self.warmup) & (x > mean + self.threshold * var.sqrt())
-        write = finite & (self.slots == self.count % self.window)
-        self.values.copy_(torch.where(write, x, self.values))
-        self.count += finite.long()
-        self.mean, self.std = mean, var.sqrt()  # of the window this value was tested against
-        return spike
-
-    def state_dict(self) -> dict:
-        return {"values": self.values.cpu(), "count": self.count.cpu()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.values.copy_(state["values"])
-        self.count.copy_(state["count"])
 
 
 class StabilityMonitor(L.Callback):
@@ -158,10 +108,7 @@ class StabilityMonitor(L.Callback):
         device = pl_module.device
         named = [(n, p) for n, p in pl_module.named_parameters() if p.requires_grad]
         self.params = [p for _, p in named]
-        self.layers = sorted(
-            {layer_name(n) for n, _ in named},
-            key=lambda s: [int(t) if t.isdigit() else t for t in s.split(".")],
-        )
+        self.layers = sorted({layer_name(n) for n, _ in named}, key=layer_order)
         index = {name: i for i, name in enumerate(self.layers)}
         self.layer_index = torch.tensor([index[layer_name(n)] for n, _ in named], device=device)
         self.optimizer = trainer.optimizers[0]
@@ -173,10 +120,12 @@ class StabilityMonitor(L.Callback):
         # parameters the optimizer does not own go to an extra bucket that is never logged
         self.group_index = torch.tensor([group_of.get(id(p), n_groups) for p in self.params], device=device)
         self.n_groups = n_groups
+        # what Lightning does: clip only when gradient_clip_val > 0 (it ignores 0, None and below)
+        lightning_clips = trainer.gradient_clip_val is not None and trainer.gradient_clip_val > 0
         by_norm = (trainer.gradient_clip_algorithm or "norm") == "norm"  # None: Lightning's default, norm
-        if not by_norm and self.clip_val is None and trainer.gradient_clip_val:
+        if not by_norm and self.clip_val is None and lightning_clips:
             self._warn_once("clip", "StabilityMonitor: clip_rate needs norm clipping; not logged")
-        self.clip = self.clip_val or (trainer.gradient_clip_val if by_norm else None)
+        self.clip = self.clip_val or (trainer.gradient_clip_val if by_norm and lightning_clips else None)
         self.scaler = getattr(trainer.precision_plugin, "scaler", None)
         if self.per_layer == "histogram" and not wandb_loggers(trainer):
             self._warn_once(
@@ -204,14 +153,15 @@ class StabilityMonitor(L.Callback):
         return (trainer.global_step + 1) % self.every == 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        pl_module.collect_forward_stats = self._is_log_step(trainer)
+        if self._is_log_step(trainer) and isinstance(pl_module, ForwardStatsSource):
+            pl_module.request_forward_stats()
 
     def on_before_backward(self, trainer, pl_module, loss):
         # the loss here is divided by accumulate_grad_batches (summing micro-batches gives the mean)
-        # and, under 16-mixed, multiplied by the loss scale
+        # and, under 16-mixed, multiplied by the loss scale: scale(1) is that scale as a device tensor
         loss = loss.detach().float()
-        if self.scaler is not None and getattr(self.scaler, "_scale", None) is not None:
-            loss = loss / self.scaler._scale
+        if self.scaler is not None and self.scaler.is_enabled():
+            loss = loss / self.scaler.scale(torch.ones((), device=loss.device))
         self._step_loss = loss if self._step_loss is None else self._step_loss + loss
 
     @torch.no_grad()
@@ -315,7 +265,6 @@ class StabilityMonitor(L.Callback):
         if self._pending is None:
             return  # not an optimizer step, or not a logging step
         pending, self._pending = self._pending, None
-        pl_module.collect_forward_stats = False
         metrics, layers = self._step_metrics(pl_module, pending)
         if self.per_layer == "histogram" and wandb_loggers(trainer):
             self._log_histograms(trainer, layers)
@@ -323,9 +272,16 @@ class StabilityMonitor(L.Callback):
             for kind, norms in layers.items():
                 metrics |= {f"{kind}/{name}": value for name, value in zip(self.layers, norms, strict=True)}
         # the step Lightning logs this batch's own metrics at
-        log_metrics(
+        logged = log_metrics(
             trainer, {f"stability/{k}": v for k, v in metrics.items()}, trainer.global_step - 1, pl_module
         )
+        if self.policy == "log" and logged["stability/nonfinite_steps"] > 0:
+            self._warn_once(
+                "nonfinite",
+                f"StabilityMonitor: {int(logged['stability/nonfinite_steps'])} non-finite step(s) by step "
+                f"{trainer.global_step}; policy=log applied their updates, so the weights may now be NaN. "
+                "callbacks.stability.policy=skip skips such updates, =halt stops with a checkpoint from before",
+            )
         if self._halt_pending:
             self._halt(trainer)
 
@@ -355,9 +311,9 @@ class StabilityMonitor(L.Callback):
             ratios = (sq(delta) / sq(before_norms)).sqrt()
             m |= {f"update_ratio/{name}": ratios[g] for g, name in enumerate(self.group_names)}
         m |= self._optimizer_state_stats()
-        for key, value in getattr(pl_module, "forward_stats", {}).items():  # max_logit, z_loss, ...
-            m[key] = all_reduce(value.float(), "max" if "max" in key else "mean")
-        pl_module.forward_stats = {}
+        if isinstance(pl_module, ForwardStatsSource):  # max_logit, z_loss, ...
+            for key, value in pl_module.pop_forward_stats().items():
+                m[key] = all_reduce(value.float(), "max" if key.startswith("max_") else "mean")
         if self.scaler is not None and self.scaler.is_enabled():
             m["loss_scale"] = self.scaler.get_scale()
         layers = {}

@@ -9,10 +9,10 @@ import lightning as L
 from rich.console import Console
 from rich.table import Table
 
-from lmlab.callbacks.dashboard import wandb_loggers
 from lmlab.callbacks.stability import StabilityMonitor
 from lmlab.callbacks.throughput import ThroughputMonitor
 from lmlab.cost import format_quantity
+from lmlab.loggers import wandb_loggers
 
 
 class RunSummary(L.Callback):

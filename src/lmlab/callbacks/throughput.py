@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
-from lmlab.callbacks.dashboard import log_interval, log_metrics
+from lmlab.callbacks.metric_logging import log_interval, log_metrics
 from lmlab.cost import (
     CostProjection,
     measure_decode_speed,
@@ -26,6 +26,7 @@ from lmlab.cost import (
     precision_dtype,
     train_flops_per_token,
 )
+from lmlab.devices import synchronize
 
 
 def tokens_in_batch(batch) -> tuple[int, int]:
@@ -132,8 +133,7 @@ class ThroughputMonitor(L.Callback):
         self._start_interval(trainer)
 
     def _start_interval(self, trainer):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        synchronize(self.device)
         self._t0 = time.perf_counter()
         self._val_time = 0.0
         self._tokens = 0
@@ -153,8 +153,7 @@ class ThroughputMonitor(L.Callback):
         steps = trainer.global_step - self._step0
         if steps == 0 or trainer.global_step % self.every:
             return
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        synchronize(self.device)
         elapsed = time.perf_counter() - self._t0 - self._val_time
         self.tokens_per_s = self._tokens / elapsed
         metrics = {

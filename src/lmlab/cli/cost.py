@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lmlab.cli import CONF_DIR
+from lmlab.cli.user_errors import one_line_errors
 from lmlab.cost import (
     CostProjection,
     format_quantity,
@@ -37,12 +38,23 @@ from lmlab.cost import (
     precision_dtype,
     train_flops_per_token,
 )
+from lmlab.devices import resolve_device
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose("train", overrides=overrides)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """The groups cost reads (model, data, trainer), checked as train.py checks them."""
+    from lmlab.config import check_group
+    from lmlab.config.run import check_model_fits_data
+
+    checked = {group: check_group(group, OmegaConf.to_container(cfg[group], resolve=True, throw_on_missing=True),
+                                  group) for group in ("model", "data", "trainer")}
+    check_model_fits_data(checked["model"], checked["data"], {"samples": {"num_prompts": 0}})
 
 
 def world_size(trainer_cfg: DictConfig, device: torch.device) -> int:
@@ -65,8 +77,7 @@ def project_from_config(
 ) -> tuple[dict, CostProjection]:
     """(measured inputs, projection) for a composed train config."""
     accelerator = cfg.trainer.get("accelerator", "auto")
-    use_cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
-    device = torch.device("cuda" if use_cuda else "cpu")
+    device = resolve_device("auto" if accelerator in ("auto", "gpu", "cuda") else "cpu")
     precision = str(cfg.trainer.get("precision", "32-true"))
     dtype = precision_dtype(precision)
     throughput_cfg = OmegaConf.select(cfg, "callbacks.throughput", default=None) or {}
@@ -90,7 +101,7 @@ def project_from_config(
     n_devices = world_size(cfg.trainer, device)
     accumulate = int(cfg.trainer.get("accumulate_grad_batches", 1))
     inputs = {
-        "device": torch.cuda.get_device_name(device) if use_cuda else "cpu",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "precision": precision,
         "world_size": n_devices,
         "batch_size": batch_size,
@@ -133,9 +144,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.measure_steps < 1 or args.decode_tokens < 0:
         parser.error("--measure-steps must be >= 1 and --decode-tokens >= 0")
-    inputs, projection = project_from_config(
-        compose_config(args.overrides), args.measure_steps, args.decode_tokens, args.price, args.peak_flops
-    )
+    with one_line_errors():
+        cfg = compose_config(args.overrides)
+        check_config(cfg)
+        inputs, projection = project_from_config(cfg, args.measure_steps, args.decode_tokens, args.price,
+                                                 args.peak_flops)
     result = {"inputs": inputs, "metrics": projection.metrics()}
     if args.json:
         print(json.dumps(result, indent=2))

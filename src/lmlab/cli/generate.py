@@ -6,42 +6,55 @@ its data is needed.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from lmlab.checkpoint import load_checkpoint
-from lmlab.cli import CONF_DIR
+from lmlab.cli import CONF_DIR, resolved
 from lmlab.cli.display import print_results
+from lmlab.cli.user_errors import hydra_task, run_hydra_app
+from lmlab.config import check_generate_config
 from lmlab.decoding.evaluate import DecodeResult, evaluate_strategy, named_strategies
+from lmlab.devices import resolve_device
+from lmlab.errors import InputError
 
 
 def read_prompts(cfg: DictConfig) -> list[str]:
-    if (cfg.prompt is None) == (cfg.prompt_file is None):
-        raise ValueError("give exactly one of prompt=\"...\" or prompt_file=<file with one prompt per line>")
+    """The prompt, or the non-empty lines of prompt_file (the config check made sure exactly one is given)."""
     if cfg.prompt is not None:
-        prompts = [str(cfg.prompt)]
-    else:
-        path = Path(cfg.prompt_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"prompt_file={path} does not exist")
-        prompts = [line for line in path.read_text().splitlines() if line.strip()]
-    if not prompts or not all(prompts):
-        raise ValueError("prompt is empty: give at least one character to continue from")
+        return [str(cfg.prompt)]
+    path = Path(cfg.prompt_file).expanduser()
+    try:
+        prompts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as e:
+        raise InputError(f"prompt_file={cfg.prompt_file}: is not UTF-8 text ({e.reason} at byte {e.start})") from e
+    if not prompts:
+        raise InputError(f"prompt_file={cfg.prompt_file}: has no non-empty line; give one prompt per line")
     return prompts
 
 
+def check_context(model, prompts: list[list[int]], max_new_tokens: int, key: str = "max_new_tokens") -> None:
+    """The longest prompt plus the new tokens must fit the model's context (named before decoding starts)."""
+    longest = max(len(p) for p in prompts)
+    if longest + max_new_tokens > model.max_seq_len:
+        raise InputError(f"{key}={max_new_tokens}: the longest prompt ({longest} tokens) + {key} must be at most "
+                         f"the model's context ({model.max_seq_len} tokens)")
+
+
 def generate(cfg: DictConfig) -> list[DecodeResult]:
+    check_generate_config(resolved(cfg))
     prompts = read_prompts(cfg)
     model, tokenizer, _ = load_checkpoint(cfg.ckpt)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    model.to(device)
-    return decode_and_print(cfg, model, tokenizer, [tokenizer.encode(p) for p in prompts], cfg.max_new_tokens)
+    model.to(resolve_device(cfg.device))
+    encoded = [tokenizer.encode(p) for p in prompts]
+    check_context(model, encoded, cfg.max_new_tokens)
+    return decode_and_print(cfg, model, tokenizer, encoded, cfg.max_new_tokens)
 
 
 def decode_and_print(cfg: DictConfig, model, tokenizer, prompts: list[list[int]],
@@ -56,18 +69,23 @@ def decode_and_print(cfg: DictConfig, model, tokenizer, prompts: list[list[int]]
 
 
 def quote_prompt(arg: str) -> str:
-    """`prompt=def main(` as typed in a shell becomes a Hydra string literal, taken verbatim."""
-    if not arg.startswith("prompt=") or arg[len("prompt="):][:1] in ("'", '"'):
+    """`prompt=<text>` as the shell passes it becomes a Hydra string literal, so the text is taken verbatim:
+    quotes (leading ones too, as in a docstring), backslashes and `${...}` included."""
+    if not arg.startswith("prompt="):
         return arg
-    text = arg[len("prompt="):].replace("\\", "\\\\").replace("'", "\\'").replace("${", "\\${")
+    text = arg[len("prompt="):]
+    # Hydra reads a backslash as an escape only before a quote, before `${` or at the end of the string
+    text = re.sub(r"(\\+)(?='|\$\{|$)", lambda run: run.group(1) * 2, text)
+    text = text.replace("'", "\\'").replace("${", "\\${")
     return f"prompt='{text}'"
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate")
+@hydra_task
 def _main(cfg: DictConfig) -> None:
     generate(cfg)
 
 
 def main() -> None:
     sys.argv = [quote_prompt(arg) for arg in sys.argv]
-    _main()
+    run_hydra_app(_main)

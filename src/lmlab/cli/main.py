@@ -3,6 +3,8 @@
 import importlib
 import sys
 
+from lmlab.cli import require_conf_dir
+
 COMMANDS = {
     "train": "train a model (same as python train.py)",
     "generate": "decode from a checkpoint (same as python generate.py)",
@@ -18,6 +20,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"usage: lmlab <command> [args]\n\ncommands:\n{lines}")
         raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
     command, rest = argv[0], argv[1:]
+    if command != "report":  # the others compose configs from conf/
+        require_conf_dir()
     module = importlib.import_module(f"lmlab.cli.{command}")
     if command in ("train", "generate"):  # Hydra apps read sys.argv
         sys.argv = [f"lmlab {command}", *rest]

@@ -18,6 +18,7 @@ import html
 import io
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from matplotlib.lines import Line2D
 from omegaconf import OmegaConf
 
 from lmlab.cli.multirun import override_key, short_override
+from lmlab.cli.user_errors import one_line_errors
+from lmlab.errors import InputError
 
 Series = tuple[np.ndarray, np.ndarray]  # steps, values
 
@@ -52,23 +55,46 @@ class Run:
 
 def read_metrics_csv(path: Path) -> dict[str, Series]:
     """{column: (steps, values)} of a Lightning CSVLogger file: rows are sparse; non-finite values are
-    dropped; a step written twice (a resumed run appends to the file) keeps its latest value."""
+    dropped; a step written twice (a resumed run appends to the file) keeps its latest value.
+
+    A file that is not such a table (not UTF-8, no `step` column, a value that is not a number, no rows
+    with a step) raises an InputError naming the file and the first bad row."""
     columns: dict[str, dict[int, float]] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            step = row.get("step")
-            if step in (None, ""):
-                continue
-            for key, value in row.items():
-                if key in ("step", "epoch") or value in (None, ""):
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or "step" not in reader.fieldnames:
+                found = ", ".join(reader.fieldnames or []) or "nothing"
+                raise InputError(f"{path}: not a metrics file (its header has no 'step' column; found {found})")
+            for line, row in enumerate(reader, start=2):
+                step = row.get("step")
+                if step in (None, ""):
                     continue
-                v = float(value)
-                if math.isfinite(v):
-                    columns.setdefault(key, {})[int(float(step))] = v
+                for key, value in row.items():
+                    if key in ("step", "epoch") or value in (None, ""):
+                        continue
+                    v = _number(value, path, line, key)
+                    if math.isfinite(v):
+                        columns.setdefault(key, {})[int(_number(step, path, line, "step"))] = v
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not a metrics file (not UTF-8 text: {e.reason} at byte {e.start})") from None
+    except csv.Error as e:
+        raise InputError(f"{path}: not a metrics file (malformed CSV: {e})") from None
+    if not columns:
+        raise InputError(f"{path}: has no logged values (the run logged nothing, or stopped before its first log)")
     return {
         key: (np.array(sorted(values)), np.array([values[s] for s in sorted(values)]))
         for key, values in columns.items()
     }
+
+
+def _number(value: str | list, path: Path, line: int, key: str | None) -> float:
+    if key is None or isinstance(value, list):  # more cells than the header has columns
+        raise InputError(f"{path}: line {line} has more cells than the header has columns")
+    try:
+        return float(value)
+    except ValueError:
+        raise InputError(f"{path}: line {line}, column {key!r}: {value!r} is not a number") from None
 
 
 def _flatten(tree, prefix: str = "") -> dict:
@@ -120,12 +146,20 @@ def load_runs(path: Path) -> list[Run]:
         )
     runs = []
     for d in dirs:
+        try:
+            metrics = read_metrics_csv(d / "metrics.csv")
+        except InputError as e:
+            if len(dirs) == 1:
+                raise
+            warnings.warn(f"report: skipping job {d.name}: {e}", stacklevel=2)
+            continue
         config_file = d / "config.yaml"
         config = (
             _flatten(OmegaConf.to_container(OmegaConf.load(config_file))) if config_file.is_file() else {}
         )
-        runs.append(Run(d.name, d, read_metrics_csv(d / "metrics.csv"), config, run_overrides(d),
-                        _read_json(d / "status.json")))
+        runs.append(Run(d.name, d, metrics, config, run_overrides(d), _read_json(d / "status.json")))
+    if not runs:
+        raise InputError(f"{path}: no job has a readable metrics.csv (each was skipped, see the warnings)")
     differing = differing_overrides(runs)
     for run in runs:
         shown = [short_override(o) for o in run.overrides if override_key(o) in differing]
@@ -292,7 +326,7 @@ def searched_parameters(runs: list[Run]) -> tuple[list[str], list[str]]:
     numeric, categorical = [], []
     for key in differing_overrides(runs):
         values = [_override_value(run, key) for run in runs]
-        (numeric if all(_number(v) is not None for v in values) else categorical).append(key)
+        (numeric if all(_override_number(v) is not None for v in values) else categorical).append(key)
     return numeric, categorical
 
 
@@ -300,7 +334,7 @@ def _override_value(run: Run, key: str) -> str | None:
     return next((o.partition("=")[2] for o in run.overrides if override_key(o) == key), None)
 
 
-def _number(value: str | None) -> float | None:
+def _override_number(value: str | None) -> float | None:
     try:
         return float(value) if value is not None else None
     except ValueError:
@@ -318,7 +352,7 @@ def plot_objective(runs: list[Run], metric: str, maximize: bool) -> dict[str, Fi
             value = objective(run, metric)
             if value is not None and math.isfinite(value):
                 group = " ".join(f"{k}={_override_value(run, k)}" for k in categorical)
-                groups.setdefault(group, []).append((_number(_override_value(run, key)), value))
+                groups.setdefault(group, []).append((_override_number(_override_value(run, key)), value))
         if not groups:
             continue
         xs = [x for points in groups.values() for x, _ in points]
@@ -459,7 +493,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out", help="HTML file to write (default: <path>/report.html)")
     args = parser.parse_args(argv)
     try:
-        out = write_report(args.path, args.out)
+        with one_line_errors():
+            out = write_report(args.path, args.out)
     except FileNotFoundError as e:
         parser.error(str(e))
     print(f"report written to {out}")

@@ -14,8 +14,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lmlab.data.cache import cache_key
+from lmlab.data.checks import check_text_files
+from lmlab.errors import InputError
 
 GLOB_CHARS = frozenset("*?[")
+
+
+def file_stats(files: list[Path]) -> list[tuple[str, int, int]]:
+    """(path, size, modification time) per file: changes whenever a file could have changed, costs one stat."""
+    return [(str(p), st.st_size, st.st_mtime_ns) for p in files for st in [p.stat()]]
 
 
 class Corpus:
@@ -26,6 +33,13 @@ class Corpus:
 
     def fingerprint(self) -> str:
         raise NotImplementedError
+
+    def size(self) -> tuple[int, int] | None:
+        """(bytes, documents) when known without reading the documents, else None."""
+        return None
+
+    def check(self) -> None:
+        """Raise an InputError for documents that cannot be used (before a tokenizer is trained on them)."""
 
 
 class FileCorpus(Corpus):
@@ -39,13 +53,21 @@ class FileCorpus(Corpus):
             try:
                 text = path.read_text(encoding="utf-8")
             except UnicodeDecodeError as e:
-                raise ValueError(f"data.corpus: {path} is not UTF-8 text ({e.reason}); remove it") from e
+                raise InputError(f"data.corpus: {path} is not UTF-8 text ({e.reason}); remove it") from e
             if text:
                 yield str(path), text
 
+    def size(self) -> tuple[int, int]:
+        sizes = [p.stat().st_size for p in self.files]
+        return sum(sizes), sum(1 for s in sizes if s)
+
+    def check(self) -> None:
+        """Binary, non-UTF-8 and unsplittable files, all named at once (:mod:`lmlab.data.checks`); empty files
+        are skipped."""
+        check_text_files(self.files)
+
     def fingerprint(self) -> str:
-        stats = [(str(p), s.st_size, s.st_mtime_ns) for p in self.files for s in [p.stat()]]
-        return cache_key(kind=type(self).__name__, files=stats)
+        return cache_key(kind=type(self).__name__, files=file_stats(self.files))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self.files)} files)"
@@ -66,7 +88,7 @@ class StdlibCode(FileCorpus):
             subfolders[:] = sorted(d for d in subfolders if d not in self.EXCLUDED_DIRS)
             files += [Path(folder, n) for n in sorted(names) if n.endswith(".py")]
         if not files:
-            raise ValueError(f"data.corpus: found no .py files in the standard library folder {root}")
+            raise InputError(f"data.corpus: found no .py files in the standard library folder {root}")
         super().__init__(files)
 
 
@@ -79,16 +101,16 @@ class TextFiles(FileCorpus):
     def __init__(self, paths: str | os.PathLike | list[str | os.PathLike]):
         entries = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
         if not entries:
-            raise ValueError("data.corpus.paths is empty; give a file, a folder, a glob or a list of those")
+            raise InputError("data.corpus.paths=[]: is empty; give a file, a folder, a glob or a list of those")
         files: list[Path] = []
         for entry in entries:
             matched = _expand(str(entry))
             if not matched:
-                raise ValueError(f"data.corpus.paths: {str(entry)!r} matches no file (cwd: {os.getcwd()})")
+                raise InputError(f"data.corpus.paths={str(entry)!r}: matches no file (cwd: {os.getcwd()})")
             files += matched
         files = sorted(set(files))
         if all(f.stat().st_size == 0 for f in files):
-            raise ValueError(f"data.corpus.paths: all {len(files)} matched files are empty")
+            raise InputError(f"data.corpus.paths={paths!r}: all {len(files)} matched files are empty")
         super().__init__(files)
 
 
@@ -147,9 +169,8 @@ class HFDataset(Corpus):
         return sorted({f for e in entries for f in _expand(str(e))})
 
     def fingerprint(self) -> str:
-        stats = [(str(p), s.st_size, s.st_mtime_ns) for p in self._local_files() for s in [p.stat()]]
         args = dict(path=self.path, name=self.name, split=self.split, data_files=self.data_files)
-        return cache_key(kind="HFDataset", args=args, text_field=self.text_field, files=stats)
+        return cache_key(kind="HFDataset", args=args, text_field=self.text_field, files=file_stats(self._local_files()))
 
     def load(self):
         try:
@@ -160,7 +181,7 @@ class HFDataset(Corpus):
             ) from e
         dataset = datasets.load_dataset(self.path, self.name, split=self.split, data_files=self.data_files)
         if self.text_field not in dataset.column_names:
-            raise ValueError(
+            raise InputError(
                 f"data.corpus.text_field={self.text_field!r} is not a column of dataset {self.path!r} "
                 f"(split {self.split!r}); available columns: {dataset.column_names}"
             )

@@ -19,7 +19,14 @@ from lmlab.data.blocks import TokenBlocks
 from lmlab.data.corpus import Corpus
 from lmlab.data.packing import PackedCorpus, pack_corpus, packed_cache_dir
 from lmlab.data.sampler import ResumableShuffleSampler
-from lmlab.data.tokenizer import cached_tokenizer, check_vocab_size, load_tokenizer, tokenizer_cache_dir
+from lmlab.data.tokenizer import (
+    MIN_VOCAB_SIZE,
+    cached_tokenizer,
+    check_vocab_size,
+    load_tokenizer,
+    tokenizer_cache_dir,
+)
+from lmlab.errors import InputError
 
 DEFAULT_CACHE_DIR = "~/.cache/lmlab"
 
@@ -41,6 +48,7 @@ class CorpusDataModule(L.LightningDataModule):
         cache_dir: str = DEFAULT_CACHE_DIR,
         seed: int = 1234,
         split_seed: int = 0,
+        global_batch_size: int | None = None,
     ):
         super().__init__()
         if not (hasattr(corpus, "fingerprint") and hasattr(corpus, "__iter__")):
@@ -60,12 +68,34 @@ class CorpusDataModule(L.LightningDataModule):
         self.vocab_size = vocab_size
         self.block_size = block_size
         self.batch_size = batch_size
+        # sequences per optimizer step over all ranks; the train CLI sets the trainer's accumulation from it
+        self.global_batch_size = global_batch_size
         self.val_fraction = val_fraction
         self.num_workers = num_workers
         self.cache_dir = Path(os.path.expanduser(cache_dir))
         self.seed = seed
         self.split_seed = split_seed
         self._tokenizer: PreTrainedTokenizerFast | None = None
+
+    def check_inputs(self) -> None:
+        """What can be refused before any preparation (cheap: file sizes, one read of each file): unusable
+        files, a vocabulary larger than the corpus can give, a corpus too small for one batch. Files were
+        checked already when their tokenizer is cached (its key covers every file's size and time)."""
+        size = self.corpus.size()
+        if size is not None:
+            n_bytes, n_documents = size
+            # every BPE merge joins two tokens of the corpus into one: at most one new token per byte
+            if self.vocab_size > MIN_VOCAB_SIZE + n_bytes:
+                raise InputError(
+                    f"data.vocab_size={self.vocab_size}: more than this corpus can give; a byte-level BPE learns at "
+                    f"most one token per byte of text, so {n_bytes} bytes allow at most {MIN_VOCAB_SIZE} + "
+                    f"{n_bytes} = {MIN_VOCAB_SIZE + n_bytes}")
+            self._check_size_estimate(n_bytes, n_documents)
+        if not tokenizer_cache_dir(self.corpus, self.vocab_size, self.cache_dir).is_dir():
+            self.corpus.check()
+
+    def _check_size_estimate(self, n_bytes: int, n_documents: int) -> None:
+        """Subclasses refuse a corpus whose size in bytes already shows it too small (exact check after encoding)."""
 
     def load_tokenizer(self) -> PreTrainedTokenizerFast:
         """The cached tokenizer; works in any process once ``prepare_data`` has run on this node."""
@@ -148,10 +178,21 @@ class LMDataModule(CorpusDataModule):
         self.val_blocks = TokenBlocks(path, packed.dtype, packed.val_start, packed.n_tokens, self.block_size)
         self.packed = packed
 
+    def _check_size_estimate(self, n_bytes: int, n_documents: int) -> None:
+        """A byte-level token holds at least one byte, and each document adds one EOS: at most bytes + documents
+        tokens, which must hold one batch of blocks for training and one for validation."""
+        needed = 2 * (self.batch_size * self.block_size + 1)
+        if n_bytes + n_documents < needed:
+            raise InputError(
+                f"data: the corpus has {n_bytes} bytes in {n_documents} non-empty files, so at most "
+                f"{n_bytes + n_documents} tokens, fewer than one batch for training and one for validation need "
+                f"(2 x (data.batch_size x data.block_size + 1) = 2 x ({self.batch_size} x {self.block_size} + 1) = "
+                f"{needed}); use a larger corpus or a smaller data.batch_size/data.block_size")
+
     def _check_split_size(self, split: str, n_tokens: int) -> None:
         needed = self.batch_size * self.block_size + 1
         if n_tokens < needed:
-            raise ValueError(
+            raise InputError(
                 f"data: the {split} split has {n_tokens} tokens, fewer than one batch of "
                 f"data.batch_size x data.block_size + 1 = {self.batch_size} x {self.block_size} + 1 = "
                 f"{needed}; use a larger corpus or a smaller data.batch_size/data.block_size"

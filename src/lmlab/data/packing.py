@@ -23,6 +23,7 @@ from transformers import PreTrainedTokenizerFast
 from lmlab.data.cache import atomic_directory, cache_key
 from lmlab.data.corpus import Corpus
 from lmlab.data.tokenizer import tokenizer_fingerprint
+from lmlab.errors import InputError
 
 TOKENS_FILE = "tokens.bin"
 META_FILE = "meta.json"
@@ -102,7 +103,7 @@ def _write_packed(
     in_corpus_order = folder / "corpus_order.bin"
     lengths = _encode_to_file(corpus, tokenizer, dtype, eos_id, in_corpus_order)
     if len(lengths) == 0:
-        raise ValueError(f"data.corpus: {corpus!r} has no non-empty documents")
+        raise InputError(f"data.corpus: {corpus!r} has no non-empty documents")
     order, val_start = split_documents(lengths, val_fraction, split_seed)
     _write_in_order(in_corpus_order, lengths, order, dtype, folder / TOKENS_FILE)
     in_corpus_order.unlink()

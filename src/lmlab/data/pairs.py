@@ -30,9 +30,10 @@ from transformers import PreTrainedTokenizerFast
 
 from lmlab.data.cache import atomic_directory, cache_key
 from lmlab.data.corpus import Corpus
-from lmlab.data.datamodule import DEFAULT_CACHE_DIR, CorpusDataModule
+from lmlab.data.datamodule import CorpusDataModule
 from lmlab.data.packing import split_documents, token_dtype
 from lmlab.data.tokenizer import cached_tokenizer, tokenizer_fingerprint
+from lmlab.errors import InputError
 
 PAIR_KINDS = ("code_search", "simcse")
 PAIRS_FILE = "pairs.npz"
@@ -200,22 +201,9 @@ class CodePairsDataModule(CorpusDataModule):
     held-out files. The tokenizer is the corpus's cached one, so an LM run and a pairs run share tokens.
     """
 
-    def __init__(
-        self,
-        corpus: Corpus,
-        vocab_size: int = 4096,
-        block_size: int = 128,
-        batch_size: int = 32,
-        val_fraction: float = 0.05,
-        num_workers: int = 0,
-        cache_dir: str = DEFAULT_CACHE_DIR,
-        seed: int = 1234,
-        split_seed: int = 0,
-        min_docstring_chars: int = 16,
-        pairs: str = "code_search",
-    ):
-        super().__init__(corpus, vocab_size, block_size, batch_size, val_fraction, num_workers, cache_dir, seed,
-                         split_seed)
+    def __init__(self, corpus: Corpus, min_docstring_chars: int = 16, pairs: str = "code_search", **kwargs):
+        """``kwargs``: :class:`CorpusDataModule`'s (vocab_size, block_size, batch_size, ...)."""
+        super().__init__(corpus, **kwargs)
         if min_docstring_chars < 1:
             raise ValueError(f"data.min_docstring_chars={min_docstring_chars} must be >= 1")
         if pairs not in PAIR_KINDS:
@@ -270,7 +258,7 @@ class CodePairsDataModule(CorpusDataModule):
             return
         found = (f"found {len(encoded.queries)} docstring/code pairs in {encoded.n_documents} documents "
                  f"({encoded.n_not_python} not Python)")
-        raise ValueError(
+        raise InputError(
             f"data: the {split} split has {n_pairs} pairs, fewer than one batch of data.batch_size="
             f"{self.batch_size}; data.corpus={self.corpus!r}: {found} with data.min_docstring_chars="
             f"{self.min_docstring_chars}. Use a larger corpus of Python code or a smaller data.batch_size"

@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerFast
 
 from lmlab.data.cache import atomic_directory, cache_key
 from lmlab.data.corpus import Corpus
+from lmlab.errors import InputError
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -30,8 +31,8 @@ log = logging.getLogger(__name__)
 
 def check_vocab_size(vocab_size: int) -> None:
     if vocab_size < MIN_VOCAB_SIZE:
-        raise ValueError(
-            f"data.vocab_size={vocab_size} is too small for a byte-level BPE: it needs at least "
+        raise InputError(
+            f"data.vocab_size={vocab_size}: is too small for a byte-level BPE: it needs at least "
             f"{MIN_VOCAB_SIZE} (256 byte tokens + the special tokens {list(SPECIAL_TOKENS)})"
         )
 

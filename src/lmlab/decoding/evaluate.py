@@ -14,8 +14,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lmlab.decoding.beam import beam_search
 from lmlab.decoding.metrics import decode_metrics, output_perplexity
-from lmlab.decoding.speculative import PROMPT_LOOKUP, speculative
+from lmlab.decoding.sampling import greedy, sample
+from lmlab.decoding.speculative import PROMPT_LOOKUP, SPECULATIVE_COUNTS, speculative, speculative_rates
+from lmlab.devices import synchronize
 
 
 @dataclass
@@ -27,8 +30,8 @@ class DecodeResult:
 
 
 def load_draft(decode: functools.partial) -> functools.partial:
-    """A speculative strategy whose ``draft`` is a checkpoint path gets that model loaded (once)."""
-    if decode.func is speculative and "draft" not in decode.keywords:
+    """A strategy that takes a ``draft`` (speculative) given as a checkpoint path gets that model loaded (once)."""
+    if "draft" in inspect.signature(decode.func).parameters and "draft" not in decode.keywords:
         raise ValueError("decoding.draft is missing: give a draft run directory or .ckpt, or prompt_lookup")
     draft = decode.keywords.get("draft")
     if not isinstance(draft, str) or draft == PROMPT_LOOKUP:
@@ -56,10 +59,60 @@ def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tenso
     return ids.to(device), mask.to(device)
 
 
+@dataclass
+class Decoded:
+    """What every strategy's adapter returns: one row per prompt and the strategy's own figures."""
+
+    sequences: torch.Tensor  # [prompts, width + new]: the left-padded prompts, then the new tokens
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def _batched(decode, model, input_ids, mask, prompts, max_new_tokens, eos_token_id, pad_token_id, extra):
+    """greedy and sample: the left-padded batch in one call."""
+    sequences = decode(model, input_ids=input_ids, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
+                       attention_mask=mask, pad_token_id=pad_token_id, **extra)
+    return Decoded(sequences)
+
+
+def _best_beam(decode, model, input_ids, mask, prompts, max_new_tokens, eos_token_id, pad_token_id, extra):
+    """beam_search: (sequences, scores) with num_return_sequences rows per prompt, best first."""
+    sequences, _ = decode(model, input_ids=input_ids, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
+                          attention_mask=mask, pad_token_id=pad_token_id, **extra)
+    return Decoded(sequences[:: len(sequences) // len(prompts)])
+
+
+def _one_prompt_at_a_time(decode, model, input_ids, mask, prompts, max_new_tokens, eos_token_id, pad_token_id,
+                          extra):
+    """speculative: batch size 1, so each prompt alone, reassembled into the padded layout; the counts
+    are summed over prompts and the rates computed from the sums."""
+    width, device = input_ids.shape[1], input_ids.device
+    sequences = torch.full((len(prompts), width + max_new_tokens), pad_token_id, device=device)
+    sequences[:, :width] = input_ids
+    counts = dict.fromkeys(SPECULATIVE_COUNTS, 0)
+    for row, prompt in enumerate(prompts):
+        out, stats = decode(model, input_ids=torch.tensor([prompt], device=device), max_new_tokens=max_new_tokens,
+                            eos_token_id=eos_token_id, **extra)
+        new = out[0, len(prompt):]
+        sequences[row, width:width + len(new)] = new
+        for key in counts:
+            counts[key] += stats[key]
+    rates = speculative_rates(counts)
+    return Decoded(sequences, {key: rates[key] for key in SPECULATIVE_FIGURES})
+
+
+# how each strategy is called and what it returns; a strategy not listed is called like greedy
+ADAPTERS = {greedy: _batched, sample: _batched, beam_search: _best_beam, speculative: _one_prompt_at_a_time}
+SPECULATIVE_FIGURES = ("acceptance_rate", "mean_accepted", "tokens_per_target_forward")
+
+
 @torch.inference_mode()
 def evaluate_strategy(name: str, decode, model, prompts: list[list[int]], max_new_tokens: int,
                       eos_token_id: int | None, pad_token_id: int, seed: int = 0) -> DecodeResult:
-    """Decode every prompt with ``decode`` (a partial of greedy/sample/beam_search/speculative)."""
+    """Decode every prompt with ``decode`` (a partial of greedy/sample/beam_search/speculative).
+
+    metrics: tokens_per_s, mean_new_length, distinct_2, repetition_rate, perplexity, and for speculative
+    decoding acceptance_rate, mean_accepted and tokens_per_target_forward (the names ``speculative``
+    returns)."""
     device = next(model.parameters()).device
     func = getattr(decode, "func", decode)
     draft = getattr(decode, "keywords", {}).get("draft")
@@ -70,37 +123,17 @@ def evaluate_strategy(name: str, decode, model, prompts: list[list[int]], max_ne
         extra["generator"] = torch.Generator(device).manual_seed(seed)
     input_ids, mask = left_pad(prompts, pad_token_id, device)
     width = input_ids.shape[1]
+    adapter = ADAPTERS.get(func, _batched)
     start = time.perf_counter()
-    stats = {}
-    if func is speculative:  # batch size 1: one prompt at a time, reassembled into the padded layout
-        rows = []
-        for p in prompts:
-            seq, s = decode(model, input_ids=torch.tensor([p], device=device), max_new_tokens=max_new_tokens,
-                            eos_token_id=eos_token_id, **extra)
-            rows.append(seq[0, len(p):])
-            for key in ("proposed", "accepted", "target_forwards"):
-                stats[key] = stats.get(key, 0) + s[key]
-        sequences = torch.full((len(prompts), width + max_new_tokens), pad_token_id, device=device)
-        sequences[:, :width] = input_ids
-        for row, new in enumerate(rows):
-            sequences[row, width:width + len(new)] = new
-    else:
-        out = decode(model, input_ids=input_ids, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
-                     attention_mask=mask,
-                     pad_token_id=pad_token_id, **extra)
-        sequences = out[0] if isinstance(out, tuple) else out  # beam search: (sequences, scores)
-        sequences = sequences[:: len(sequences) // len(prompts)]  # best of each prompt's returned beams
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    decoded = adapter(decode, model, input_ids, mask, prompts, max_new_tokens, eos_token_id, pad_token_id, extra)
+    synchronize(device)
     elapsed = time.perf_counter() - start
 
+    sequences = decoded.sequences
     metrics = decode_metrics(sequences, width, eos_token_id)
-    new_tokens = metrics["mean_new_length"] * len(prompts)
-    metrics["tokens_per_s"] = new_tokens / elapsed
+    metrics["tokens_per_s"] = metrics["mean_new_length"] * len(prompts) / elapsed
     metrics["perplexity"] = output_perplexity(model, sequences, width, mask, eos_token_id)
-    if stats:
-        metrics["acceptance_rate"] = stats["accepted"] / max(stats["proposed"], 1)
-        metrics["mean_accepted_per_target_pass"] = stats["accepted"] / max(stats["target_forwards"], 1)
+    metrics |= decoded.stats
     completions = []
     for row in sequences[:, width:].tolist():
         if eos_token_id is not None and eos_token_id in row:

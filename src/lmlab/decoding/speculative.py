@@ -132,10 +132,23 @@ def speculative(target, draft, input_ids, max_new_tokens, num_draft_tokens=4, te
             drafter.keep(length - 1)
 
     stats["new_tokens"] = length - prompt_len
-    stats["acceptance_rate"] = stats["accepted"] / max(stats["proposed"], 1)
-    stats["mean_accepted"] = stats["accepted"] / stats["target_forwards"]
-    stats["tokens_per_target_forward"] = stats["new_tokens"] / stats["target_forwards"]
-    return tokens[:, :length], stats
+    return tokens[:, :length], speculative_rates(stats)
+
+
+SPECULATIVE_COUNTS = ("proposed", "accepted", "target_forwards", "draft_forwards", "new_tokens")
+
+
+def speculative_rates(counts: dict) -> dict:
+    """The counts plus acceptance_rate (accepted / proposed), mean_accepted (accepted draft tokens per
+    target forward) and tokens_per_target_forward (new tokens per target forward; 1.0 = plain decoding).
+    Also sums over several decodes: pass the summed counts."""
+    forwards = max(counts["target_forwards"], 1)
+    return {
+        **{key: counts[key] for key in SPECULATIVE_COUNTS},
+        "acceptance_rate": counts["accepted"] / max(counts["proposed"], 1),
+        "mean_accepted": counts["accepted"] / forwards,
+        "tokens_per_target_forward": counts["new_tokens"] / forwards,
+    }
 
 
 def _draft(drafter: IncrementalLM, pending: torch.Tensor, k: int, greedy: bool, warp, generator):

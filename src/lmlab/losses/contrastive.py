@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmlab.losses.language_modeling import cross_entropy
-from lmlab.losses.precision import at_least_float32
+from lmlab.numerics import at_least_float32
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from lmlab.losses.precision import at_least_float32
+from lmlab.numerics import at_least_float32
 
 
 def _check_options(label_smoothing: float, z_loss: float, prefix: str = "") -> None:

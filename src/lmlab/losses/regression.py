@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lmlab.losses.precision import at_least_float32
+from lmlab.numerics import at_least_float32
 
 
 def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

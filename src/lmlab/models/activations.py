@@ -1,7 +1,8 @@
 """Activation functions with hand-written derivatives (the forward/backward pass of each, made explicit).
 
 Each is a ``torch.autograd.Function``: the forward calls torch's single fused kernel for the value, the
-backward is the analytic derivative written out (the seed called ``.backward()`` on a tensor instead).
+backward is the analytic derivative written out, not a nested autograd call (``.backward()`` on a
+tensor inside a backward would need a graph the Function does not keep).
 Derivatives are computed in float32 for bf16/fp16 inputs, from the saved input. The Functions use
 ``setup_context``, so ``torch.compile`` traces them without graph breaks.
 
@@ -23,14 +24,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmlab.numerics import at_least_float32
+
 SQRT_HALF = math.sqrt(0.5)
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 GELU_TANH_CUBIC = 0.044715
-
-
-def _float(x: torch.Tensor) -> torch.Tensor:
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 class _Elementwise(torch.autograd.Function):
@@ -60,7 +59,7 @@ class SigmoidFunction(_Elementwise):
 
     @staticmethod
     def backward(ctx, grad):
-        s = torch.sigmoid(_float(ctx.saved_tensors[0]))
+        s = torch.sigmoid(at_least_float32(ctx.saved_tensors[0]))
         return (grad * s * (1.0 - s)).to(grad.dtype)
 
 
@@ -71,7 +70,7 @@ class TanhFunction(_Elementwise):
 
     @staticmethod
     def backward(ctx, grad):
-        t = torch.tanh(_float(ctx.saved_tensors[0]))
+        t = torch.tanh(at_least_float32(ctx.saved_tensors[0]))
         return (grad * (1.0 - t * t)).to(grad.dtype)
 
 
@@ -82,7 +81,7 @@ class GELUFunction(_Elementwise):
 
     @staticmethod
     def backward(ctx, grad):
-        x = _float(ctx.saved_tensors[0])
+        x = at_least_float32(ctx.saved_tensors[0])
         cdf = 0.5 * (1.0 + torch.erf(x * SQRT_HALF))
         pdf = torch.exp(-0.5 * x * x) * INV_SQRT_2PI
         return (grad * (cdf + x * pdf)).to(grad.dtype)
@@ -95,7 +94,7 @@ class GELUTanhFunction(_Elementwise):
 
     @staticmethod
     def backward(ctx, grad):
-        x = _float(ctx.saved_tensors[0])
+        x = at_least_float32(ctx.saved_tensors[0])
         x_sq = x * x
         t = torch.tanh(SQRT_2_OVER_PI * x * (1.0 + GELU_TANH_CUBIC * x_sq))
         du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_TANH_CUBIC * x_sq)
@@ -109,7 +108,7 @@ class SiLUFunction(_Elementwise):
 
     @staticmethod
     def backward(ctx, grad):
-        x = _float(ctx.saved_tensors[0])
+        x = at_least_float32(ctx.saved_tensors[0])
         s = torch.sigmoid(x)
         return (grad * s * (1.0 + x * (1.0 - s))).to(grad.dtype)
 

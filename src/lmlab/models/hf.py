@@ -30,17 +30,19 @@ class HFCausalLM(nn.Module):
             config = AutoConfig.for_model(architecture, vocab_size=vocab_size, **overrides)
         except ValueError as e:
             raise ValueError(f"model.architecture={architecture!r} is not a Hugging Face model type: {e}") from e
-        return cls(AutoModelForCausalLM.from_config(config))
+        return cls(AutoModelForCausalLM.from_config(config, trust_remote_code=False))
 
     @classmethod
-    def from_pretrained(cls, path: str, **kwargs) -> HFCausalLM:
-        return cls(AutoModelForCausalLM.from_pretrained(path, **kwargs))
+    def from_pretrained(cls, path: str, trust_remote_code: bool = False, **kwargs) -> HFCausalLM:
+        """Weights from a folder or hub name; Python code shipped with them runs only if trusted explicitly."""
+        return cls(AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs))
 
     @classmethod
-    def build(cls, architecture: str | None, pretrained: str | None, vocab_size: int, **overrides) -> HFCausalLM:
+    def build(cls, architecture: str | None, pretrained: str | None, vocab_size: int,
+              trust_remote_code: bool = False, **overrides) -> HFCausalLM:
         """The ``model=hf`` entry point: pretrained weights if a path or name is given, else a fresh model."""
         if pretrained:
-            return cls.from_pretrained(pretrained)
+            return cls.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
         if not architecture:
             raise ValueError("model=hf needs model.architecture (e.g. llama, gpt2) or model.pretrained")
         return cls.from_config(architecture, vocab_size=vocab_size, **overrides)

@@ -3,7 +3,7 @@
 from lmlab.optim.adam import Adam, AdamW
 from lmlab.optim.lion import Lion
 from lmlab.optim.muon import Muon, muon_param_groups, newton_schulz
-from lmlab.optim.param_groups import param_groups
+from lmlab.optim.param_groups import grouped, param_groups
 from lmlab.optim.schedules import (
     WSD,
     InverseSqrt,
@@ -17,6 +17,7 @@ from lmlab.optim.skippable import SkippableOptimizer
 
 __all__ = [
     "param_groups",
+    "grouped",
     "muon_param_groups",
     "SkippableOptimizer",
     "Adam",

@@ -6,8 +6,10 @@ import math
 from collections.abc import Iterable, Sequence
 
 import torch
+import torch.nn as nn
 
-from lmlab.optim.skippable import Cohort, SkippableOptimizer, check_hyperparameters, coefficient_dtype
+from lmlab.numerics import at_least_float32_dtype
+from lmlab.optim.skippable import Cohort, SkippableOptimizer, check_hyperparameters
 
 
 def _denominator_coefficients(
@@ -27,7 +29,7 @@ def _denominator_coefficients(
     if cohort.skip is not None:
         scale = torch.where(cohort.skip, 0.0, scale)
         offset = torch.where(cohort.skip, math.inf, offset)
-    dtype = coefficient_dtype(cohort.dtype)
+    dtype = at_least_float32_dtype(cohort.dtype)
     return scale.to(dtype), offset.to(dtype)
 
 
@@ -63,7 +65,7 @@ class Adam(SkippableOptimizer):
 
     def __init__(
         self,
-        params: Iterable,
+        params: Iterable | nn.Module,
         lr: float = 1e-3,
         betas: Sequence[float] = (0.9, 0.999),
         eps: float = 1e-8,
@@ -95,7 +97,7 @@ class AdamW(Adam):
 
     def __init__(
         self,
-        params: Iterable,
+        params: Iterable | nn.Module,
         lr: float = 1e-3,
         betas: Sequence[float] = (0.9, 0.999),
         eps: float = 1e-8,

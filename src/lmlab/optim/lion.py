@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import torch
+import torch.nn as nn
 
 from lmlab.optim.skippable import Cohort, SkippableOptimizer, check_hyperparameters
 
@@ -18,7 +19,7 @@ class Lion(SkippableOptimizer):
 
     def __init__(
         self,
-        params: Iterable,
+        params: Iterable | nn.Module,
         lr: float = 1e-4,
         betas: Sequence[float] = (0.9, 0.99),
         weight_decay: float = 0.0,

@@ -3,7 +3,8 @@
 Which parameters get Muon (the rule):
 - A param group flagged ``use_muon=True`` is Muon, ``use_muon=False`` is AdamW.
 - A group without the flag is split: its 2-D parameters go to Muon, everything else to AdamW.
-- For a model, build the groups with ``muon_param_groups(model, weight_decay)``: it flags as Muon the
+- Given a model (``Muon(model, ...)``, as ``LitLM`` builds it), the groups come from
+  ``muon_param_groups(model, weight_decay)``: it flags as Muon the
   2-D parameters that are neither embedding tables (``nn.Embedding``, tied or not) nor the output head
   (``get_output_embeddings()`` of Hugging Face models, any module named ``lm_head``). Embeddings, the
   head, norms and biases go to the internal AdamW; they are not hidden-layer transforms, and
@@ -94,7 +95,7 @@ class Muon(SkippableOptimizer):
 
     def __init__(
         self,
-        params: Iterable,
+        params: Iterable | nn.Module,
         lr: float = 0.02,
         weight_decay: float = 0.0,
         momentum: float = 0.95,
@@ -123,6 +124,8 @@ class Muon(SkippableOptimizer):
             ns_coefficients=tuple(ns_coefficients), eps=eps, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn,
         )  # fmt: skip
         super().__init__(params, defaults)
+
+    group_parameters = staticmethod(muon_param_groups)
 
     def add_param_group(self, param_group: dict) -> None:
         """Split an unflagged group by ``ndim == 2``; fill AdamW groups from the ``adamw_*`` arguments."""

@@ -1,8 +1,11 @@
-"""Split parameters into weight-decayed and non-decayed groups."""
+"""Split parameters into weight-decayed and non-decayed groups, and build torch optimizers with them."""
 
 from __future__ import annotations
 
+import importlib
+
 import torch.nn as nn
+from torch.optim import Optimizer
 
 
 def _is_norm(module: nn.Module) -> bool:
@@ -25,3 +28,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         {"params": decay, "weight_decay": weight_decay, "name": "decay"},
         {"params": rest, "weight_decay": 0.0, "name": "no_decay"},
     ]
+
+
+def grouped(model: nn.Module, cls: str | type[Optimizer], weight_decay: float = 0.0, **kwargs) -> Optimizer:
+    """A torch optimizer (class or dotted path, e.g. ``torch.optim.AdamW``) over ``param_groups(model)``.
+
+    lmlab's own optimizers take the model directly; this gives any other optimizer the same contract
+    (``factory(model) -> optimizer``) and the same weight-decay policy."""
+    if isinstance(cls, str):
+        module, _, name = cls.rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+    return cls(param_groups(model, weight_decay), weight_decay=weight_decay, **kwargs)

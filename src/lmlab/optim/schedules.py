@@ -2,7 +2,8 @@
 
 Schedules are stepped once per optimizer step (Lightning ``interval: step``). At step s = 0, 1, 2, ...
 the LR of every param group is ``base_lr * multiplier(s)``; the multiplier never replaces the LR
-(the seed's mistake). ``multiplier`` is plain float math (``math.cos``), so tests check the formula.
+(setting the LR to m(s) itself would ignore the configured LR). ``multiplier`` is plain float math
+(``math.cos``), so tests check the formula.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+import torch.nn as nn
 
 from lmlab.optim.skippable import Cohort, SkippableOptimizer, check_hyperparameters
 
@@ -15,7 +16,7 @@ class SGD(SkippableOptimizer):
 
     def __init__(
         self,
-        params: Iterable,
+        params: Iterable | nn.Module,
         lr: float = 1e-3,
         momentum: float = 0.0,
         dampening: float = 0.0,

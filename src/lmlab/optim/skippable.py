@@ -24,7 +24,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn as nn
 from torch.optim import Optimizer
+
+from lmlab.numerics import at_least_float32_dtype
+from lmlab.optim.param_groups import param_groups
 
 
 def check_hyperparameters(
@@ -45,11 +49,6 @@ def check_hyperparameters(
         raise ValueError(f"{prefix}eps={eps} must be >= 0")
     if weight_decay is not None and not weight_decay >= 0:
         raise ValueError(f"{prefix}weight_decay={weight_decay} must be >= 0")
-
-
-def coefficient_dtype(dtype: torch.dtype) -> torch.dtype:
-    """0-dim coefficient tensors in the parameters' dtype, but never below float32 (1 - 1e-4 is 1 in bf16)."""
-    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
 @dataclass
@@ -78,7 +77,7 @@ class Cohort:
         """``value`` as a Python float when never skipping, else a 0-dim tensor: ``if_skipped`` on a skip."""
         if self.skip is None:
             return value
-        full = torch.full((), value, dtype=coefficient_dtype(self.dtype), device=self.device)
+        full = torch.full((), value, dtype=at_least_float32_dtype(self.dtype), device=self.device)
         return torch.where(self.skip, if_skipped, full)
 
     def zero_if_skipped(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -100,11 +99,22 @@ class Cohort:
 
 
 class SkippableOptimizer(Optimizer):
-    """``torch.optim.Optimizer`` with ``skip_step`` and cohort counters; subclasses define ``update``."""
+    """``torch.optim.Optimizer`` with ``skip_step`` and cohort counters; subclasses define ``update``.
 
-    def __init__(self, params: Iterable, defaults: dict):
+    ``params`` is what torch optimizers take (tensors or param-group dicts) or a whole model, whose
+    parameters the optimizer then groups itself with ``group_parameters`` (weight decay on matrices
+    only). That is the optimizer contract of ``LitLM``: it calls ``optimizer_factory(model)``.
+    """
+
+    def __init__(self, params: Iterable | nn.Module, defaults: dict):
+        if isinstance(params, nn.Module):
+            params = self.group_parameters(params, defaults.get("weight_decay", 0.0))
         super().__init__(params, defaults)
         self.skip_step: torch.Tensor | None = None
+
+    @staticmethod
+    def group_parameters(model: nn.Module, weight_decay: float) -> list[dict]:
+        return param_groups(model, weight_decay)
 
     def init_state(self, param: torch.Tensor, group: dict) -> dict:
         """New per-parameter state tensors (besides ``step``)."""

@@ -1,0 +1,86 @@
+"""Training progress: Lightning's rich bar on a terminal, plain log lines everywhere else.
+
+A rich bar redraws one line in place; written to a log file (SLURM, CI, ``> train.log``) it shows
+nothing until the run ends. There, lmlab prints one line every few optimizer steps instead.
+"""
+
+from __future__ import annotations
+
+import datetime
+import sys
+import time
+
+import lightning as L
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+from rich.console import Console
+
+from lmlab.cost import format_quantity
+
+
+def progress_bar(refresh_rate: int = 10, every_n_steps: int | None = None) -> ProgressBar:
+    """The rich bar (redrawn every `refresh_rate` batches) when stdout is a terminal or a notebook;
+    otherwise :class:`ProgressLines` every `every_n_steps` optimizer steps (None: the trainer's
+    ``log_every_n_steps``)."""
+    if sys.stdout.isatty() or Console().is_jupyter:
+        return RichProgressBar(refresh_rate=refresh_rate)
+    return ProgressLines(every_n_steps)
+
+
+def _duration(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=round(seconds)))
+
+
+class ProgressLines(ProgressBar):
+    """Prints ``step 120/300 | loss 4.8123 | lr 2.95e-03 | 15.2 k tokens/s | 0:01:02 elapsed, 0:01:33 left``
+    every `every_n_steps` optimizer steps, and the ``val/`` metrics after each validation (rank 0 only).
+
+    Values are read from the trainer's logged metrics at those steps only, so the other steps pay no
+    host-device sync for them.
+    """
+
+    def __init__(self, every_n_steps: int | None = None):
+        super().__init__()
+        if every_n_steps is not None and every_n_steps < 1:
+            raise ValueError(f"callbacks.progress_bar.every_n_steps={every_n_steps} must be >= 1 or null")
+        self.every_n_steps = every_n_steps
+        self._enabled = True
+        self._start = 0.0
+        self._start_step = self._printed_step = 0
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+        self._start_step = self._printed_step = trainer.global_step  # a resumed run counts from here
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        every = self.every_n_steps or trainer.log_every_n_steps or 1
+        step = trainer.global_step
+        if not self._enabled or step == self._printed_step or step % every:  # (accumulation: one line per step)
+            return
+        self._printed_step = step
+        metrics = trainer.callback_metrics
+        parts = [f"step {step}" + (f"/{trainer.max_steps}" if trainer.max_steps > 0 else "")]
+        for key, label, form in (("train/loss", "loss", "{:.4f}"), ("train/lr", "lr", "{:.2e}")):
+            if key in metrics:
+                parts.append(f"{label} {form.format(float(metrics[key]))}")
+        if "perf/tokens_per_s" in metrics:
+            parts.append(f"{format_quantity(float(metrics['perf/tokens_per_s']))} tokens/s")
+        elapsed = time.perf_counter() - self._start
+        timing = f"{_duration(elapsed)} elapsed"
+        if trainer.max_steps > 0:
+            done = step - self._start_step
+            timing += f", {_duration(elapsed / done * (trainer.max_steps - step))} left"
+        self.print(" | ".join([*parts, timing]), flush=True)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._enabled or trainer.sanity_checking:
+            return
+        values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        if values:
+            shown = " | ".join(f"{k} {v:.4f}" for k, v in sorted(values.items()))
+            self.print(f"validation at step {trainer.global_step} | {shown}", flush=True)

@@ -1,0 +1,43 @@
+"""Library messages a user of lmlab cannot act on, silenced one by one: each by its text and its origin,
+so that any other warning from the same library still shows."""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+
+# (message regex, category, module regex) of Python warnings, and why each is not the user's to act on
+WARNINGS = (
+    # Lightning 2.6's own pytree helper still builds torch's deprecated LeafSpec, on every run
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"lightning\.pytorch\.utilities\._pytree"),
+    # lmlab's sampler resumes mid-epoch itself (lmlab.data.sampler); Lightning cannot know that
+    (r"You're resuming from a checkpoint that ended before the epoch ended", UserWarning,
+     r"lightning\.pytorch\.loops\.training_epoch_loop"),
+)
+# resuming in place (ckpt_path=last/auto) finds the run's own checkpoints in its checkpoint folder
+RESUME_WARNINGS = (
+    (r"Checkpoint directory .* exists and is not empty", UserWarning,
+     r"lightning\.pytorch\.callbacks\.model_checkpoint"),
+)
+# (logger name, message regex) of log records: an advertisement every Trainer prints
+LOG_RECORDS = (("lightning.pytorch.utilities.rank_zero", r"💡 Tip: For seamless cloud logging"),)
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, pattern: str):
+        super().__init__()
+        self.pattern = re.compile(pattern)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.pattern.match(record.getMessage())
+
+
+def silence_library_noise(resuming: bool = False) -> None:
+    """Install the filters above (idempotent); `resuming` adds those that only hold for a resumed run."""
+    for message, category, module in WARNINGS + (RESUME_WARNINGS if resuming else ()):
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    for name, pattern in LOG_RECORDS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessage) and f.pattern.pattern == pattern for f in logger.filters):
+            logger.addFilter(_DropMessage(pattern))

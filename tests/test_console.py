@@ -1,0 +1,63 @@
+"""What a user sees in the console: the progress output for a terminal and for a log file, library
+messages that are not the user's to act on, and the `lmlab` command installed without its checkout.
+(`python train.py` with its output in a pipe is checked in test_train.py's end-to-end run.)"""
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+from lightning.pytorch.callbacks import RichProgressBar
+
+from lmlab.callbacks.progress import ProgressLines, progress_bar
+from lmlab.cli import CONF_DIR
+from lmlab.cli.quiet import silence_library_noise
+
+
+def test_progress_is_the_rich_bar_on_a_terminal_and_plain_lines_in_a_pipe(monkeypatch):
+    terminal_fd, program_fd = os.openpty()  # a real pseudo-terminal, as an interactive shell gives
+    with open(program_fd, "w") as terminal:
+        monkeypatch.setattr(sys, "stdout", terminal)
+        assert isinstance(progress_bar(refresh_rate=5), RichProgressBar)
+    os.close(terminal_fd)
+    read_fd, write_fd = os.pipe()  # what a log file, SLURM or CI gives
+    with open(write_fd, "w") as pipe:
+        monkeypatch.setattr(sys, "stdout", pipe)
+        lines = progress_bar(every_n_steps=3)
+    os.close(read_fd)
+    assert isinstance(lines, ProgressLines) and lines.every_n_steps == 3
+    with pytest.raises(ValueError, match="every_n_steps=0 must be >= 1"):
+        ProgressLines(0)
+
+
+def test_library_noise_is_silenced_by_message_and_origin_only(caplog):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        silence_library_noise()
+        for module, message in (
+            ("lightning.pytorch.utilities._pytree", "`isinstance(treespec, LeafSpec)` is deprecated, use ..."),
+            ("lightning.pytorch.utilities._pytree", "another deprecation from the same module"),
+            ("somewhere.else", "`isinstance(treespec, LeafSpec)` is deprecated, use ..."),
+        ):
+            warnings.warn_explicit(message, FutureWarning, "x.py", 1, module=module)
+    assert [(w.message.args[0][:10]) for w in caught] == ["another de", "`isinstanc"]  # only the first is dropped
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    with caplog.at_level(logging.INFO, logger=rank_zero.name):
+        rank_zero.info("💡 Tip: For seamless cloud logging and experiment tracking, try installing litlogger")
+        rank_zero.info("GPU available: False, used: False")
+    assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
+
+
+def test_lmlab_command_installed_without_its_checkout_names_the_fix(tmp_path):
+    """A non-editable install puts the package alone in site-packages, without conf/ anywhere above it."""
+    site = tmp_path / "site-packages"
+    shutil.copytree(Path(CONF_DIR).parent / "src" / "lmlab", site / "lmlab")
+    script = "import sys; from lmlab.cli.main import main; sys.exit(main())"  # what pip's `lmlab` script runs
+    proc = subprocess.run([sys.executable, "-c", script, "train"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(site)}, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert f"no configs at {tmp_path / 'conf'}" in proc.stderr and "pip install -e ." in proc.stderr
