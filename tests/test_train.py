@@ -103,12 +103,12 @@ def test_fused_optimizer_with_mixed_precision_and_clipping_is_clipped_by_the_mod
     """Lightning refuses to clip a fused optimizer under AMP; without a loss scaler (bf16-mixed) LitLM clips
     the unscaled gradients itself and keeps the fused step."""
     cfg = make_cfg("optimizer=torch_adamw", "optimizer.fused=true", "trainer.precision=bf16-mixed",
-                   "trainer.gradient_clip_val=1e-3", "trainer.max_steps=2", "callbacks=none",
+                   "trainer.gradient_clip_val=1e-3", "trainer.max_steps=3", "callbacks=none",
                    "+callbacks.stability._target_=lmlab.callbacks.stability.StabilityMonitor")
     train(cfg)
     metrics = read_metrics(Path(cfg.paths.output_dir))
     clipped, raw = column(metrics, "stability/grad_norm_clipped"), column(metrics, "stability/grad_norm")
-    assert len(clipped) == 2
+    assert len(clipped) == 3
     for c, r in zip(clipped, raw, strict=True):
         assert c == pytest.approx(1e-3, rel=1e-2) and r > 1e-2
 

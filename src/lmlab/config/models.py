@@ -67,6 +67,7 @@ class HFModelSchema(Schema):
 
     architecture: Str | None = None
     pretrained: Str | None = None
+    trust_remote_code: Bool = False
     vocab_size: PositiveInt
 
     @model_validator(mode="after")

@@ -32,7 +32,7 @@ from lmlab.errors import InputError
 
 # arguments the code passes to every target of a group (never config keys)
 RUNTIME = {
-    "optimizer": ("params",),
+    "optimizer": ("params", "model"),  # the factory is called with the model (lmlab.optim.grouped: `model`)
     "sched": ("optimizer", "last_epoch"),
     "trainer": ("callbacks", "logger", "default_root_dir"),
     "decoding": decoding.RUNTIME,

@@ -11,6 +11,8 @@ from pydantic import Field, field_validator, model_validator
 
 from lmlab.callbacks.decoding import DecodingEvaluator
 from lmlab.callbacks.interrupt import CheckpointOnInterrupt
+from lmlab.callbacks.model_summary import ModelSummary
+from lmlab.callbacks.progress import progress_bar
 from lmlab.callbacks.stability import PER_LAYER, POLICIES, StabilityMonitor
 from lmlab.callbacks.throughput import ThroughputMonitor
 from lmlab.config.messages import unknown_key_hint
@@ -150,6 +152,17 @@ class ThroughputSchema(Schema):
     tokens_per_param: Positive = 20.0
     decode_tokens: NonNegativeInt = 32
     warmup_intervals: NonNegativeInt = 1
+
+
+@schema_of(progress_bar)
+class ProgressSchema(Schema):
+    refresh_rate: NonNegativeInt = 10
+    every_n_steps: PositiveInt | None = None
+
+
+@schema_of(ModelSummary)
+class ModelSummarySchema(Schema):
+    max_depth: NonNegativeInt = 1
 
 
 @schema_of(DecodingEvaluator)

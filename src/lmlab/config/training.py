@@ -22,10 +22,25 @@ from lmlab.config.schema import (
     Str,
     ValidationInfo,
     existing_checkpoint,
+    locate,
+    schema_for,
     schema_of,
+    validate,
 )
 from lmlab.losses import InfoNCELoss, LanguageModelingLoss, TeacherLoss
-from lmlab.optim import SGD, WSD, Adam, AdamW, InverseSqrt, Lion, Muon, WarmupConstant, WarmupCosine, WarmupLinear
+from lmlab.optim import (
+    SGD,
+    WSD,
+    Adam,
+    AdamW,
+    InverseSqrt,
+    Lion,
+    Muon,
+    WarmupConstant,
+    WarmupCosine,
+    WarmupLinear,
+    grouped,
+)
 from lmlab.optim.muon import ADJUST_LR_FNS
 
 # ---- loss ----------------------------------------------------------------------------------------
@@ -85,6 +100,25 @@ class TorchAdamSchema(AdamWSchema):
     """torch's own Adam(W): the checked fields plus every other argument of its signature."""
 
     open_signature = True
+
+
+@schema_of(grouped)
+class GroupedSchema(Schema):
+    """``lmlab.optim.grouped``: ``cls`` names a torch optimizer; the other keys are its arguments, checked by
+    that optimizer's own schema (or its signature)."""
+
+    model_config = Schema.model_config | {"extra": "allow"}
+
+    cls: Str
+    weight_decay: NonNegative = 0.0
+
+    @model_validator(mode="after")
+    def arguments_of_cls(self, info: ValidationInfo) -> GroupedSchema:
+        target = locate(self.cls, self.key(info, "cls"))
+        prefix = self.key(info, "")
+        validate(schema_for(target, ("params",)), {**(self.model_extra or {}), "weight_decay": self.weight_decay},
+                 prefix)
+        return self
 
 
 @schema_of(SGD, torch.optim.SGD)
