@@ -32,7 +32,8 @@ EXTRA = {
     ("data", "code_pairs"): ["loss=contrastive"],  # pair batches need the contrastive loss
 }
 # two optimizer steps, validation after the second
-SHORT_RUN = ["trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1"]
+SHORT_RUN = ["trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
+             "sched.warmup_steps=1"]
 
 
 def options():
