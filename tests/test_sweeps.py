@@ -141,10 +141,11 @@ def run_tokens(run_dir: Path) -> tuple[dict, float]:
     return logged, column(metrics, "train/tokens")[-1]
 
 
-def test_global_batch_sets_accumulation_on_one_device(make_cfg, tmp_path):
+def test_global_batch_sets_accumulation_on_one_device(make_cfg, tmp_path, capsys):
     cfg = make_cfg("data.global_batch_size=16", "data.batch_size=4", "trainer.max_steps=2", "sched.warmup_steps=1",
                    "callbacks=summary", "trainer.log_every_n_steps=1")
     train(cfg)
+    assert re.search(r"global batch \(sequences\)[\s│]+16 = 4 x 4 accumulated x 1 devices", capsys.readouterr().out)
     batch, tokens = run_tokens(tmp_path / "run")
     assert batch == {"global_batch": 16, "accumulate_grad_batches": 4, "world_size": 1}
     assert tokens == 2 * 16 * cfg.data.block_size  # 2 optimizer steps of 4 micro batches of 4 sequences
