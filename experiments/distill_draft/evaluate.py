@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from lmlab.checkpoint import load_checkpoint
-from lmlab.cli.train import instantiate_datamodule
 from lmlab.decoding import greedy, speculative
 
 DRAFTS = ("draft_distilled", "draft_ce")
@@ -36,7 +36,7 @@ DRAFTS = ("draft_distilled", "draft_ce")
 
 def held_out(study: Path, n_prompts: int, prompt_tokens: int, n_blocks: int):
     """(prompts, validation blocks) of the target's data, from its resolved config."""
-    datamodule = instantiate_datamodule(OmegaConf.load(study / "target" / "config.yaml"))
+    datamodule = instantiate(OmegaConf.load(study / "target" / "config.yaml").data)
     datamodule.prepare_data()
     datamodule.setup()
     blocks = torch.stack([torch.as_tensor(datamodule.val_blocks[i]) for i in range(min(n_blocks, len(
