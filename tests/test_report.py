@@ -77,11 +77,12 @@ def images(page: str) -> dict[str, bytes]:
 
 
 def test_report_of_a_sweep_overlays_runs_and_ranks_them(sweep, tmp_path, capsys):
-    out = report.main([str(sweep), "--out", str(tmp_path / "sweep.html")])
+    out = report.main([str(sweep), "--out", str(tmp_path / "sweep.html"), "--png-dir", str(tmp_path / "png")])
     assert out == tmp_path / "sweep.html" and "report written" in capsys.readouterr().out
     page = out.read_text()
     pngs = images(page)
     assert set(pngs) == PLOTS | {"objective_optimizer.lr", "objective_optimizer.weight_decay"}
+    assert {name: (tmp_path / "png" / f"{name}.png").read_bytes() for name in pngs} == pngs  # the same plots
     for png in pngs.values():
         assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
     rows = re.findall(r"<tr><td>(\d+)</td><td>(\d+)</td><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td>", page)

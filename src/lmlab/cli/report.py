@@ -192,10 +192,10 @@ def sweep_objective(path: Path, runs: list[Run]) -> tuple[str, bool]:
 # ---- plots ----------------------------------------------------------------------------------
 
 
-def _png(fig: Figure) -> str:
+def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    return base64.b64encode(buf.getvalue()).decode()
+    return buf.getvalue()
 
 
 def _figure(title: str, ylabel: str, log_y: bool = False, xlabel: str = "step"):
@@ -428,7 +428,16 @@ def _cell(key: str, value) -> str:
     return html.escape(str(value))
 
 
-def render_html(path: Path, runs: list[Run]) -> str:
+def figures(path: Path, runs: list[Run]) -> dict[str, bytes]:
+    """{plot name: PNG}: the overlaid curves, and for a sweep the objective against each searched parameter."""
+    metric, maximize = sweep_objective(path, runs)
+    plots = {name: plot(runs) for name, plot in PLOTS.items()}
+    if len(runs) > 1:
+        plots |= plot_objective(runs, metric, maximize)
+    return {name: _png(fig) for name, fig in plots.items() if fig is not None}
+
+
+def render_html(path: Path, runs: list[Run], pngs: dict[str, bytes]) -> str:
     metric, maximize = sweep_objective(path, runs)
     rows = summary_rows(runs, metric, maximize)
     rows += failed_rows(path, runs, rows[0])
@@ -437,13 +446,10 @@ def render_html(path: Path, runs: list[Run]) -> str:
         "<tr>" + f"<td>{i + 1}</td>" + "".join(f"<td>{_cell(k, v)}</td>" for k, v in row.items()) + "</tr>"
         for i, row in enumerate(rows)
     )
-    plots = {name: plot(runs) for name, plot in PLOTS.items()}
-    if len(runs) > 1:
-        plots |= plot_objective(runs, metric, maximize)
-    figures = [
-        f'<figure id="{name}"><img alt="{name}" src="data:image/png;base64,{_png(fig)}"></figure>'
-        for name, fig in plots.items()
-        if fig is not None
+    images = [
+        f'<figure id="{name}"><img alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+        "</figure>"
+        for name, png in pngs.items()
     ]
     info = ""
     if len(runs) == 1 and (runs[0].path / "run.json").is_file():
@@ -473,17 +479,24 @@ figure {{ display: inline-block; margin: 0.5em; }} img {{ max-width: 100%; }}
 </style></head><body>
 <h1>lmlab report</h1><p>{title}: {html.escape(kind)}</p>{info}
 <table id="runs"><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>
-{"".join(figures)}
+{"".join(images)}
 </body></html>
 """
 
 
-def write_report(path: str | Path, out: str | Path | None = None) -> Path:
+def write_report(path: str | Path, out: str | Path | None = None, png_dir: str | Path | None = None) -> Path:
+    """The HTML page (default <path>/report.html); with `png_dir`, each plot also as <png_dir>/<plot>.png."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"report: {path} is not a directory")
     out = Path(out) if out is not None else path / "report.html"
-    out.write_text(render_html(path, load_runs(path)), encoding="utf-8")
+    runs = load_runs(path)
+    pngs = figures(path, runs)
+    out.write_text(render_html(path, runs, pngs), encoding="utf-8")
+    if png_dir is not None:
+        Path(png_dir).mkdir(parents=True, exist_ok=True)
+        for name, png in pngs.items():
+            (Path(png_dir) / f"{name}.png").write_bytes(png)
     return out
 
 
@@ -491,10 +504,11 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(prog="lmlab report", description=__doc__.split("\n\n")[1])
     parser.add_argument("path", help="a run directory (with metrics.csv) or a multirun directory")
     parser.add_argument("--out", help="HTML file to write (default: <path>/report.html)")
+    parser.add_argument("--png-dir", help="also write each plot as <png-dir>/<plot>.png (e.g. for a README)")
     args = parser.parse_args(argv)
     try:
         with one_line_errors():
-            out = write_report(args.path, args.out)
+            out = write_report(args.path, args.out, args.png_dir)
     except FileNotFoundError as e:
         parser.error(str(e))
     print(f"report written to {out}")
