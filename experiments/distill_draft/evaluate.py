@@ -23,6 +23,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
@@ -35,12 +36,13 @@ DRAFTS = ("draft_distilled", "draft_ce")
 
 
 def held_out(study: Path, n_prompts: int, prompt_tokens: int, n_blocks: int):
-    """(prompts, validation blocks) of the target's data, from its resolved config."""
+    """(prompts, validation blocks) of the target's data, from its resolved config; both spread evenly over
+    the validation split (its files are in order: the first blocks would all be one or two files)."""
     datamodule = instantiate(OmegaConf.load(study / "target" / "config.yaml").data)
     datamodule.prepare_data()
     datamodule.setup()
-    blocks = torch.stack([torch.as_tensor(datamodule.val_blocks[i]) for i in range(min(n_blocks, len(
-        datamodule.val_blocks)))]).long()
+    picks = np.linspace(0, len(datamodule.val_blocks) - 1, min(n_blocks, len(datamodule.val_blocks))).round()
+    blocks = torch.stack([torch.as_tensor(datamodule.val_blocks[int(i)]) for i in picks]).long()
     return datamodule.val_prompts(n_prompts, prompt_tokens), blocks
 
 
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--draft-tokens", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--blocks", type=int, default=64, help="held-out blocks for agreement and CE")
+    parser.add_argument("--blocks", type=int, default=256, help="held-out blocks for agreement and CE")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
 
