@@ -158,11 +158,14 @@ def train_command(corpus_dir, cache_dir):
 def run_train_py(train_command, tmp_path):
     """`python train.py <tiny overrides> <yours>` as a user would type it; returns the completed process."""
 
-    def run(*overrides: str, run_dir: Path | None = None, multirun: bool = False, timeout: int = 300):
+    def run(*overrides: str, run_dir: Path | None = None, multirun: bool = False, timeout: int = 300,
+            returncode: int = 0):
         cmd = train_command(*overrides, run_dir=run_dir or tmp_path / "run", multirun=multirun)
+        # `helpers` callbacks are importable by the job
+        python_path = os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))
         proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, **SUBPROCESS_ENV})
-        assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+                              env={**os.environ, **SUBPROCESS_ENV, "PYTHONPATH": python_path})
+        assert proc.returncode == returncode, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
         return proc
 
     return run

@@ -51,6 +51,17 @@ class LossRecorder(L.Callback):
         return {step: loss for step, loss in map(json.loads, lines)}
 
 
+class RaiseAtStep(L.Callback):
+    """Raises RuntimeError after optimizer step `step`: a job that fails in the middle of training."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"deliberate failure at step {self.step}")
+
+
 class SaveInitialWeights(L.Callback):
     """Saves the model's state dict at the start of fit to `<run dir>/initial_weights.pt`: the real
     initialisation of a run, for comparing a trained model against its own starting point."""

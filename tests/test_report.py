@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 
 import pytest
@@ -33,9 +34,10 @@ def telemetry(per_layer: str = "scalars"):
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """A two-job multirun directory as Hydra and lmlab's train CLI lay it out, from real runs."""
+    """A two-job multirun directory as Hydra and lmlab's train CLI lay it out, from real runs: each job's
+    overrides in run.json (job 1 only in Hydra's .hydra/overrides.yaml), its resolved config, its status."""
     root = tmp_path_factory.mktemp("multirun")
-    for job, lr in enumerate((3e-3, 3e-2)):
+    for job, (lr, wd) in enumerate(((3e-3, 0.1), (3e-2, 0.0))):
         run_dir = root / str(job)
         fit_tiny(
             run_dir,
@@ -49,11 +51,20 @@ def sweep(tmp_path_factory):
         )
         config = {
             "optimized_metric": "val/loss",
-            "optimizer": {"lr": lr},
+            "optimizer": {"_target_": "lmlab.optim.AdamW", "lr": lr, "weight_decay": wd},
+            "sched": {"min_lr_ratio": 0.1 * (job + 1)},  # resolved differences that were not typed
             "trainer": {"gradient_clip_val": 0.5},
             "paths": {"output_dir": str(run_dir)},
         }
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+        overrides = ["optimizer=adamw", f"optimizer.lr={lr}", f"optimizer.weight_decay={wd}", "trainer.max_steps=12"]
+        if job == 0:
+            (run_dir / "run.json").write_text(json.dumps({"overrides": overrides}))
+        else:
+            (run_dir / ".hydra").mkdir()
+            (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+        final = read_metrics(run_dir)["val/loss"]
+        (run_dir / "status.json").write_text(json.dumps({"status": "completed", "metric": final[max(final)]}))
     (root / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"sweeper": {"direction": "minimize"}}}))
     return root
 
@@ -66,21 +77,52 @@ def images(page: str) -> dict[str, bytes]:
 
 
 def test_report_of_a_sweep_overlays_runs_and_ranks_them(sweep, tmp_path, capsys):
-    out = report.main([str(sweep), "--out", str(tmp_path / "sweep.html")])
+    out = report.main([str(sweep), "--out", str(tmp_path / "sweep.html"), "--png-dir", str(tmp_path / "png")])
     assert out == tmp_path / "sweep.html" and "report written" in capsys.readouterr().out
     page = out.read_text()
     pngs = images(page)
-    assert set(pngs) == PLOTS
+    assert set(pngs) == PLOTS | {"objective_optimizer.lr", "objective_optimizer.weight_decay"}
+    assert {name: (tmp_path / "png" / f"{name}.png").read_bytes() for name in pngs} == pngs  # the same plots
     for png in pngs.values():
         assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
-    rows = re.findall(r"<tr><td>(\d+)</td><td>(\d+)</td><td>([^<]*)</td><td>([^<]*)</td>", page)
+    rows = re.findall(r"<tr><td>(\d+)</td><td>(\d+)</td><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td>", page)
     final = {job: read_metrics(sweep / job)["val/loss"] for job in ("0", "1")}
     final = {job: v[max(v)] for job, v in final.items()}
     ranked = sorted(final, key=final.get)
     assert [r[1] for r in rows] == ranked  # both runs, best val/loss first
-    assert {r[2] for r in rows} == {"optimizer.lr=0.003", "optimizer.lr=0.03"}
-    assert float(rows[0][3]) == pytest.approx(final[ranked[0]], rel=1e-3)
+    # labelled by the overrides that differ, as typed; not by resolved config differences (sched)
+    assert {r[2] for r in rows} == {"optimizer.lr=0.003 optimizer.weight_decay=0.1",
+                                    "optimizer.lr=0.03 optimizer.weight_decay=0"}
+    assert {r[3] for r in rows} == {"completed"}
+    assert float(rows[0][4]) == pytest.approx(final[ranked[0]], rel=1e-3)
     assert "ranked by val/loss (min)" in page
+
+
+def test_sweep_legends_sit_outside_the_curves(sweep):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    runs = report.load_runs(sweep)
+    for name, plot in report.PLOTS.items():
+        fig = plot(runs)
+        FigureCanvasAgg(fig).draw()
+        ax = fig.axes[0]
+        legend, axes_box = ax.get_legend().get_window_extent(), ax.get_window_extent()
+        assert legend.x0 >= axes_box.x1, name  # right of the axes, covering no curve
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert {r.label for r in runs} <= set(labels), name  # one entry per run
+
+
+def test_objective_against_each_searched_parameter(sweep):
+    runs = report.load_runs(sweep)
+    assert report.searched_parameters(runs) == (["optimizer.lr", "optimizer.weight_decay"], [])
+    figures = report.plot_objective(runs, "val/loss", maximize=False)
+    ax = figures["objective_optimizer.lr"].axes[0]
+    points = sorted(zip(*ax.lines[0].get_data(), strict=True))
+    expected = sorted((float(r.overrides[1].split("=")[1]), r.status["metric"]) for r in runs)
+    assert [x for x, _ in points] == pytest.approx([x for x, _ in expected])
+    assert [y for _, y in points] == pytest.approx([y for _, y in expected])
+    assert ax.get_xscale() == "log"  # 3e-3 .. 3e-2 spans a decade
+    assert ax.lines[0].get_linestyle() == "None"  # two parameters searched at once: points, no lines
 
 
 def test_report_of_one_run_defaults_next_to_it(sweep):

@@ -92,24 +92,6 @@ def test_resume_after_sigterm_equals_straight_run(make_cfg, tmp_path):
         assert resumed[step] == pytest.approx(loss, rel=1e-6, abs=1e-6), step
 
 
-def test_multirun_gives_each_job_its_own_wandb_run(run_train_py, tmp_path):
-    sweep_dir = tmp_path / "sweep"
-    run_train_py("logger=wandb", "optimizer.lr=1e-3,3e-3", "trainer.max_steps=3", run_dir=sweep_dir, multirun=True)
-    for job in ("0", "1"):
-        (wandb_run,) = (sweep_dir / job / "wandb").glob("offline-run-*")
-        assert list(wandb_run.glob("run-*.wandb"))
-        assert column(read_metrics(sweep_dir / job), "val/loss")
-    assert (sweep_dir / "0" / "config.yaml").read_text() != (sweep_dir / "1" / "config.yaml").read_text()
-
-
-def test_optuna_sweep_optimises_the_returned_metric(run_train_py, tmp_path):
-    sweep_dir = tmp_path / "optuna"
-    run_train_py("sweep=lr_optuna", "hydra.sweeper.n_trials=2", "trainer.max_steps=3", "callbacks=none",
-                 run_dir=sweep_dir, multirun=True)
-    results = (sweep_dir / "optimization_results.yaml").read_text()
-    assert "best_params" in results and "optimizer.lr" in results and "best_value" in results
-
-
 @pytest.mark.ddp
 def test_strategy_ddp_relaunches_the_script_and_logs_from_rank_zero(run_train_py, tmp_path):
     run_train_py("trainer=ddp", "trainer.accelerator=cpu", "trainer.max_steps=4", "trainer.val_check_interval=2")

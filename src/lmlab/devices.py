@@ -1,4 +1,5 @@
-"""Which device to run on, and waiting for it before reading a clock (CUDA runs asynchronously)."""
+"""Which device to run on, who started the ranks, and waiting for a device before reading a clock (CUDA
+runs asynchronously)."""
 
 from __future__ import annotations
 
@@ -17,3 +18,11 @@ def synchronize(device: torch.device | str) -> None:
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def ranks_started_outside() -> bool:
+    """Whether a cluster launcher (SLURM's srun, submitit's tasks, torchrun) started this process as one
+    rank of several: Lightning's DDP then re-launches nothing."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    return SLURMEnvironment.detect() or TorchElasticEnvironment.detect()

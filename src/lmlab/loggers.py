@@ -43,10 +43,14 @@ def wandb_loggers(loggers: L.Trainer | list) -> list[WandbLogger]:
     return [lg for lg in getattr(loggers, "loggers", loggers) if isinstance(lg, WandbLogger)]
 
 
-def wandb_logger(save_dir: str, project: str = "lmlab", mode: str = "auto", **kwargs) -> WandbLogger:
+WANDB_TAG_LENGTH = 64  # W&B refuses longer tags
+
+
+def wandb_logger(save_dir: str, project: str = "lmlab", mode: str = "auto", tags=None, **kwargs) -> WandbLogger:
     """A WandbLogger whose files live in the run directory (``<save_dir>/wandb``)."""
     os.makedirs(save_dir, exist_ok=True)
-    return WandbLogger(save_dir=save_dir, project=project, mode=resolve_wandb_mode(mode), **kwargs)
+    tags = [str(tag)[:WANDB_TAG_LENGTH] for tag in tags or []]
+    return WandbLogger(save_dir=save_dir, project=project, mode=resolve_wandb_mode(mode), tags=tags, **kwargs)
 
 
 class _ResumableWriter(ExperimentWriter):

@@ -31,6 +31,25 @@ class RunSummary(L.Callback):
         self._start = time.perf_counter()
         self._best_val = math.inf
 
+    def on_train_start(self, trainer, pl_module):
+        batch = self.global_batch(trainer)
+        if batch and trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics({f"train/{k}": v for k, v in batch.items()}, step=trainer.global_step)
+
+    @staticmethod
+    def global_batch(trainer) -> dict:
+        """Sequences (and tokens) per optimizer step: micro batch x accumulation x world size."""
+        data = trainer.datamodule
+        micro = getattr(data, "batch_size", None)
+        if micro is None:
+            return {}
+        out = {"global_batch": micro * trainer.accumulate_grad_batches * trainer.world_size, "micro_batch": micro,
+               "accumulate_grad_batches": trainer.accumulate_grad_batches, "world_size": trainer.world_size}
+        if getattr(data, "block_size", None):
+            out["global_batch_tokens"] = out["global_batch"] * data.block_size
+        return out
+
     def on_validation_end(self, trainer, pl_module):
         value = trainer.callback_metrics.get("val/loss")
         if value is not None and trainer.state.fn == "fit" and not trainer.sanity_checking:
@@ -51,6 +70,7 @@ class RunSummary(L.Callback):
         seconds = time.perf_counter() - self._start
         final_val = value("val/loss")
         out = {
+            **self.global_batch(trainer),
             "val_loss": final_val,
             "best_val_loss": self._best_val if math.isfinite(self._best_val) else None,
             "steps": trainer.global_step,
@@ -86,6 +106,8 @@ class RunSummary(L.Callback):
             "val_recall@1": "val recall@1",
             "val_mrr": "val MRR",
             "steps": "optimizer steps",
+            "global_batch": "global batch (sequences)",
+            "global_batch_tokens": "global batch (tokens)",
             "tokens": "tokens",
             "time_s": "time (s)",
             "device_hours": "device-hours",
@@ -100,6 +122,10 @@ class RunSummary(L.Callback):
             if key not in summary:
                 continue
             v = summary[key]
+            if key == "global_batch" and v is not None and "micro_batch" in summary:
+                table.add_row(label, f"{v} = {summary['micro_batch']} x {summary['accumulate_grad_batches']} "
+                                     f"accumulated x {summary['world_size']} devices")
+                continue
             text = (
                 "-"
                 if v is None

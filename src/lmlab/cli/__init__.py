@@ -5,9 +5,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-# conf/ sits at the repository root, next to train.py and src/: the `lmlab` command finds it from the
-# source tree, so it works from an editable install of a checkout (`pip install -e .`), not from a wheel
-CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")
+# conf/ and sweeps/ sit at the repository root, next to train.py and src/: the `lmlab` command finds them
+# from the source tree, so it works from an editable install of a checkout (`pip install -e .`), not a wheel
+REPO_ROOT = Path(__file__).resolve().parents[3]
+CONF_DIR = str(REPO_ROOT / "conf")
 
 
 def require_conf_dir() -> None:
@@ -25,3 +26,7 @@ def resolved(cfg: DictConfig) -> dict:
     return {key: OmegaConf.to_container(value, resolve=True, throw_on_missing=True)
             if OmegaConf.is_config(value) else value
             for key, value in ((k, cfg[k]) for k in cfg if k != "hydra")}
+
+
+# the lmlab:// config source of sweeps/ and the ${lmlab.run_name:} resolvers of conf/logger/wandb.yaml
+from lmlab.cli import run_names, sweep_source  # noqa: E402,F401

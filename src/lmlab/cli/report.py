@@ -3,8 +3,10 @@
 Reads `metrics.csv` of one run directory, or of every job directory (`0/`, `1/`, ...) of a Hydra
 multirun, and writes one self-contained HTML page (PNG plots embedded as base64): loss and val
 loss, learning rate, gradient norm with the clipping threshold and spike markers, update ratio
-and throughput; for a sweep the runs are overlaid and ranked by the sweep's `optimized_metric`.
-Works offline, from the files alone.
+and throughput; for a sweep the runs are overlaid, labelled by the overrides that tell them apart
+(as typed: `optimizer=lion sched=wsd`), ranked by the sweep's `optimized_metric`, and the objective
+is plotted against each numeric searched parameter (Optuna trials, LR grids). Works offline, from
+the files alone.
 """
 
 from __future__ import annotations
@@ -21,15 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from omegaconf import OmegaConf
 
+from lmlab.cli.multirun import override_key, short_override
 from lmlab.cli.user_errors import one_line_errors
 from lmlab.errors import InputError
 
 Series = tuple[np.ndarray, np.ndarray]  # steps, values
-# settings that differ between jobs without being the experiment
-_NOT_SETTINGS = ("paths.", "hydra.", "logger.", "task_name", "ckpt_path")
 
 
 @dataclass
@@ -38,6 +41,8 @@ class Run:
     path: Path
     metrics: dict[str, Series]
     config: dict = field(default_factory=dict)  # flattened: {"optimizer.lr": 0.01, ...}
+    overrides: list[str] = field(default_factory=list)  # as typed: ["optimizer=lion", "optimizer.lr=0.001"]
+    status: dict = field(default_factory=dict)  # a multirun job's status.json
     label: str = ""
 
     def series(self, key: str) -> Series | None:
@@ -101,15 +106,28 @@ def _flatten(tree, prefix: str = "") -> dict:
     return {prefix[:-1]: tree}
 
 
-def _is_setting(key: str, runs: list[Run]) -> bool:
-    """A config key whose value differs between runs for a reason other than the run's own directory."""
-    if key.startswith(_NOT_SETTINGS):
-        return False
-    values = {
-        repr(r.config.get(key)).replace(str(r.path.resolve()), "<run>").replace(str(r.path), "<run>")
-        for r in runs
-    }
-    return len(values) > 1
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def run_overrides(run_dir: Path) -> list[str]:
+    """The overrides the run was started with: run.json, else Hydra's .hydra/overrides.yaml."""
+    overrides = _read_json(run_dir / "run.json").get("overrides")
+    if overrides is None and (run_dir / ".hydra" / "overrides.yaml").is_file():
+        overrides = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "overrides.yaml"))
+    return [str(o) for o in overrides or []]
+
+
+def differing_overrides(runs: list[Run]) -> list[str]:
+    """Override keys whose value is not the same in every run (a key some runs lack counts)."""
+    keys = []
+    for run in runs:
+        keys += [override_key(o) for o in run.overrides if override_key(o) not in keys]
+    values = lambda key: {next((o for o in r.overrides if override_key(o) == key), None) for r in runs}
+    return [key for key in keys if len(values(key)) > 1]
 
 
 def load_runs(path: Path) -> list[Run]:
@@ -139,14 +157,23 @@ def load_runs(path: Path) -> list[Run]:
         config = (
             _flatten(OmegaConf.to_container(OmegaConf.load(config_file))) if config_file.is_file() else {}
         )
-        runs.append(Run(d.name, d, metrics, config))
+        runs.append(Run(d.name, d, metrics, config, run_overrides(d), _read_json(d / "status.json")))
     if not runs:
         raise InputError(f"{path}: no job has a readable metrics.csv (each was skipped, see the warnings)")
-    differing = sorted(k for k in set().union(*(r.config for r in runs)) if _is_setting(k, runs))
+    differing = differing_overrides(runs)
     for run in runs:
-        settings = " ".join(f"{k}={run.config.get(k)}" for k in differing)
-        run.label = f"{run.name}: {settings}" if settings else run.name
+        shown = [short_override(o) for o in run.overrides if override_key(o) in differing]
+        run.label = " ".join(shown) if shown else run.name
     return runs
+
+
+def jobs_without_metrics(path: Path) -> list[tuple[str, dict]]:
+    """(name, status.json) of a multirun's jobs that failed before logging anything."""
+    path = Path(path)
+    if (path / "metrics.csv").is_file():
+        return []
+    return sorted((d.name, _read_json(d / "status.json")) for d in path.iterdir()
+                  if (d / "status.json").is_file() and not (d / "metrics.csv").is_file())
 
 
 def sweep_objective(path: Path, runs: list[Run]) -> tuple[str, bool]:
@@ -165,17 +192,17 @@ def sweep_objective(path: Path, runs: list[Run]) -> tuple[str, bool]:
 # ---- plots ----------------------------------------------------------------------------------
 
 
-def _png(fig: Figure) -> str:
+def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    return base64.b64encode(buf.getvalue()).decode()
+    return buf.getvalue()
 
 
-def _figure(title: str, ylabel: str, log_y: bool = False):
+def _figure(title: str, ylabel: str, log_y: bool = False, xlabel: str = "step"):
     fig = Figure(figsize=(7.5, 3.6))
     ax = fig.add_subplot()
     ax.set_title(title)
-    ax.set_xlabel("step")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     if log_y:
@@ -183,20 +210,40 @@ def _figure(title: str, ylabel: str, log_y: bool = False):
     return fig, ax
 
 
-def _color(i: int) -> str:
-    return f"C{i % 10}"
+def _color(i: int, n: int = 10) -> str | tuple:
+    """Distinct colours: matplotlib's 10-colour cycle, tab20 up to 20 runs, viridis beyond."""
+    if n <= 10:
+        return f"C{i % 10}"
+    return colormaps["tab20"](i % 20) if n <= 20 else colormaps["viridis"](i / max(n - 1, 1))
+
+
+def _finish(fig: Figure, ax, drawn: bool, runs: list[Run] | None = None, styles: dict | None = None) -> Figure | None:
+    """The legend outside the axes, right of the plot, so it never covers a curve: one entry per run
+    (colour) and one per line style, instead of one per curve."""
+    if not drawn:
+        return None
+    handles = []
+    if runs is not None and len(runs) > 1:
+        handles += [Line2D([], [], color=_color(i, len(runs)), lw=2, label=run.label) for i, run in enumerate(runs)]
+    handles += [Line2D([], [], label=label, **({"color": "0.3"} | style)) for label, style in (styles or {}).items()]
+    if not handles:
+        handles, _ = ax.get_legend_handles_labels()
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
+              ncols=1 if len(handles) <= 24 else 2)
+    return fig
 
 
 def plot_loss(runs: list[Run]) -> Figure | None:
     fig, ax = _figure("Loss", "cross-entropy (nats)")
+    styles = {"train/loss": dict(lw=1, alpha=0.6), "val/loss": dict(lw=2, marker="o", ms=4)}
     drawn = False
     for i, run in enumerate(runs):
-        for key, style in (("train/loss", dict(lw=1, alpha=0.6)), ("val/loss", dict(lw=2, marker="o", ms=4))):
+        for key, style in styles.items():
             s = run.series(key)
             if s is not None:
-                ax.plot(*s, color=_color(i), label=f"{key} {run.label}" if len(runs) > 1 else key, **style)
+                ax.plot(*s, color=_color(i, len(runs)), label=key, **style)
                 drawn = True
-    return _finish(fig, ax, drawn)
+    return _finish(fig, ax, drawn, runs, styles)
 
 
 def plot_lr(runs: list[Run]) -> Figure | None:
@@ -204,48 +251,46 @@ def plot_lr(runs: list[Run]) -> Figure | None:
     drawn = False
     for i, run in enumerate(runs):
         for key in sorted(k for k in run.metrics if k == "train/lr" or k.startswith("lr-")):
-            ax.plot(*run.metrics[key], color=_color(i), label=f"{key} {run.label}" if len(runs) > 1 else key)
+            ax.plot(*run.metrics[key], color=_color(i, len(runs)), label=key)
             drawn = True
-    return _finish(fig, ax, drawn)
+    return _finish(fig, ax, drawn, runs)
 
 
 def plot_grad_norm(runs: list[Run]) -> Figure | None:
     fig, ax = _figure("Gradient norm (before clipping)", "‖g‖", log_y=True)
-    drawn = False
+    drawn, thresholds, spiked = False, set(), False
     for i, run in enumerate(runs):
         s = run.series("stability/grad_norm")
         if s is None:
             continue
         drawn = True
-        ax.plot(*s, color=_color(i), lw=1, label=run.label if len(runs) > 1 else "grad_norm")
-        clip = run.config.get("trainer.gradient_clip_val")
-        if clip:
-            ax.axhline(clip, color=_color(i), ls="--", lw=1, label=f"clip threshold {clip}")
+        ax.plot(*s, color=_color(i, len(runs)), lw=1, label="grad_norm")
+        thresholds.add(run.config.get("trainer.gradient_clip_val") or None)
         spikes = run.series("stability/spike_step")
-        if spikes is not None:
-            for step in sorted({int(v) for v in spikes[1] if v >= 0}):
-                ax.axvline(step, color=_color(i), ls=":", lw=1.5)
-                ax.plot([step], [np.interp(step, *s)], "x", color="red", ms=9, mew=2)
-    return _finish(fig, ax, drawn)
+        for step in sorted({int(v) for v in spikes[1] if v >= 0}) if spikes is not None else []:
+            ax.axvline(step, color=_color(i, len(runs)), ls=":", lw=1.5)
+            ax.plot([step], [np.interp(step, *s)], "x", color="red", ms=9, mew=2)
+            spiked = True
+    for clip in sorted(t for t in thresholds if t):
+        ax.axhline(clip, color="0.3", ls="--", lw=1)
+    styles = {f"clip threshold {c}": dict(ls="--", lw=1) for c in sorted(t for t in thresholds if t)}
+    if spiked:
+        styles["spike"] = dict(ls="", marker="x", color="red", mew=2)
+    return _finish(fig, ax, drawn, runs, styles)
 
 
 def plot_update_ratio(runs: list[Run]) -> Figure | None:
+    """The total ratio per run, and for a single run its parameter groups (dashed, dotted...) as well."""
     fig, ax = _figure("Update ratio ‖Δθ‖ / ‖θ‖", "ratio", log_y=True)
-    drawn = False
+    drawn, styles = False, {}
     for i, run in enumerate(runs):
         keys = sorted(k for k in run.metrics if k.startswith("stability/update_ratio"))
-        for j, key in enumerate(keys):  # the total first, then one line style per group
-            ls = ["-", "--", ":", "-."][j % 4]
-            name = key.removeprefix("stability/")
-            style = dict(lw=1.5 if j == 0 else 0.9, ls=ls)
-            ax.plot(
-                *run.metrics[key],
-                color=_color(i),
-                label=f"{name} {run.label}" if len(runs) > 1 else name,
-                **style,
-            )
+        for j, key in enumerate(keys if len(runs) == 1 else keys[:1]):  # the total first, then the groups
+            style = dict(lw=1.5 if j == 0 else 0.9, ls=["-", "--", ":", "-."][j % 4])
+            ax.plot(*run.metrics[key], color=_color(i, len(runs)), **style)
+            styles[key.removeprefix("stability/")] = style
             drawn = True
-    return _finish(fig, ax, drawn)
+    return _finish(fig, ax, drawn, runs, styles)
 
 
 def plot_throughput(runs: list[Run]) -> Figure | None:
@@ -254,20 +299,9 @@ def plot_throughput(runs: list[Run]) -> Figure | None:
     for i, run in enumerate(runs):
         s = run.series("perf/tokens_per_s")
         if s is not None:
-            mfu = run.last("perf/mfu")
-            suffix = f" (MFU {mfu:.1%})" if mfu is not None else ""
-            ax.plot(
-                *s, color=_color(i), marker=".", label=(run.label if len(runs) > 1 else "tokens/s") + suffix
-            )
+            ax.plot(*s, color=_color(i, len(runs)), marker=".", label="tokens/s")
             drawn = True
-    return _finish(fig, ax, drawn)
-
-
-def _finish(fig: Figure, ax, drawn: bool) -> Figure | None:
-    if not drawn:
-        return None
-    ax.legend(fontsize=7, loc="best")
-    return fig
+    return _finish(fig, ax, drawn, runs)
 
 
 PLOTS = {
@@ -277,6 +311,65 @@ PLOTS = {
     "update_ratio": plot_update_ratio,
     "throughput": plot_throughput,
 }
+
+
+def objective(run: Run, metric: str) -> float | None:
+    """What the job returned to the sweeper (status.json), else the metric's last logged value."""
+    value = run.status.get("metric")
+    if value is not None and run.status.get("status") == "completed":
+        return float(value)
+    return run.last(metric)
+
+
+def searched_parameters(runs: list[Run]) -> tuple[list[str], list[str]]:
+    """(numeric, categorical) override keys that differ between the runs."""
+    numeric, categorical = [], []
+    for key in differing_overrides(runs):
+        values = [_override_value(run, key) for run in runs]
+        (numeric if all(_override_number(v) is not None for v in values) else categorical).append(key)
+    return numeric, categorical
+
+
+def _override_value(run: Run, key: str) -> str | None:
+    return next((o.partition("=")[2] for o in run.overrides if override_key(o) == key), None)
+
+
+def _override_number(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def plot_objective(runs: list[Run], metric: str, maximize: bool) -> dict[str, Figure]:
+    """The objective against each numeric searched parameter; runs that differ in a categorical one
+    (an optimizer) form one series each, best point starred."""
+    numeric, categorical = searched_parameters(runs)
+    figures = {}
+    for key in numeric:
+        groups: dict[str, list[tuple[float, float]]] = {}
+        for run in runs:
+            value = objective(run, metric)
+            if value is not None and math.isfinite(value):
+                group = " ".join(f"{k}={_override_value(run, k)}" for k in categorical)
+                groups.setdefault(group, []).append((_override_number(_override_value(run, key)), value))
+        if not groups:
+            continue
+        xs = [x for points in groups.values() for x, _ in points]
+        fig, ax = _figure(f"{metric} against {key}", metric, xlabel=key)
+        if min(xs) > 0 and max(xs) / min(xs) >= 10:
+            ax.set_xscale("log")
+        connect = len(numeric) == 1  # with several searched numbers, neighbours in x differ in the others
+        for i, (group, points) in enumerate(sorted(groups.items())):
+            points.sort()
+            best = (max if maximize else min)(points, key=lambda p: p[1])
+            color = _color(i, len(groups))
+            ax.plot([x for x, _ in points], [y for _, y in points], color=color, marker="o",
+                    ls="-" if connect else "", label=group or metric)
+            ax.plot(*best, marker="*", ms=14, color=color, mec="black")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        figures[f"objective_{key}"] = fig
+    return figures
 
 
 # ---- table and page -------------------------------------------------------------------------
@@ -291,7 +384,8 @@ def summary_rows(runs: list[Run], metric: str, maximize: bool) -> list[dict]:
         rows.append(
             {
                 "run": run.name,
-                "settings": run.label.partition(": ")[2],
+                "settings": run.label if run.label != run.name else "",
+                "status": _status_text(run.status),
                 f"{metric} (final)": float(s[1][-1]) if s is not None else None,
                 f"{metric} (best)": float(s[1].max() if maximize else s[1].min()) if s is not None else None,
                 "steps": int(max(v[0][-1] for v in run.metrics.values())) + 1 if run.metrics else 0,
@@ -306,6 +400,24 @@ def summary_rows(runs: list[Run], metric: str, maximize: bool) -> list[dict]:
     return rows
 
 
+def failed_rows(path: Path, runs: list[Run], template: dict) -> list[dict]:
+    """Table rows for jobs that failed before logging a metric, labelled like the others."""
+    swept = differing_overrides([*runs, *(Run(n, path, {}, overrides=s.get("overrides", [])) for n, s in
+                                           jobs_without_metrics(path))])
+    rows = []
+    for name, status in jobs_without_metrics(path):
+        shown = [short_override(o) for o in status.get("overrides", []) if override_key(o) in swept]
+        rows.append({key: None for key in template} | {"run": name, "settings": " ".join(shown),
+                                                       "status": _status_text(status)})
+    return rows
+
+
+def _status_text(status: dict) -> str | None:
+    if not status:
+        return None
+    return f"failed: {status.get('error')}" if status.get("status") == "failed" else status.get("status")
+
+
 def _cell(key: str, value) -> str:
     if value is None:
         return "–"
@@ -316,21 +428,29 @@ def _cell(key: str, value) -> str:
     return html.escape(str(value))
 
 
-def render_html(path: Path, runs: list[Run]) -> str:
+def figures(path: Path, runs: list[Run]) -> dict[str, bytes]:
+    """{plot name: PNG}: the overlaid curves, and for a sweep the objective against each searched parameter."""
+    metric, maximize = sweep_objective(path, runs)
+    plots = {name: plot(runs) for name, plot in PLOTS.items()}
+    if len(runs) > 1:
+        plots |= plot_objective(runs, metric, maximize)
+    return {name: _png(fig) for name, fig in plots.items() if fig is not None}
+
+
+def render_html(path: Path, runs: list[Run], pngs: dict[str, bytes]) -> str:
     metric, maximize = sweep_objective(path, runs)
     rows = summary_rows(runs, metric, maximize)
+    rows += failed_rows(path, runs, rows[0])
     header = "".join(f"<th>{html.escape(k)}</th>" for k in ["rank", *rows[0]])
     body = "".join(
         "<tr>" + f"<td>{i + 1}</td>" + "".join(f"<td>{_cell(k, v)}</td>" for k, v in row.items()) + "</tr>"
         for i, row in enumerate(rows)
     )
-    figures = []
-    for name, plot in PLOTS.items():
-        fig = plot(runs)
-        if fig is not None:
-            figures.append(
-                f'<figure id="{name}"><img alt="{name}" src="data:image/png;base64,{_png(fig)}"></figure>'
-            )
+    images = [
+        f'<figure id="{name}"><img alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+        "</figure>"
+        for name, png in pngs.items()
+    ]
     info = ""
     if len(runs) == 1 and (runs[0].path / "run.json").is_file():
         run_json = json.loads((runs[0].path / "run.json").read_text())
@@ -339,9 +459,11 @@ def render_html(path: Path, runs: list[Run]) -> str:
             + " · ".join(f"<b>{html.escape(str(k))}</b> {html.escape(str(v))}" for k, v in run_json.items())
             + "</p>"
         )
+    failed = len(rows) - len(runs)
     kind = (
-        "sweep of {} runs, ranked by {} ({})".format(len(runs), metric, "max" if maximize else "min")
-        if len(runs) > 1
+        "sweep of {} runs{}, ranked by {} ({})".format(
+            len(runs), f" and {failed} failed before logging" if failed else "", metric, "max" if maximize else "min")
+        if len(rows) > 1
         else "single run"
     )
     title = html.escape(str(Path(path).resolve()))
@@ -351,23 +473,30 @@ def render_html(path: Path, runs: list[Run]) -> str:
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
 table {{ border-collapse: collapse; font-size: 0.9em; margin: 1em 0; }}
 th, td {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }}
-th {{ background: #f3f3f3; }} td:nth-child(3) {{ text-align: left; }}
+th {{ background: #f3f3f3; }} td:nth-child(3), td:nth-child(4) {{ text-align: left; }}
 figure {{ display: inline-block; margin: 0.5em; }} img {{ max-width: 100%; }}
 .info {{ font-size: 0.85em; color: #555; }}
 </style></head><body>
 <h1>lmlab report</h1><p>{title}: {html.escape(kind)}</p>{info}
 <table id="runs"><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>
-{"".join(figures)}
+{"".join(images)}
 </body></html>
 """
 
 
-def write_report(path: str | Path, out: str | Path | None = None) -> Path:
+def write_report(path: str | Path, out: str | Path | None = None, png_dir: str | Path | None = None) -> Path:
+    """The HTML page (default <path>/report.html); with `png_dir`, each plot also as <png_dir>/<plot>.png."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"report: {path} is not a directory")
     out = Path(out) if out is not None else path / "report.html"
-    out.write_text(render_html(path, load_runs(path)), encoding="utf-8")
+    runs = load_runs(path)
+    pngs = figures(path, runs)
+    out.write_text(render_html(path, runs, pngs), encoding="utf-8")
+    if png_dir is not None:
+        Path(png_dir).mkdir(parents=True, exist_ok=True)
+        for name, png in pngs.items():
+            (Path(png_dir) / f"{name}.png").write_bytes(png)
     return out
 
 
@@ -375,10 +504,11 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(prog="lmlab report", description=__doc__.split("\n\n")[1])
     parser.add_argument("path", help="a run directory (with metrics.csv) or a multirun directory")
     parser.add_argument("--out", help="HTML file to write (default: <path>/report.html)")
+    parser.add_argument("--png-dir", help="also write each plot as <png-dir>/<plot>.png (e.g. for a README)")
     args = parser.parse_args(argv)
     try:
         with one_line_errors():
-            out = write_report(args.path, args.out)
+            out = write_report(args.path, args.out, args.png_dir)
     except FileNotFoundError as e:
         parser.error(str(e))
     print(f"report written to {out}")

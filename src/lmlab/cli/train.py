@@ -24,13 +24,15 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lmlab.atomic import atomic_write_text
 from lmlab.checkpoint import read_checkpoint
 from lmlab.checkpoint_io import SafeCheckpointIO
 from lmlab.cli import CONF_DIR, resolved
+from lmlab.cli.cost import world_size
 from lmlab.cli.generate import decode_and_print
+from lmlab.cli.multirun import in_multirun, run_sweep_job
 from lmlab.cli.quiet import silence_library_noise
 from lmlab.cli.user_errors import build, hydra_task, run_hydra_app
 from lmlab.config import check_train_config
@@ -71,6 +73,30 @@ def check_config(cfg: DictConfig) -> None:
     mode = HydraConfig.get().mode if HydraConfig.initialized() else RunMode.RUN
     check_train_config(resolved(cfg),
                        multirun=mode == RunMode.MULTIRUN)
+
+
+def apply_global_batch(cfg: DictConfig) -> None:
+    """`data.global_batch_size` (sequences per optimizer step, all ranks together) with `data.batch_size`
+    as the micro batch sets `trainer.accumulate_grad_batches` for this run's world size."""
+    global_batch = cfg.data.get("global_batch_size")
+    if global_batch is None:
+        return
+    accelerator = cfg.trainer.get("accelerator", "auto")
+    cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    world = world_size(cfg.trainer, torch.device("cuda" if cuda else "cpu"))
+    per_pass = cfg.data.batch_size * world
+    where = (f"data.batch_size={cfg.data.batch_size} x world size {world} (trainer.devices="
+             f"{cfg.trainer.get('devices')} x trainer.num_nodes={cfg.trainer.get('num_nodes', 1)})")
+    if global_batch % per_pass:
+        raise InputError(f"data.global_batch_size={global_batch} is not a multiple of {where} = {per_pass}; "
+                         f"allowed: multiples of {per_pass}, or change data.batch_size")
+    accumulate = global_batch // per_pass
+    explicit = cfg.trainer.get("accumulate_grad_batches", 1)
+    if explicit not in (1, accumulate):
+        raise InputError(f"trainer.accumulate_grad_batches={explicit} contradicts data.global_batch_size="
+                         f"{global_batch} ({where} needs {accumulate}); set only one of them")
+    with open_dict(cfg):
+        cfg.trainer.accumulate_grad_batches = accumulate
 
 
 def check_memory(cfg: DictConfig) -> None:
@@ -213,6 +239,7 @@ def build_trainer(cfg: DictConfig, callbacks: list, loggers: list, run_dir: Path
 
 def train(cfg: DictConfig) -> float | None:
     check_config(cfg)
+    apply_global_batch(cfg)
     run_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
     silence_library_noise(resuming=ckpt_path is not None)
@@ -242,24 +269,24 @@ def train(cfg: DictConfig) -> float | None:
             raise InputError(f"hydra.run.dir={run_dir} cannot be written ({e.strerror}); choose a writable "
                              "folder (hydra.run.dir=... or paths.log_dir=...)") from e
     loggers = build_loggers(cfg, run_dir, info, resume_step)
-    trainer = build_trainer(cfg, callbacks, loggers, run_dir)
-
-    datamodule.prepare_data()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # encoding is done; DataLoader workers fork
-    tokenizer = datamodule.load_tokenizer()
-    check_teacher_tokenizer(loss, tokenizer)
-    if rank_zero_only.rank == 0:
-        tokenizer.save_pretrained(run_dir / "tokenizer")
-
-    module = LitLM(model, loss, optimizer, scheduler, compile=cfg.compile, tokenizer=tokenizer)
-
+    exit_code = 1  # what the W&B run records unless fit returns
     try:
+        trainer = build_trainer(cfg, callbacks, loggers, run_dir)
+        datamodule.prepare_data()
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # encoding is done; DataLoader workers fork
+        tokenizer = datamodule.load_tokenizer()
+        check_teacher_tokenizer(loss, tokenizer)
+        if rank_zero_only.rank == 0:
+            tokenizer.save_pretrained(run_dir / "tokenizer")
+        module = LitLM(model, loss, optimizer, scheduler, compile=cfg.compile, tokenizer=tokenizer)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        exit_code = 0
     except SIGTERMException:
+        exit_code = 143
         log.warning("SIGTERM: stopped at step %d; last checkpoint and logs are in %s", trainer.global_step, run_dir)
         raise SystemExit(143) from None
     finally:
-        finish_wandb(loggers)
+        finish_wandb(loggers, exit_code)
 
     metric = trainer.callback_metrics.get(cfg.optimized_metric)
     if trainer.is_global_zero and not trainer.fast_dev_run and cfg.samples.num_prompts and hasattr(
@@ -268,12 +295,13 @@ def train(cfg: DictConfig) -> float | None:
     return float(metric) if metric is not None else None
 
 
-def finish_wandb(loggers: list) -> None:
-    """One W&B run per Hydra job: without finish(), every multirun job logs into the first run."""
+def finish_wandb(loggers: list, exit_code: int = 0) -> None:
+    """One W&B run per Hydra job (without finish(), every multirun job logs into the first run); a
+    non-zero exit code marks the W&B run failed."""
     if wandb_loggers(loggers):
         import wandb
 
-        wandb.finish()
+        wandb.finish(exit_code=exit_code)
 
 
 def print_samples(module: LitLM, datamodule, tokenizer, cfg: DictConfig) -> None:
@@ -286,7 +314,7 @@ def print_samples(module: LitLM, datamodule, tokenizer, cfg: DictConfig) -> None
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 @hydra_task
 def _main(cfg: DictConfig) -> float | None:
-    return train(cfg)
+    return run_sweep_job(cfg, train) if in_multirun() else train(cfg)
 
 
 def main() -> float | None:

@@ -20,6 +20,7 @@ class LMDataSchema(Schema):
     vocab_size: Annotated[int, Field(strict=True, ge=MIN_VOCAB_SIZE)] = 4096
     block_size: PositiveInt = 128
     batch_size: PositiveInt = 32
+    global_batch_size: PositiveInt | None = None
     val_fraction: Fraction = 0.05
     num_workers: NonNegativeInt = 0
     cache_dir: Str = "~/.cache/lmlab"

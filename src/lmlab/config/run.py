@@ -29,6 +29,7 @@ from lmlab.config.schema import (
     schema_for,
     validate,
 )
+from lmlab.devices import ranks_started_outside
 from lmlab.errors import InputError
 from lmlab.quantization import MODES
 
@@ -162,9 +163,10 @@ def check_across_groups(cfg: dict, checked: dict, multirun: bool) -> None:
     warmup = getattr(checked["sched"], "warmup_steps", None)
     if warmup is not None and not fast_dev_run and warmup >= max_steps:
         raise InputError(f"sched.warmup_steps={warmup}: must be less than the run's trainer.max_steps={max_steps}")
-    if multirun and trainer_cfg.strategy == "ddp":
+    if multirun and trainer_cfg.strategy == "ddp" and not ranks_started_outside():
         raise InputError("trainer.strategy=ddp re-executes the command line, which would re-run the whole "
-                         "multirun; use trainer=ddp_spawn in sweeps")
+                         "multirun; use trainer=ddp_spawn in sweeps (or a SLURM launcher, hydra/launcher=slurm_gpu, "
+                         "whose srun starts the ranks)")
     for name in ("stability", "throughput"):
         node = (checked["callbacks"] or {}).get(name)
         every, base = getattr(node, "log_every_n_steps", None), trainer_cfg.log_every_n_steps

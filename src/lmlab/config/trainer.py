@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.strategies import StrategyRegistry
 from pydantic import Field, field_validator, model_validator
 
@@ -121,6 +121,18 @@ class ModelCheckpointSchema(Schema):
     save_top_k: Annotated[int, Field(strict=True, ge=-1)] = 1
     save_last: Bool | Literal["link"] | None = None
     every_n_train_steps: NonNegativeInt | None = None
+
+
+@schema_of(EarlyStopping)
+class EarlyStoppingSchema(Schema):
+    open_signature = True
+
+    monitor: Str
+    mode: Literal["min", "max"] = "min"
+    patience: NonNegativeInt = 3
+    min_delta: NonNegative = 0.0
+    check_finite: Bool = True
+    verbose: Bool = False
 
 
 @schema_of(CheckpointOnInterrupt)

@@ -51,6 +51,7 @@ class CorpusDataModule(L.LightningDataModule):
         cache_dir: str = DEFAULT_CACHE_DIR,
         seed: int = 1234,
         split_seed: int = 0,
+        global_batch_size: int | None = None,
     ):
         super().__init__()
         if not (hasattr(corpus, "fingerprint") and hasattr(corpus, "__iter__")):
@@ -70,6 +71,8 @@ class CorpusDataModule(L.LightningDataModule):
         self.vocab_size = vocab_size
         self.block_size = block_size
         self.batch_size = batch_size
+        # sequences per optimizer step over all ranks; the train CLI sets the trainer's accumulation from it
+        self.global_batch_size = global_batch_size
         self.val_fraction = val_fraction
         self.num_workers = num_workers
         self.cache_dir = Path(os.path.expanduser(cache_dir))
