@@ -44,7 +44,6 @@ from lmlab.cost import (
     precision_dtype,
     train_flops_per_token,
 )
-from lmlab.optim import param_groups
 
 VARIANTS = ("plain", "lit", "default", "hf")
 HF_KEYS = ("_target_", "architecture", "pretrained", "trust_remote_code", "vocab_size")  # the rest: sizes
@@ -172,8 +171,7 @@ def run_plain(args, run_dir: Path) -> dict:
     datamodule.setup("fit")
     model = instantiate(cfg.model).to(device).train()
     forward = torch.compile(model) if cfg.compile else model
-    factory = instantiate(cfg.optimizer)
-    optimizer = factory(param_groups(model, factory.keywords.get("weight_decay", 0.0)))
+    optimizer = instantiate(cfg.optimizer)(model)  # the factory(model) contract LitLM uses
     scheduler = instantiate(cfg.sched)(optimizer)
     mixed = "mixed" in str(cfg.trainer.precision)
     dtype = precision_dtype(cfg.trainer.precision)

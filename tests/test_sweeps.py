@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -63,9 +65,15 @@ def test_a_failing_job_costs_no_other_job_and_a_rerun_skips_the_finished(run_tra
     assert "<td>optimizer.lr=0</td><td>failed: InputError: optimizer.lr=0: must be a number &gt; 0</td>" in page
 
     before = {job: (sweep_dir / job / "metrics.csv").read_bytes() for job in ("0", "2")}
+    # another command's job in the same directory, written while this one runs: not this sweep's to count
+    other = sweep_dir / "lion_lr0.001" / "status.json"
+    other.parent.mkdir()
+    other.write_text(json.dumps({"job": 0, "status": "failed", "error": "not ours", "launch": "another-command"}))
+    os.utime(other, (time.time() + 3600,) * 2)
     proc = run_train_py(*args, run_dir=sweep_dir, multirun=True, returncode=1)
     output = proc.stdout + proc.stderr
     assert output.count("completed before: skipped") == 2 and "1 of 3 jobs failed" in proc.stderr
+    assert "3 jobs, 2 completed (2 of them before, skipped), 1 failed" in output and "not ours" not in output
     for job in ("0", "2"):
         assert (sweep_dir / job / "metrics.csv").read_bytes() == before[job]  # not trained again
         assert len(list((sweep_dir / job / "wandb").glob("offline-run-*"))) == 1

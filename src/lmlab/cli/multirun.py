@@ -38,6 +38,7 @@ from lmlab.errors import InputError
 log = logging.getLogger("lmlab")
 STATUS_FILE = "status.json"
 SWEEP_FILE = "sweep.json"
+LAUNCH_ENV = "LMLAB_MULTIRUN_LAUNCH"  # set by MultirunSummary; jobs (in-process or launched) inherit it
 
 
 def in_multirun() -> bool:
@@ -107,7 +108,8 @@ def run_sweep_job(cfg: DictConfig, train: Callable[[DictConfig], float | None]) 
     run_dir = Path(cfg.paths.output_dir)
     overrides = list(hydra_cfg.overrides.task)
     config_sha = hashlib.sha1(OmegaConf.to_yaml(cfg).encode()).hexdigest()[:16]  # before ckpt_path=auto
-    job = {"job": hydra_cfg.job.num, "overrides": overrides, "config_sha": config_sha}
+    job = {"job": hydra_cfg.job.num, "overrides": overrides, "config_sha": config_sha,
+           "launch": os.environ.get(LAUNCH_ENV)}
     label = job_label(overrides, sweep_info(hydra_cfg.sweep.dir).get("swept"))
     previous = read_status(run_dir)
     if previous is not None and previous.get("overrides") != overrides:
@@ -123,7 +125,8 @@ def run_sweep_job(cfg: DictConfig, train: Callable[[DictConfig], float | None]) 
     if previous is not None and previous.get("status") == "completed":
         log.info("job %s (%s) completed before: skipped, %s=%s", job["job"], label,
                  cfg.optimized_metric, previous.get("metric"))
-        write_json(run_dir / STATUS_FILE, previous | {"skipped": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        write_json(run_dir / STATUS_FILE, previous | {"skipped": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                                      "launch": job["launch"]})
         return previous.get("metric")
     if cfg.get("ckpt_path") is None:  # an interrupted job continues from its last checkpoint
         with open_dict(cfg):
@@ -167,7 +170,8 @@ class MultirunSummary(Callback):
     """Names the sweep for its jobs at the start, reports its failed jobs at the end."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        self.started = time.time()
+        # which status files are this command's: another command may run into the same directory at once
+        self.launch = os.environ[LAUNCH_ENV] = f"{os.getpid()}-{time.time_ns()}"
         sweep_dir = Path(config.hydra.sweep.dir)
         name = OmegaConf.select(config, "hydra.runtime.choices.sweep") or config.get("task_name") or "sweep"
         write_json(sweep_dir / SWEEP_FILE, {
@@ -181,8 +185,9 @@ class MultirunSummary(Callback):
         swept = sweep_info(sweep_dir).get("swept")
         statuses = []
         for file in sweep_dir.glob(f"**/{STATUS_FILE}"):
-            if file.stat().st_mtime >= self.started - 1:  # this multirun's jobs, not an older one's
-                statuses.append((file.parent, json.loads(file.read_text())))
+            status = json.loads(file.read_text())
+            if status.get("launch") == self.launch:
+                statuses.append((file.parent, status))
         statuses.sort(key=lambda item: item[1].get("job", 0))
         failed = [(d, s) for d, s in statuses if s.get("status") == "failed"]
         skipped = sum(1 for _, s in statuses if s.get("status") == "completed" and "skipped" in s)
