@@ -1,6 +1,7 @@
 """Distillation against a teacher checkpoint trained in the test."""
 
 import copy
+import warnings
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,12 @@ def test_kl_distillation_moves_the_student_towards_the_teacher(make_cfg, teacher
     cfg = make_cfg("loss=kl", f"loss.teacher={teacher_dir}", "loss.temperature=1.0", "trainer.max_steps=30",
                    "trainer.val_check_interval=30", "optimizer.lr=1e-2", "sched.warmup_steps=5", "seed=7",
                    "+callbacks.initial._target_=helpers.SaveInitialWeights", run_dir=student_dir)
-    train(cfg)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(cfg)
+    assert not [w for w in caught if "eval mode" in str(w.message)]  # the frozen teacher is not the student's
+    state = torch.load(student_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert state and all(key.startswith("model.") for key in state)  # the student's weights only
     student, _, _ = load_checkpoint(student_dir / "checkpoints" / "last.ckpt")
     untrained = copy.deepcopy(student)
     untrained.load_state_dict(torch.load(student_dir / SaveInitialWeights.FILE))  # the student as it started

@@ -16,6 +16,10 @@ class TeacherLoss(nn.Module):
 
     ``teacher`` is an lmlab run directory or ``.ckpt``; it is loaded frozen and stays in eval mode
     (no dropout) while the student trains. ``forward(logits, targets, teacher_logits)``.
+
+    The teacher is held outside the module tree: it follows the student's device and dtype moves, but
+    it is not a parameter of the student's optimizer, DDP or checkpoints (which stay the student's
+    size), and Lightning does not count its eval-mode layers as a mistake.
     """
 
     def __init__(self, teacher: str, ce_weight: float = 0.0, kl_weight: float = 1.0, mse_weight: float = 0.0,
@@ -27,14 +31,17 @@ class TeacherLoss(nn.Module):
         if temperature <= 0:
             raise ValueError(f"loss.temperature={temperature} must be > 0")
         model, self.teacher_tokenizer, _ = load_checkpoint(teacher, field="loss.teacher")
-        self.teacher = model.requires_grad_(False).eval()
+        self._frozen = (model.requires_grad_(False).eval(),)  # a tuple: not registered as a submodule
         self.ce_weight, self.kl_weight, self.mse_weight = ce_weight, kl_weight, mse_weight
         self.temperature = temperature
 
-    def train(self, mode: bool = True) -> TeacherLoss:
-        super().train(mode)
-        self.teacher.eval()
-        return self
+    @property
+    def teacher(self) -> nn.Module:
+        return self._frozen[0]
+
+    def _apply(self, fn, recurse: bool = True):  # .to(device), .half(), ...: what nn.Module moves, also the teacher
+        self.teacher._apply(fn, recurse)
+        return super()._apply(fn, recurse)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         loss = logits.new_zeros((), dtype=torch.float32)
