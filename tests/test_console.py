@@ -10,10 +10,11 @@ import sys
 import warnings
 from pathlib import Path
 
+import lightning as L
 import pytest
 from lightning.pytorch.callbacks import RichProgressBar
 
-from lmlab.callbacks.progress import ProgressLines, progress_bar
+from lmlab.callbacks.progress import LoggedMetricsRichBar, ProgressLines, progress_bar
 from lmlab.cli import CONF_DIR
 from lmlab.cli.quiet import silence_library_noise
 
@@ -32,6 +33,14 @@ def test_progress_is_the_rich_bar_on_a_terminal_and_plain_lines_in_a_pipe(monkey
     assert isinstance(lines, ProgressLines) and lines.every_n_steps == 3
     with pytest.raises(ValueError, match="every_n_steps=0 must be >= 1"):
         ProgressLines(0)
+
+
+@pytest.mark.parametrize("max_epochs,expected", [(-1, "Epoch 3"), (5, "Epoch 3/4")])
+def test_rich_bar_names_the_epoch_without_a_negative_total(max_epochs, expected):
+    bar = LoggedMetricsRichBar()
+    trainer = L.Trainer(max_epochs=max_epochs, max_steps=10, callbacks=[bar], logger=False, enable_checkpointing=False)
+    bar.setup(trainer, None, "fit")
+    assert bar._get_train_description(3).strip() == expected
 
 
 def test_library_noise_is_silenced_by_message_and_origin_only():

@@ -51,6 +51,12 @@ class LoggedMetricsRichBar(RichProgressBar):
     def get_metrics(self, trainer, pl_module):
         return {**super().get_metrics(trainer, pl_module), **self._values}
 
+    def _get_train_description(self, current_epoch: int) -> str:
+        """``Epoch 0``, not Lightning's ``Epoch 0/-2``, when the budget is steps (``max_epochs=-1``)."""
+        if self.trainer.max_epochs not in (None, -1):
+            return super()._get_train_description(current_epoch)
+        return f"Epoch {current_epoch}".ljust(len(self.validation_description))
+
 
 def _duration(seconds: float) -> str:
     return str(datetime.timedelta(seconds=round(seconds)))
