@@ -1,10 +1,12 @@
-"""The stability study's table from its run directories (metrics.csv and status.json of each job).
+"""The stability study's table from its run directories (config.yaml, metrics.csv and status.json).
 
     python experiments/stability/summarize.py logs/stability/study
 
-One row per job, named by its overrides: the validation loss it returned, the loss and grad-norm
-spikes and non-finite steps the stability callback counted, the updates the `skip` policy dropped,
-the mean clip rate over the logged windows and the largest gradient norm before clipping.
+Runs are grouped by the settings the study varies, read from each run's resolved config (so the
+same setting reached by different overrides is one row), and the seeds of a group are summarised:
+the final validation loss (mean, min and max), the loss and grad-norm spikes, non-finite steps and
+skipped updates the stability callback counted (summed over seeds), the mean clip rate and the
+largest gradient norm before clipping (median over seeds of each run's largest).
 """
 
 from __future__ import annotations
@@ -12,38 +14,58 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 from pathlib import Path
+
+from omegaconf import OmegaConf
 
 from lmlab.cli.report import read_metrics_csv
 
-COLUMNS = ("setting", "final val loss", "loss spikes", "grad-norm spikes", "non-finite steps", "skipped steps",
-           "clip rate", "max grad norm")
+SETTINGS = {"lr": "optimizer.lr", "precision": "trainer.precision", "clip": "trainer.gradient_clip_val",
+            "z-loss": "loss.z_loss", "policy": "callbacks.stability.policy"}
+COUNTERS = ("loss_spikes", "grad_norm_spikes", "nonfinite_steps", "skipped_steps")
 
 
-def row(run: Path) -> list[str]:
+def summarize_run(run: Path) -> tuple[tuple, dict]:
+    config = OmegaConf.load(run / "config.yaml")
+    setting = tuple(OmegaConf.select(config, key) for key in SETTINGS.values())
     metrics = read_metrics_csv(run / "metrics.csv")
     status = json.loads((run / "status.json").read_text())
+    counts = {c: metrics[f"stability/{c}"][1][-1] if f"stability/{c}" in metrics else math.nan for c in COUNTERS}
+    clip_rate = metrics["stability/clip_rate"][1].mean() if "stability/clip_rate" in metrics else None
+    return setting, {"val_loss": status.get("metric") or math.nan, "clip_rate": clip_rate,
+                     "max_grad_norm": metrics["stability/grad_norm"][1].max(), **counts}
 
-    def last(key: str) -> float:
-        return metrics[key][1][-1] if key in metrics else math.nan
 
-    setting = " ".join(o for o in status["overrides"] if not o.startswith("sweep=")) or "experiment=stability"
-    clipping = "stability/clip_rate" in metrics  # logged only when the run clips
-    clip_rate = f"{metrics['stability/clip_rate'][1].mean():.2f}" if clipping else "off"
-    return [setting, f"{status.get('metric') or math.nan:.3f}", f"{last('stability/loss_spikes'):.0f}",
-            f"{last('stability/grad_norm_spikes'):.0f}", f"{last('stability/nonfinite_steps'):.0f}",
-            f"{last('stability/skipped_steps'):.0f}", clip_rate,
-            f"{metrics['stability/grad_norm'][1].max():.2f}"]
+def show(value) -> str:
+    return "off" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("study", type=Path, help="the sweep directory of sweep=stability")
     args = parser.parse_args(argv)
-    runs = sorted(d for d in args.study.iterdir() if (d / "metrics.csv").is_file() and (d / "status.json").is_file())
-    print("| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS))
-    for run in runs:
-        print("| " + " | ".join(row(run)) + " |")
+    groups: dict[tuple, list[dict]] = {}
+    for run in sorted(args.study.iterdir()):
+        if (run / "status.json").is_file() and json.loads((run / "status.json").read_text())["status"] == "completed":
+            setting, row = summarize_run(run)
+            groups.setdefault(setting, []).append(row)
+
+    columns = [*SETTINGS, "seeds", "final val loss: mean (min - max)", "loss spikes", "grad-norm spikes",
+               "non-finite steps", "skipped", "clip rate", "max grad norm (median)"]
+    print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
+    for setting, rows in sorted(groups.items(), key=lambda item: tuple(map(str, item[0]))):
+        losses = [r["val_loss"] for r in rows]
+        clip_rates = [r["clip_rate"] for r in rows if r["clip_rate"] is not None]
+        cells = [
+            *(show(value) for value in setting),
+            str(len(rows)),
+            f"{statistics.mean(losses):.3f} ({min(losses):.3f} - {max(losses):.3f})",
+            *(f"{sum(r[c] for r in rows):.0f}" for c in COUNTERS),
+            f"{statistics.mean(clip_rates):.2f}" if clip_rates else "off",
+            f"{statistics.median(r['max_grad_norm'] for r in rows):.2f}",
+        ]
+        print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

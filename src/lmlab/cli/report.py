@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import base64
 import csv
+import fnmatch
 import html
 import io
 import json
@@ -130,19 +131,26 @@ def differing_overrides(runs: list[Run]) -> list[str]:
     return [key for key in keys if len(values(key)) > 1]
 
 
-def load_runs(path: Path) -> list[Run]:
-    """One run directory, or the job directories of a multirun directory (numeric order)."""
+def job_dirs(path: Path, only: str | None = None) -> list[Path]:
+    """The job directories of a multirun directory (numeric order), those whose name matches the
+    glob `only` if given."""
+    return sorted(
+        (d for d in path.iterdir() if d.is_dir() and (only is None or fnmatch.fnmatchcase(d.name, only))),
+        key=lambda d: (not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0, d.name),
+    )
+
+
+def load_runs(path: Path, only: str | None = None) -> list[Run]:
+    """One run directory, or the job directories of a multirun directory (`only`: a glob of their names)."""
     path = Path(path)
     if (path / "metrics.csv").is_file():
         dirs = [path]
     else:
-        dirs = sorted(
-            (d for d in path.iterdir() if (d / "metrics.csv").is_file()),
-            key=lambda d: (not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0, d.name),
-        )
+        dirs = [d for d in job_dirs(path, only) if (d / "metrics.csv").is_file()]
     if not dirs:
         raise FileNotFoundError(
             f"{path}: neither a run directory with metrics.csv nor a multirun directory of them"
+            + (f" (of the jobs matching {only!r})" if only else "")
         )
     runs = []
     for d in dirs:
@@ -167,13 +175,13 @@ def load_runs(path: Path) -> list[Run]:
     return runs
 
 
-def jobs_without_metrics(path: Path) -> list[tuple[str, dict]]:
+def jobs_without_metrics(path: Path, only: str | None = None) -> list[tuple[str, dict]]:
     """(name, status.json) of a multirun's jobs that failed before logging anything."""
     path = Path(path)
     if (path / "metrics.csv").is_file():
         return []
-    return sorted((d.name, _read_json(d / "status.json")) for d in path.iterdir()
-                  if (d / "status.json").is_file() and not (d / "metrics.csv").is_file())
+    return [(d.name, _read_json(d / "status.json")) for d in job_dirs(path, only)
+            if (d / "status.json").is_file() and not (d / "metrics.csv").is_file()]
 
 
 def sweep_objective(path: Path, runs: list[Run]) -> tuple[str, bool]:
@@ -400,12 +408,12 @@ def summary_rows(runs: list[Run], metric: str, maximize: bool) -> list[dict]:
     return rows
 
 
-def failed_rows(path: Path, runs: list[Run], template: dict) -> list[dict]:
+def failed_rows(path: Path, runs: list[Run], template: dict, only: str | None = None) -> list[dict]:
     """Table rows for jobs that failed before logging a metric, labelled like the others."""
-    swept = differing_overrides([*runs, *(Run(n, path, {}, overrides=s.get("overrides", [])) for n, s in
-                                           jobs_without_metrics(path))])
+    failed = jobs_without_metrics(path, only)
+    swept = differing_overrides([*runs, *(Run(n, path, {}, overrides=s.get("overrides", [])) for n, s in failed)])
     rows = []
-    for name, status in jobs_without_metrics(path):
+    for name, status in failed:
         shown = [short_override(o) for o in status.get("overrides", []) if override_key(o) in swept]
         rows.append({key: None for key in template} | {"run": name, "settings": " ".join(shown),
                                                        "status": _status_text(status)})
@@ -437,10 +445,10 @@ def figures(path: Path, runs: list[Run]) -> dict[str, bytes]:
     return {name: _png(fig) for name, fig in plots.items() if fig is not None}
 
 
-def render_html(path: Path, runs: list[Run], pngs: dict[str, bytes]) -> str:
+def render_html(path: Path, runs: list[Run], pngs: dict[str, bytes], only: str | None = None) -> str:
     metric, maximize = sweep_objective(path, runs)
     rows = summary_rows(runs, metric, maximize)
-    rows += failed_rows(path, runs, rows[0])
+    rows += failed_rows(path, runs, rows[0], only)
     header = "".join(f"<th>{html.escape(k)}</th>" for k in ["rank", *rows[0]])
     body = "".join(
         "<tr>" + f"<td>{i + 1}</td>" + "".join(f"<td>{_cell(k, v)}</td>" for k, v in row.items()) + "</tr>"
@@ -484,15 +492,17 @@ figure {{ display: inline-block; margin: 0.5em; }} img {{ max-width: 100%; }}
 """
 
 
-def write_report(path: str | Path, out: str | Path | None = None, png_dir: str | Path | None = None) -> Path:
-    """The HTML page (default <path>/report.html); with `png_dir`, each plot also as <png_dir>/<plot>.png."""
+def write_report(path: str | Path, out: str | Path | None = None, png_dir: str | Path | None = None,
+                 only: str | None = None) -> Path:
+    """The HTML page (default <path>/report.html); with `png_dir`, each plot also as <png_dir>/<plot>.png;
+    `only`: a glob of the job directory names to include (default: every job)."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"report: {path} is not a directory")
     out = Path(out) if out is not None else path / "report.html"
-    runs = load_runs(path)
+    runs = load_runs(path, only)
     pngs = figures(path, runs)
-    out.write_text(render_html(path, runs, pngs), encoding="utf-8")
+    out.write_text(render_html(path, runs, pngs, only), encoding="utf-8")
     if png_dir is not None:
         Path(png_dir).mkdir(parents=True, exist_ok=True)
         for name, png in pngs.items():
@@ -505,10 +515,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("path", help="a run directory (with metrics.csv) or a multirun directory")
     parser.add_argument("--out", help="HTML file to write (default: <path>/report.html)")
     parser.add_argument("--png-dir", help="also write each plot as <png-dir>/<plot>.png (e.g. for a README)")
+    parser.add_argument("--only", metavar="GLOB",
+                        help="only the jobs whose directory name matches the glob, e.g. 'optimizer.lr=*'")
     args = parser.parse_args(argv)
     try:
         with one_line_errors():
-            out = write_report(args.path, args.out, args.png_dir)
+            out = write_report(args.path, args.out, args.png_dir, args.only)
     except FileNotFoundError as e:
         parser.error(str(e))
     print(f"report written to {out}")
