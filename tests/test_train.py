@@ -63,6 +63,14 @@ def test_validation_loss_falls(make_cfg):
     assert len(val) == 2 and val[1] < val[0] < untrained - 0.8
 
 
+def test_a_misspelled_optimized_metric_is_named_with_the_logged_ones(make_cfg, caplog):
+    cfg = make_cfg("trainer.max_steps=2", "trainer.val_check_interval=2", "sched.warmup_steps=1", "callbacks=none",
+                   "optimized_metric=val/los")
+    with caplog.at_level("WARNING", logger="lmlab"):
+        assert train(cfg) is None
+    assert "optimized_metric=val/los was never logged" in caplog.text and "did you mean val/loss?" in caplog.text
+
+
 @pytest.mark.ddp
 def test_ddp_spawn_two_processes_log_once(make_cfg):
     cfg = make_cfg("trainer=ddp_spawn", "trainer.accelerator=cpu", "trainer.max_steps=4",

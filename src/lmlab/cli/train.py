@@ -6,6 +6,7 @@ that can fail runs before the (slow) data preparation and training start.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -289,6 +290,11 @@ def train(cfg: DictConfig) -> float | None:
         finish_wandb(loggers, exit_code)
 
     metric = trainer.callback_metrics.get(cfg.optimized_metric)
+    if metric is None and trainer.callback_metrics and not trainer.fast_dev_run:
+        logged = sorted(trainer.callback_metrics)
+        close = difflib.get_close_matches(cfg.optimized_metric, logged, n=1)
+        log.warning("optimized_metric=%s was never logged, so this run returns no metric to a sweeper%s; logged: %s",
+                    cfg.optimized_metric, f" (did you mean {close[0]}?)" if close else "", ", ".join(logged))
     if trainer.is_global_zero and not trainer.fast_dev_run and cfg.samples.num_prompts and hasattr(
             datamodule, "val_prompts"):
         print_samples(module, datamodule, tokenizer, cfg)
