@@ -99,11 +99,11 @@ def test_report_of_a_sweep_overlays_runs_and_ranks_them(sweep, tmp_path, capsys)
 
 
 def test_report_of_the_jobs_a_glob_selects(sweep, tmp_path):
-    page = report.write_report(sweep, tmp_path / "one.html", only="1").read_text()
+    page = report.write_report(sweep, tmp_path / "one.html", only=["1"]).read_text()
     assert "single run" in page and "optimizer.lr=0.03" not in page  # one job: no label to tell apart
-    assert [r.name for r in report.load_runs(sweep, only="[01]")] == ["0", "1"]
-    with pytest.raises(FileNotFoundError, match="of the jobs matching 'lr=\\*'"):
-        report.load_runs(sweep, only="lr=*")
+    assert [r.name for r in report.load_runs(sweep, only=["2", "[01]"])] == ["0", "1"]
+    with pytest.raises(FileNotFoundError, match=r"of the jobs matching lr=\* or 2\)"):
+        report.load_runs(sweep, only=["lr=*", "2"])
 
 
 def test_sweep_legends_sit_outside_the_curves(sweep):

@@ -131,17 +131,17 @@ def differing_overrides(runs: list[Run]) -> list[str]:
     return [key for key in keys if len(values(key)) > 1]
 
 
-def job_dirs(path: Path, only: str | None = None) -> list[Path]:
-    """The job directories of a multirun directory (numeric order), those whose name matches the
-    glob `only` if given."""
+def job_dirs(path: Path, only: list[str] | None = None) -> list[Path]:
+    """The job directories of a multirun directory (numeric order); with `only`, those whose name
+    matches one of its globs."""
     return sorted(
-        (d for d in path.iterdir() if d.is_dir() and (only is None or fnmatch.fnmatchcase(d.name, only))),
+        (d for d in path.iterdir() if d.is_dir() and (not only or any(fnmatch.fnmatchcase(d.name, g) for g in only))),
         key=lambda d: (not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0, d.name),
     )
 
 
-def load_runs(path: Path, only: str | None = None) -> list[Run]:
-    """One run directory, or the job directories of a multirun directory (`only`: a glob of their names)."""
+def load_runs(path: Path, only: list[str] | None = None) -> list[Run]:
+    """One run directory, or the job directories of a multirun directory (`only`: globs of their names)."""
     path = Path(path)
     if (path / "metrics.csv").is_file():
         dirs = [path]
@@ -150,7 +150,7 @@ def load_runs(path: Path, only: str | None = None) -> list[Run]:
     if not dirs:
         raise FileNotFoundError(
             f"{path}: neither a run directory with metrics.csv nor a multirun directory of them"
-            + (f" (of the jobs matching {only!r})" if only else "")
+            + (f" (of the jobs matching {' or '.join(only)})" if only else "")
         )
     runs = []
     for d in dirs:
@@ -175,7 +175,7 @@ def load_runs(path: Path, only: str | None = None) -> list[Run]:
     return runs
 
 
-def jobs_without_metrics(path: Path, only: str | None = None) -> list[tuple[str, dict]]:
+def jobs_without_metrics(path: Path, only: list[str] | None = None) -> list[tuple[str, dict]]:
     """(name, status.json) of a multirun's jobs that failed before logging anything."""
     path = Path(path)
     if (path / "metrics.csv").is_file():
@@ -408,7 +408,7 @@ def summary_rows(runs: list[Run], metric: str, maximize: bool) -> list[dict]:
     return rows
 
 
-def failed_rows(path: Path, runs: list[Run], template: dict, only: str | None = None) -> list[dict]:
+def failed_rows(path: Path, runs: list[Run], template: dict, only: list[str] | None = None) -> list[dict]:
     """Table rows for jobs that failed before logging a metric, labelled like the others."""
     failed = jobs_without_metrics(path, only)
     swept = differing_overrides([*runs, *(Run(n, path, {}, overrides=s.get("overrides", [])) for n, s in failed)])
@@ -445,7 +445,7 @@ def figures(path: Path, runs: list[Run]) -> dict[str, bytes]:
     return {name: _png(fig) for name, fig in plots.items() if fig is not None}
 
 
-def render_html(path: Path, runs: list[Run], pngs: dict[str, bytes], only: str | None = None) -> str:
+def render_html(path: Path, runs: list[Run], pngs: dict[str, bytes], only: list[str] | None = None) -> str:
     metric, maximize = sweep_objective(path, runs)
     rows = summary_rows(runs, metric, maximize)
     rows += failed_rows(path, runs, rows[0], only)
@@ -493,9 +493,9 @@ figure {{ display: inline-block; margin: 0.5em; }} img {{ max-width: 100%; }}
 
 
 def write_report(path: str | Path, out: str | Path | None = None, png_dir: str | Path | None = None,
-                 only: str | None = None) -> Path:
+                 only: list[str] | None = None) -> Path:
     """The HTML page (default <path>/report.html); with `png_dir`, each plot also as <png_dir>/<plot>.png;
-    `only`: a glob of the job directory names to include (default: every job)."""
+    `only`: globs of the job directory names to include (default: every job)."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"report: {path} is not a directory")
@@ -515,8 +515,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("path", help="a run directory (with metrics.csv) or a multirun directory")
     parser.add_argument("--out", help="HTML file to write (default: <path>/report.html)")
     parser.add_argument("--png-dir", help="also write each plot as <png-dir>/<plot>.png (e.g. for a README)")
-    parser.add_argument("--only", metavar="GLOB",
-                        help="only the jobs whose directory name matches the glob, e.g. 'optimizer.lr=*'")
+    parser.add_argument("--only", metavar="GLOB", action="append",
+                        help="only the jobs whose directory name matches the glob, e.g. 'optimizer.lr=*' (repeatable)")
     args = parser.parse_args(argv)
     try:
         with one_line_errors():
