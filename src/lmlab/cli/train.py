@@ -290,8 +290,10 @@ def train(cfg: DictConfig) -> float | None:
         finish_wandb(loggers, exit_code)
 
     metric = trainer.callback_metrics.get(cfg.optimized_metric)
-    if metric is None and trainer.callback_metrics and not trainer.fast_dev_run:
-        logged = sorted(trainer.callback_metrics)
+    logged = sorted(trainer.callback_metrics)
+    validated = any(name.startswith("val/") for name in logged)  # else a val/ metric is missing for a reason
+    misspelled = validated or not cfg.optimized_metric.startswith("val/")
+    if metric is None and logged and not trainer.fast_dev_run and misspelled:
         close = difflib.get_close_matches(cfg.optimized_metric, logged, n=1)
         log.warning("optimized_metric=%s was never logged, so this run returns no metric to a sweeper%s; logged: %s",
                     cfg.optimized_metric, f" (did you mean {close[0]}?)" if close else "", ", ".join(logged))
