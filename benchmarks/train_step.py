@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,7 @@ from lmlab.cost import (
     precision_dtype,
     train_flops_per_token,
 )
+from lmlab.devices import peak_memory_gb
 
 VARIANTS = ("plain", "lit", "default", "hf")
 HF_KEYS = ("_target_", "architecture", "pretrained", "trust_remote_code", "vocab_size")  # the rest: sizes
@@ -234,7 +234,7 @@ def main(argv: list[str] | None, result: dict) -> None:
 
     if args.only:
         run_variant(args, args.only)
-        result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+        result["peak_rss_gb"] = peak_memory_gb("cpu")
         return
 
     cuda = torch.cuda.is_available()

@@ -245,3 +245,19 @@ def test_throughput_monitor_rejects_bad_arguments():
         ThroughputMonitor(price_per_device_hour=-1)
     with pytest.raises(ValueError, match="throughput.peak_flops"):
         ThroughputMonitor(peak_flops=0)
+
+
+def test_cpu_peak_memory_is_the_process_own_not_its_parent_s():
+    """getrusage's ru_maxrss survives exec: a process started by a larger one reports the parent's peak."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from lmlab.devices import peak_memory_gb
+
+    ballast = np.ones(200_000_000)  # 1.6 GB, touched
+    assert peak_memory_gb("cpu") > ballast.nbytes / 1e9
+    code = "from lmlab.devices import peak_memory_gb; print(peak_memory_gb('cpu'))"
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert 0.01 < float(child.stdout) < 1.0  # the child's own peak: python and torch, not the 1.6 GB above

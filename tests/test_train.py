@@ -69,6 +69,11 @@ def test_a_misspelled_optimized_metric_is_named_with_the_logged_ones(make_cfg, c
     with caplog.at_level("WARNING", logger="lmlab"):
         assert train(cfg) is None
     assert "optimized_metric=val/los was never logged" in caplog.text and "did you mean val/loss?" in caplog.text
+    caplog.clear()  # validation off: val/loss is missing for a reason, and nothing is said
+    with caplog.at_level("WARNING", logger="lmlab"):
+        train(make_cfg("trainer.max_steps=2", "trainer.limit_val_batches=0", "sched.warmup_steps=1", "callbacks=none",
+                       run_dir=Path(cfg.paths.output_dir).parent / "no_val"))
+    assert "never logged" not in caplog.text
 
 
 @pytest.mark.ddp

@@ -3,6 +3,8 @@ runs asynchronously)."""
 
 from __future__ import annotations
 
+import resource
+
 import torch
 
 
@@ -18,6 +20,22 @@ def synchronize(device: torch.device | str) -> None:
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def peak_memory_gb(device: torch.device | str) -> float:
+    """Peak allocated CUDA memory; on CPU, the process's peak resident set size.
+
+    On Linux the peak is the memory map's high-water mark (VmHWM): getrusage's ru_maxrss survives exec,
+    so a process started by a larger one would report its parent's peak."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    try:
+        with open("/proc/self/status") as status:
+            kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return kib * 1024 / 1e9
 
 
 def ranks_started_outside() -> bool:

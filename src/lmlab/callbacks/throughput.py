@@ -9,7 +9,6 @@ interval after warm-up has been measured.
 
 from __future__ import annotations
 
-import resource
 import time
 
 import lightning as L
@@ -26,7 +25,7 @@ from lmlab.cost import (
     precision_dtype,
     train_flops_per_token,
 )
-from lmlab.devices import synchronize
+from lmlab.devices import peak_memory_gb, synchronize
 
 
 def tokens_in_batch(batch) -> tuple[int, int]:
@@ -39,13 +38,6 @@ def tokens_in_batch(batch) -> tuple[int, int]:
             f"ThroughputMonitor expects batches as [B, T+1] token tensors, got {type(batch).__name__}"
         )
     return batch.shape[0], batch.shape[1] - 1
-
-
-def peak_memory_gb(device: torch.device) -> float:
-    """Peak allocated CUDA memory; on CPU, the process's peak resident set size."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 1e9
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux reports KiB
 
 
 class ThroughputMonitor(L.Callback):
