@@ -1,5 +1,5 @@
-"""Which device to run on, who started the ranks, and waiting for a device before reading a clock (CUDA
-runs asynchronously)."""
+"""Which device to run on, who started the ranks, waiting for a device before reading a clock (CUDA
+runs asynchronously), and a device's peak memory."""
 
 from __future__ import annotations
 
