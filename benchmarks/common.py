@@ -4,40 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
 
+from lmlab.devices import resolve_device
+
+DEVICE = resolve_device()  # every benchmark runs on the GPU when there is one
+
 
 def device_info() -> dict:
     """The device, its name and the torch version: the header of every result."""
-    cuda = torch.cuda.is_available()
-    return dict(device="cuda" if cuda else "cpu",
+    cuda = DEVICE.type == "cuda"
+    return dict(device=DEVICE.type,
                 device_name=torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine(),
                 threads=torch.get_num_threads(), torch=torch.__version__)
-
-
-def synchronize() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def timed(fn, repeats: int):
-    """(result, best wall time in s) over ``repeats`` runs after one warm-up run."""
-    result = fn()
-    best = math.inf
-    for _ in range(repeats):
-        synchronize()
-        start = time.perf_counter()
-        result = fn()
-        synchronize()
-        best = min(best, time.perf_counter() - start)
-    return result, best
 
 
 def median(values: list[float]) -> float:

@@ -29,10 +29,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import compose_train, device_info, run_quietly, synchronize
+from common import DEVICE, compose_train, device_info, run_quietly
 from hydra.utils import instantiate
 
 from lmlab.decoding import beam_search, greedy, sample, speculative
+from lmlab.devices import synchronize
 from lmlab.models import GPT
 
 SAMPLING = dict(temperature=0.8, top_k=50, top_p=0.9)
@@ -51,10 +52,10 @@ def race(fns: dict, repeats: int) -> tuple[dict, dict]:
             results[name] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
     for _ in range(repeats):
         for name in best:
-            synchronize()
+            synchronize(DEVICE)
             start = time.perf_counter()
             results[name] = fns[name]()
-            synchronize()
+            synchronize(DEVICE)
             best[name] = min(best[name], time.perf_counter() - start)
     return results, {name: best.get(name, math.inf) for name in fns}
 

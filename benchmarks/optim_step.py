@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from lmlab.devices import resolve_device, synchronize
 from lmlab.optim import Adam, AdamW
 
 
@@ -80,12 +81,11 @@ def main():
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device()
     if device.type == "cuda":
         shape_name, shapes = "gpt2-124M", gpt_shapes(50257, 1024, 12, 768)
     else:
         shape_name, shapes = "small gpt (vocab 4096, 2 layers, 128 wide)", gpt_shapes(4096, 256, 2, 128)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     optimizers = {}
     for name, make in contenders(device).items():
@@ -96,11 +96,11 @@ def main():
     times = {name: [] for name in optimizers}
     for _ in range(args.repeats):
         for name, optimizer in optimizers.items():
-            sync()
+            synchronize(device)
             start = time.perf_counter()
             for _ in range(args.steps):
                 optimizer.step()
-            sync()
+            synchronize(device)
             times[name].append((time.perf_counter() - start) / args.steps * 1e3)
     median_ms = {name: statistics.median(t) for name, t in times.items()}
     base = median_ms["torch_adamw_foreach"]

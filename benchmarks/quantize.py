@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from lmlab.checkpoint import load_checkpoint, resolve_checkpoint
 from lmlab.cli.quantize import run_datamodule
+from lmlab.devices import resolve_device, synchronize
 from lmlab.quantization import quantize
 from lmlab.quantization.int8 import packed_kernel_applies, quantize_int8
 from lmlab.quantization.layers import QuantizedWeight
@@ -73,8 +74,7 @@ def time_call(fn, iterations: int, device: torch.device, clock) -> float:
     start = clock()
     for _ in range(iterations):
         fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     return (clock() - start) / iterations
 
 
@@ -138,7 +138,7 @@ def main(argv=None) -> dict:
         parser.error(f"--run={args.run}: no config.yaml of a language-model run beside the checkpoint")
     prompts = torch.tensor(datamodule.val_prompts(args.prompts, args.prompt_tokens))
     val_batches = list(itertools.islice(datamodule.val_dataloader(), args.val_batches))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device()
     models = {name: m.to(device) for name, m in build_variants(model, names, args.group_size).items()}
     figures = compare_models(models, "float32", val_batches, prompts, args.new_tokens, repeats=args.repeats,
                              clock=clock)

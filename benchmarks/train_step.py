@@ -33,7 +33,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-from common import compose_train, device_info, median, run_quietly, synchronize
+from common import DEVICE, compose_train, device_info, median, run_quietly
 from hydra.utils import instantiate
 
 from lmlab.cost import (
@@ -43,7 +43,7 @@ from lmlab.cost import (
     precision_dtype,
     train_flops_per_token,
 )
-from lmlab.devices import peak_memory_gb
+from lmlab.devices import peak_memory_gb, synchronize
 
 VARIANTS = ("plain", "lit", "default", "hf")
 HF_KEYS = ("_target_", "architecture", "pretrained", "trust_remote_code", "vocab_size")  # the rest: sizes
@@ -106,12 +106,12 @@ class StepClock(L.Callback):
 
 
 def clock_start() -> float:
-    synchronize()
+    synchronize(DEVICE)
     return time.perf_counter()
 
 
 def clock_stop(t0: float) -> tuple[float, float | None]:
-    synchronize()
+    synchronize(DEVICE)
     seconds = time.perf_counter() - t0
     return seconds, torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None
 
@@ -165,7 +165,7 @@ def run_plain(args, run_dir: Path) -> dict:
     """The plain loop on the objects the same config builds (data, model, optimizer, schedule)."""
     cfg = compose_train(overrides(args, "plain", run_dir), run_dir)
     L.seed_everything(cfg.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = DEVICE
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")

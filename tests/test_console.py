@@ -66,6 +66,7 @@ def test_library_noise_is_silenced_by_message_and_origin_only():
     rank_zero.disabled = False
     try:
         rank_zero.info("💡 Tip: For seamless cloud logging and experiment tracking, try installing litlogger")
+        rank_zero.info("💡 Tip: For seamless cloud uploads and versioning, try installing [litmodels](...)")
         rank_zero.info("GPU available: False, used: False")
     finally:
         rank_zero.removeHandler(handler)
@@ -83,3 +84,14 @@ def test_lmlab_command_installed_without_its_checkout_names_the_fix(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(site)}, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert f"no configs at {tmp_path / 'conf'}" in proc.stderr and "pip install -e ." in proc.stderr
+
+
+@pytest.mark.parametrize("callbacks", ["none", "model_checkpoint"])
+def test_a_run_without_a_progress_callback_still_shows_lmlab_progress(make_cfg, capsys, callbacks):
+    """Lightning would add its default bar (`Epoch 0/-2` for a step budget); the train CLI adds lmlab's."""
+    from lmlab.cli.train import train
+
+    train(make_cfg(f"callbacks={callbacks}", "trainer.max_steps=2", "sched.warmup_steps=1",
+                   "trainer.log_every_n_steps=1", "samples.num_prompts=0"))
+    out = capsys.readouterr().out
+    assert "step 2/2 | loss" in out and "/-2" not in out

@@ -3,20 +3,19 @@ equals the uninterrupted run, checkpoints that never run code, full and read-onl
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 from conftest import ROOT, SUBPROCESS_ENV
+from helpers import read_metrics, rows_with
 
 from lmlab.checkpoint import load_checkpoint, read_checkpoint
 from lmlab.checkpoint_io import SafeCheckpointIO
@@ -38,11 +37,9 @@ KILLS = {
 
 def step_values(run_dir: Path, key: str) -> dict[int, float]:
     """{step: value} of one metrics.csv column, asserting that no step was logged twice."""
-    with open(run_dir / "metrics.csv", newline="") as f:
-        rows = [(int(r["step"]), float(r[key])) for r in csv.DictReader(f) if r.get(key)]
-    repeated = [step for step, n in Counter(step for step, _ in rows).items() if n > 1]
-    assert not repeated, f"{run_dir.name}: steps logged twice: {repeated}"
-    return dict(rows)
+    values = read_metrics(run_dir).get(key, {})
+    assert rows_with(run_dir, key) == len(values), f"{run_dir.name}: a step of {key} was logged twice"
+    return values
 
 
 def start(cmd: list[str], log: Path) -> subprocess.Popen:

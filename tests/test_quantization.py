@@ -7,19 +7,18 @@ where torchao is installed (`pip install --no-deps torchao`; see the README's Qu
 from __future__ import annotations
 
 import copy
-import csv
 import functools
 import json
 import pickle
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from helpers import column, read_metrics
 from safetensors.torch import save_file
 
 from lmlab.checkpoint import load_checkpoint
@@ -423,13 +422,11 @@ def test_training_logs_quantized_decode_metrics_next_to_the_float_ones(make_cfg)
     cfg = make_cfg("callbacks.decoding.quantize=int4", "callbacks.decoding.quantize_group_size=16",
                    "decoding=greedy", "trainer.max_steps=3", "samples.num_prompts=0")
     train(cfg)
-    with open(Path(cfg.paths.output_dir) / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
-    logged = {key for row in rows for key, value in row.items() if value}
+    metrics = read_metrics(cfg.paths.output_dir)
     assert {"decode/greedy/tokens_per_s", "decode/greedy-int4/tokens_per_s", "decode/greedy-int4/perplexity",
-            "decode/greedy-int4/agreement"} <= logged
-    agreement = [float(r["decode/greedy-int4/agreement"]) for r in rows if r.get("decode/greedy-int4/agreement")]
-    assert all(0 <= a <= 1 for a in agreement)
+            "decode/greedy-int4/agreement"} <= set(metrics)
+    agreement = column(metrics, "decode/greedy-int4/agreement")
+    assert agreement and all(0 <= a <= 1 for a in agreement)
 
 
 def test_decoding_callback_checks_its_quantize_settings_at_construction():

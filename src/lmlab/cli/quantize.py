@@ -22,6 +22,7 @@ from rich.table import Table
 
 from lmlab.checkpoint import load_checkpoint, resolve_checkpoint
 from lmlab.cli.user_errors import build, one_line_errors
+from lmlab.devices import resolve_device
 from lmlab.errors import InputError
 from lmlab.quantization import MODES, quantization_settings, quantize, save_quantized
 from lmlab.quantization.measure import compare_models
@@ -86,7 +87,7 @@ def quantize_run(args: argparse.Namespace, console: Console) -> dict:
     out = save_quantized(quantized, args.out, tokenizer)
     console.print(f"wrote {out} ({out.stat().st_size / 2**20:.2f} MiB)")
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)
     if args.cpu_time:
         if device != "cpu":
             raise InputError(f"--cpu-time counts CPU seconds; it needs --device cpu (device is {device})")

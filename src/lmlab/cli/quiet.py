@@ -20,8 +20,9 @@ RESUME_WARNINGS = (
     (r"Checkpoint directory .* exists and is not empty", UserWarning,
      r"lightning\.pytorch\.callbacks\.model_checkpoint"),
 )
-# (logger name, message regex) of log records: an advertisement every Trainer prints
-LOG_RECORDS = (("lightning.pytorch.utilities.rank_zero", r"💡 Tip: For seamless cloud logging"),)
+# (logger name, message regex) of log records: the advertisements a Trainer prints (cloud logging, and
+# cloud uploads when Lightning adds its own ModelCheckpoint)
+LOG_RECORDS = (("lightning.pytorch.utilities.rank_zero", r"💡 Tip: For seamless cloud "),)
 
 
 class _DropMessage(logging.Filter):

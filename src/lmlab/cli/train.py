@@ -23,11 +23,13 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lmlab.atomic import atomic_write_text
+from lmlab.callbacks.progress import progress_bar
 from lmlab.checkpoint import read_checkpoint
 from lmlab.checkpoint_io import SafeCheckpointIO
 from lmlab.cli import CONF_DIR, resolved
@@ -259,6 +261,8 @@ def train(cfg: DictConfig) -> float | None:
     if scheduler is not None:  # schedules validate their arguments on construction: fail now, not later
         scheduler(optimizer(torch.nn.Linear(1, 1)))
     callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values()]
+    if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.append(progress_bar())  # lmlab's bar or plain lines, not Lightning's default (`Epoch 0/-2`)
 
     info = run_info()
     if rank_zero_only.rank == 0:

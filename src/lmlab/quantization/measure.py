@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmlab.decoding import greedy
+from lmlab.devices import synchronize
 from lmlab.models.hf import as_causal_lm
 from lmlab.quantization.layers import QuantizedWeight
 
@@ -83,8 +84,7 @@ def decode_tokens_per_s(models: dict[str, nn.Module], prompts: torch.Tensor, bat
                 ids = prompts[:b].to(next(model.parameters()).device)
                 start = clock()
                 greedy(model, ids, new_tokens)
-                if ids.device.type == "cuda":
-                    torch.cuda.synchronize()
+                synchronize(ids.device)
                 if repeat:
                     best[name][b] = min(best[name][b], clock() - start)
     return {name: {b: b * new_tokens / seconds for b, seconds in times.items()} for name, times in best.items()}
