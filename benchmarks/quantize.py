@@ -2,6 +2,7 @@
 
     python benchmarks/quantize.py --run logs/train/runs/<run>            # a trained run and its held-out split
     python benchmarks/quantize.py --run <run> --group-size 32 --smoke     # seconds: tiny sizes, same code path
+    python benchmarks/quantize.py --run <run> --compile                  # decode speeds with the compiled step
 
 On a CPU shared with other work, wall-clock speeds are noise (and OpenMP threads waiting for a busy
 core spin, costing more than the work): ``--threads 1 --cpu-time`` times every speed figure by the
@@ -118,6 +119,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--cpu-time", action="store_true", help="speeds per CPU second (needs --threads 1, CPU)")
+    parser.add_argument("--compile", action="store_true", help="time decoding with the compiled decode step")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs (seconds)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -141,7 +143,7 @@ def main(argv=None) -> dict:
     device = resolve_device()
     models = {name: m.to(device) for name, m in build_variants(model, names, args.group_size).items()}
     figures = compare_models(models, "float32", val_batches, prompts, args.new_tokens, repeats=args.repeats,
-                             clock=clock)
+                             clock=clock, compile=args.compile)
 
     base = figures["float32"]
     for f in figures.values():

@@ -46,6 +46,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, default=32, help="greedy tokens per prompt")
     parser.add_argument("--val-batches", type=int, help="validation batches for perplexity (default: all)")
     parser.add_argument("--repeats", type=int, default=3, help="timed decodes per model (the fastest counts)")
+    parser.add_argument("--compile", action="store_true", help="time decoding with the compiled decode step")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
     parser.add_argument("--cpu-time", action="store_true",
                         help="CPU: decode on one thread and count its CPU seconds (steady on a busy machine)")
@@ -104,7 +105,8 @@ def quantize_run(args: argparse.Namespace, console: Console) -> dict:
         prompts = torch.tensor(datamodule.val_prompts(args.prompts, args.prompt_tokens))
         val_batches = list(itertools.islice(datamodule.val_dataloader(), args.val_batches))
     figures = compare_models(models, next(iter(models)), val_batches, prompts, args.new_tokens,
-                             repeats=args.repeats, clock=time.process_time if args.cpu_time else time.perf_counter)
+                             repeats=args.repeats, clock=time.process_time if args.cpu_time else time.perf_counter,
+                             compile=args.compile)
     print_table(figures, len(prompts), args.new_tokens, args.cpu_time, console)
     return figures
 

@@ -72,9 +72,10 @@ def token_agreement(reference: list[list[int]], other: list[list[int]]) -> float
 
 
 def decode_tokens_per_s(models: dict[str, nn.Module], prompts: torch.Tensor, batch_sizes=(1, 8),
-                        new_tokens: int = 32, repeats: int = 3, clock=time.perf_counter) -> dict[str, dict[int, float]]:
+                        new_tokens: int = 32, repeats: int = 3, clock=time.perf_counter, compile: bool = False
+                        ) -> dict[str, dict[int, float]]:
     """Greedy decode speed (new tokens per second of ``clock``, prefill included) of each model at each
-    batch size."""
+    batch size; ``compile``: with the compiled decode step (compiled in the untimed first round)."""
     rows = max(batch_sizes)
     prompts = prompts.repeat(math.ceil(rows / len(prompts)), 1)[:rows]
     best = {name: {b: math.inf for b in batch_sizes} for name in models}
@@ -83,7 +84,7 @@ def decode_tokens_per_s(models: dict[str, nn.Module], prompts: torch.Tensor, bat
             for name, model in models.items():
                 ids = prompts[:b].to(next(model.parameters()).device)
                 start = clock()
-                greedy(model, ids, new_tokens)
+                greedy(model, ids, new_tokens, compile=compile)
                 synchronize(ids.device)
                 if repeat:
                     best[name][b] = min(best[name][b], clock() - start)
@@ -92,11 +93,11 @@ def decode_tokens_per_s(models: dict[str, nn.Module], prompts: torch.Tensor, bat
 
 def compare_models(models: dict[str, nn.Module], reference: str, val_batches: list[torch.Tensor] | None,
                    prompts: torch.Tensor, new_tokens: int = 32, batch_sizes=(1, 8), repeats: int = 3,
-                   clock=time.perf_counter) -> dict:
+                   clock=time.perf_counter, compile: bool = False) -> dict:
     """Every figure of every model, keyed by model name; agreement is with the ``reference`` model.
 
     ``val_batches`` None skips perplexity; ``prompts`` [N, L] drive both agreement and speed."""
-    speed = decode_tokens_per_s(models, prompts, batch_sizes, new_tokens, repeats, clock)
+    speed = decode_tokens_per_s(models, prompts, batch_sizes, new_tokens, repeats, clock, compile)
     completions = {name: greedy_completions(model, prompts, new_tokens) for name, model in models.items()}
     figures = {}
     for name, model in models.items():
