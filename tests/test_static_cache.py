@@ -245,3 +245,24 @@ def test_decoding_compile_switch_through_the_evaluation_path(make_cfg):
     ids, mask = left_pad(prompts_, PAD, "cpu")
     assert torch.equal(decode(model, ids, 8, eos_token_id=EOS, attention_mask=mask, pad_token_id=PAD),
                        greedy(model, ids, 8, eos_token_id=EOS, attention_mask=mask, pad_token_id=PAD))
+
+
+def test_a_warmed_up_evaluation_decodes_once_untimed_with_the_same_texts():
+    """warmup=True (what generate.py and the decoding callback's first evaluation pass for a compiled
+    strategy) decodes once before the timed run, and a seeded sampler starts both from the same seed."""
+    import functools
+
+    from lmlab.decoding.evaluate import compiles, evaluate_strategy
+
+    calls = []
+
+    def counted_sample(model, input_ids, max_new_tokens, generator=None, **kwargs):
+        calls.append(max_new_tokens)
+        return sample(model, input_ids, max_new_tokens, generator=generator, **kwargs)
+
+    decode = functools.partial(counted_sample, temperature=1.0, compile="eager")
+    model, prompts_ = build("llama_style"), [[5, 6, 7, 8], [9, 10]]
+    plain = evaluate_strategy("sample", decode, model, prompts_, 6, EOS, PAD, seed=3)
+    warmed = evaluate_strategy("sample", decode, model, prompts_, 6, EOS, PAD, seed=3, warmup=True)
+    assert calls == [6, 6, 6] and warmed.completions == plain.completions
+    assert compiles(decode) and not compiles(functools.partial(sample, temperature=1.0))

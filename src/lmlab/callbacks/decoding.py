@@ -14,7 +14,7 @@ import copy
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lmlab.decoding.evaluate import evaluate_strategy, named_strategies
+from lmlab.decoding.evaluate import compiles, evaluate_strategy, named_strategies
 from lmlab.loggers import wandb_loggers
 from lmlab.quantization import quantization_settings, quantize
 from lmlab.quantization.measure import token_agreement
@@ -66,8 +66,10 @@ class DecodingEvaluator(L.Callback):
         for name, decode in self.strategies.items():
             reference = None
             for suffix, candidate in models.items():
+                # a compiled strategy compiles in its first evaluation (later copies reuse the graphs): not timed
                 result = evaluate_strategy(name + suffix, decode, candidate, prompts, self.max_new_tokens,
-                                           tokenizer.eos_token_id, tokenizer.pad_token_id, self.seed)
+                                           tokenizer.eos_token_id, tokenizer.pad_token_id, self.seed,
+                                           warmup=compiles(decode) and self.validations == 1)
                 if reference is None:
                     reference = result
                 else:

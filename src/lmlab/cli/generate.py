@@ -21,7 +21,7 @@ from lmlab.cli import CONF_DIR, resolved
 from lmlab.cli.display import print_results
 from lmlab.cli.user_errors import hydra_task, run_hydra_app
 from lmlab.config import check_generate_config
-from lmlab.decoding.evaluate import DecodeResult, evaluate_strategy, named_strategies
+from lmlab.decoding.evaluate import DecodeResult, compiles, evaluate_strategy, named_strategies
 from lmlab.devices import resolve_device
 from lmlab.errors import InputError
 from lmlab.quantization import QuantizationSettings, quantization_settings, quantize
@@ -81,7 +81,7 @@ def decode_and_print(cfg: DictConfig, model, tokenizer, prompts: list[list[int]]
     """Every strategy of the `decoding=` choice on the prompts, printed; shared with train.py's samples."""
     strategies = named_strategies(instantiate(cfg.decoding), HydraConfig.get().runtime.choices.decoding)
     results = [evaluate_strategy(name, decode, model, prompts, max_new_tokens, tokenizer.eos_token_id,
-                                 tokenizer.pad_token_id, cfg.seed)
+                                 tokenizer.pad_token_id, cfg.seed, warmup=compiles(decode))
                for name, decode in strategies.items()]
     print_results(results, tokenizer)
     return results

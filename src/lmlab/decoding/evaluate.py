@@ -105,27 +105,40 @@ ADAPTERS = {greedy: _batched, sample: _batched, beam_search: _best_beam, specula
 SPECULATIVE_FIGURES = ("acceptance_rate", "mean_accepted", "tokens_per_target_forward")
 
 
+def compiles(decode) -> bool:
+    """Whether a strategy (a partial of greedy/sample/...) runs the compiled decode step: its first call compiles."""
+    return bool(getattr(decode, "keywords", {}).get("compile"))
+
+
 @torch.inference_mode()
 def evaluate_strategy(name: str, decode, model, prompts: list[list[int]], max_new_tokens: int,
-                      eos_token_id: int | None, pad_token_id: int, seed: int = 0) -> DecodeResult:
+                      eos_token_id: int | None, pad_token_id: int, seed: int = 0,
+                      warmup: bool = False) -> DecodeResult:
     """Decode every prompt with ``decode`` (a partial of greedy/sample/beam_search/speculative).
 
     metrics: tokens_per_s, mean_new_length, distinct_2, repetition_rate, perplexity, and for speculative
     decoding acceptance_rate, mean_accepted and tokens_per_target_forward (the names ``speculative``
-    returns)."""
+    returns). ``warmup``: decode once untimed first, so tokens_per_s leaves out one-time costs (the
+    compilation of a ``compile=True`` strategy)."""
     device = next(model.parameters()).device
     func = getattr(decode, "func", decode)
     draft = getattr(decode, "keywords", {}).get("draft")
     if isinstance(draft, torch.nn.Module):  # a draft model decodes beside the target, on its device
         draft.to(device).eval()
-    extra = {}
-    if "generator" in inspect.signature(func).parameters:  # seeded sampling: same texts every evaluation
-        extra["generator"] = torch.Generator(device).manual_seed(seed)
+    seeded = "generator" in inspect.signature(func).parameters  # seeded sampling: same texts every evaluation
     input_ids, mask = left_pad(prompts, pad_token_id, device)
     width = input_ids.shape[1]
     adapter = ADAPTERS.get(func, _batched)
+
+    def run() -> Decoded:
+        extra = {"generator": torch.Generator(device).manual_seed(seed)} if seeded else {}
+        return adapter(decode, model, input_ids, mask, prompts, max_new_tokens, eos_token_id, pad_token_id, extra)
+
+    if warmup:
+        run()
+        synchronize(device)
     start = time.perf_counter()
-    decoded = adapter(decode, model, input_ids, mask, prompts, max_new_tokens, eos_token_id, pad_token_id, extra)
+    decoded = run()
     synchronize(device)
     elapsed = time.perf_counter() - start
 
