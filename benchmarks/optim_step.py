@@ -1,6 +1,7 @@
 """Time one optimizer step: lmlab's Adam/AdamW against torch's AdamW (foreach, fused, single-tensor).
 
     python benchmarks/optim_step.py [--steps 20] [--repeats 7] [--threads N]
+    python benchmarks/optim_step.py --smoke      # seconds: tiny shapes, one step, checks the script runs
 
 All optimizers step the same parameter shapes: GPT-2 124M on a GPU, a small GPT on CPU. Param groups
 as in training (matrices decayed, the rest not). Measurements are interleaved round-robin, so load on a
@@ -73,16 +74,20 @@ def contenders(device: torch.device) -> dict:
     return made
 
 
-def main():
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20, help="optimizer steps per timed block")
     parser.add_argument("--repeats", type=int, default=7, help="timed blocks per optimizer (median)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes, one step: checks the script runs")
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device()
-    if device.type == "cuda":
+    if args.smoke:
+        args.steps, args.repeats = 1, 1
+        shape_name, shapes = "tiny gpt (vocab 64, 1 layer, 16 wide)", gpt_shapes(64, 16, 1, 16)
+    elif device.type == "cuda":
         shape_name, shapes = "gpt2-124M", gpt_shapes(50257, 1024, 12, 768)
     else:
         shape_name, shapes = "small gpt (vocab 4096, 2 layers, 128 wide)", gpt_shapes(4096, 256, 2, 128)
@@ -118,6 +123,7 @@ def main():
         "goal": "lmlab_adamw <= 1.1 x torch_adamw_foreach",
     }
     print(json.dumps(report, indent=2))
+    return report
 
 
 if __name__ == "__main__":

@@ -55,3 +55,9 @@ def test_startup_smoke(benchmark, corpus_dir, cache_dir, capsys):
     [lmlab] = out["imports"]  # --smoke: `import lmlab` only
     assert lmlab["module"] == "lmlab" and lmlab["heavy_imports"]["transformers"] == "not imported"
     assert json.loads(capsys.readouterr().out)["benchmark"] == "startup"
+
+
+def test_optim_step_smoke(benchmark):
+    out = benchmark("optim_step").main(["--smoke"])
+    assert {"torch_adamw_foreach", "lmlab_adamw", "lmlab_adamw_skip_flag", "lmlab_adam"} <= set(out["ms_per_step"])
+    assert all(ms > 0 for ms in out["ms_per_step"].values()) and out["ratio_to_torch_adamw_foreach"]["lmlab_adamw"] > 0
