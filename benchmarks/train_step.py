@@ -113,7 +113,7 @@ def clock_start() -> float:
 def clock_stop(t0: float) -> tuple[float, float | None]:
     synchronize(DEVICE)
     seconds = time.perf_counter() - t0
-    return seconds, torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None
+    return seconds, peak_memory_gb(DEVICE) if DEVICE.type == "cuda" else None  # CPU: a fresh process per variant
 
 
 def overrides(args, variant: str, run_dir: Path) -> list[str]:
