@@ -32,11 +32,11 @@ import torch.nn.functional as F
 
 from lmlab.checkpoint import load_checkpoint, resolve_checkpoint
 from lmlab.cli.quantize import run_datamodule
+from lmlab.compare import compare_models
 from lmlab.devices import resolve_device, synchronize
 from lmlab.quantization import quantize
 from lmlab.quantization.int8 import packed_kernel_applies, quantize_int8
 from lmlab.quantization.layers import QuantizedWeight
-from lmlab.quantization.measure import compare_models
 
 VARIANTS = ("float32", "int8", "int8_bf16_matmul", "int4", "int8_all", "int4_all", "bfloat16", "int8_bfloat16")
 GOALS = {  # name: (model, figure, target, holds)

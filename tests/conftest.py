@@ -12,12 +12,10 @@ from pathlib import Path
 import helpers
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from lmlab.cli import CONF_DIR
+from lmlab.cli import CONF_DIR, compose
 
 ROOT = Path(CONF_DIR).parent
 # real source files of a few stdlib packages: ~60 documents, ~100k tokens
@@ -91,16 +89,7 @@ def tiny_overrides(corpus_dir: Path, cache_dir: Path, *chosen: str) -> list[str]
 
 def compose_train(corpus_dir: Path, cache_dir: Path, run_dir: Path, *overrides: str) -> DictConfig:
     """compose('train', tiny overrides + yours) with its run directory at run_dir, as Hydra would set it."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=tiny_overrides(corpus_dir, cache_dir, *overrides),
-                      return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(run_dir)
-        cfg.hydra.runtime.output_dir = str(run_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    return cfg
+    return compose("train", tiny_overrides(corpus_dir, cache_dir, *overrides), run_dir=run_dir)
 
 
 @pytest.fixture
@@ -117,11 +106,7 @@ def generate_cfg():
     from lmlab.cli.generate import quote_prompt
 
     def compose_generate(*overrides: str) -> DictConfig:
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            cfg = compose("generate", overrides=[quote_prompt(o) for o in overrides], return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)
-        return cfg
+        return compose("generate", [quote_prompt(o) for o in overrides], run_dir=".")
 
     yield compose_generate
     GlobalHydra.instance().clear()

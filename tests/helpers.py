@@ -16,8 +16,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from lmlab.cli.report import read_metrics_csv
 from lmlab.data import TextFiles
+from lmlab.report import read_metrics_csv
 
 
 class SigtermAtStep(L.Callback):

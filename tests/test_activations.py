@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmlab.models.activations import ACTIVATIONS, FUNCTIONS, get_activation
+from lmlab.models.activations import FUNCTIONS, Activation
 
 TORCH_REFERENCE = {
     "relu": torch.relu,
@@ -54,7 +54,7 @@ def test_bf16_gradient_is_computed_in_float32(name):
 
 
 def test_autocast_bf16_mlp():
-    mlp = torch.nn.Sequential(torch.nn.Linear(8, 16), get_activation("gelu"), torch.nn.Linear(16, 8))
+    mlp = torch.nn.Sequential(torch.nn.Linear(8, 16), Activation("gelu"), torch.nn.Linear(16, 8))
     x = torch.randn(4, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = mlp(x)
@@ -66,7 +66,7 @@ def test_autocast_bf16_mlp():
 @pytest.mark.parametrize("name", ["gelu", "silu", "tanh"])
 def test_compiles_without_graph_breaks(name):
     """fullgraph=True raises on any graph break; aot_eager runs the traced forward and backward graphs."""
-    act = get_activation(name)
+    act = Activation(name)
     compiled = torch.compile(lambda x: act(x * 2.0).sum(), fullgraph=True, backend="aot_eager")
     x = torch.randn(16, requires_grad=True)
     (grad,) = torch.autograd.grad(compiled(x), x)
@@ -76,7 +76,7 @@ def test_compiles_without_graph_breaks(name):
 
 
 def test_registry_names_and_bad_name():
-    assert list(ACTIVATIONS) == ["relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh"]
-    assert "gelu_tanh" in repr(get_activation("gelu_tanh"))
-    with pytest.raises(ValueError, match=r"model\.activation='swish'; allowed: relu, gelu, gelu_tanh"):
-        get_activation("swish")
+    assert list(FUNCTIONS) == ["relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh"]
+    assert "gelu_tanh" in repr(Activation("gelu_tanh"))
+    with pytest.raises(ValueError, match=r"^name='swish': must be one of 'relu', 'gelu', 'gelu_tanh'"):
+        Activation("swish")

@@ -30,6 +30,7 @@ EXTRA = {
                       "model.max_position_embeddings=64"],
     ("trainer", "ddp_spawn"): ["trainer.accelerator=cpu"],
     ("data", "code_pairs"): ["loss=contrastive"],  # pair batches need the contrastive loss
+    ("task", "pair_embedding"): ["loss=contrastive"],
 }
 # two optimizer steps, validation after the second
 SHORT_RUN = ["trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
@@ -56,7 +57,7 @@ def test_config_option_runs(make_cfg, group, option, hf_dataset_file, corpus_dir
         extra.append(f"decoding.draft={request.getfixturevalue('trained_run')}")
     if (group, option) == ("data", "text_files"):
         extra.append(f"data.corpus.paths={corpus_dir}")
-    if (group, option) in (("loss", "contrastive"), ("experiment", "code_search")):  # pairs of the tiny corpus
+    if (group, option) in (("loss", "contrastive"), ("experiment", "code_search"), ("task", "pair_embedding")):
         extra += ["data=code_pairs", "data.corpus._target_=lmlab.data.TextFiles",
                   f"+data.corpus.paths={corpus_dir}"]
     if (group, option) == ("data", "hf_dataset"):

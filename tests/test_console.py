@@ -31,7 +31,7 @@ def test_progress_is_the_rich_bar_on_a_terminal_and_plain_lines_in_a_pipe(monkey
         lines = progress_bar(every_n_steps=3)
     os.close(read_fd)
     assert isinstance(lines, ProgressLines) and lines.every_n_steps == 3
-    with pytest.raises(ValueError, match="every_n_steps=0 must be >= 1"):
+    with pytest.raises(ValueError, match="^every_n_steps=0: must be null or an integer >= 1$"):
         ProgressLines(0)
 
 

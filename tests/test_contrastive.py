@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import sysconfig
@@ -25,6 +26,7 @@ from lmlab.data.pairs import CodePair, EncodedPairs, corpus_pairs, extract_pairs
 from lmlab.losses import InfoNCELoss, info_nce, mean_reciprocal_rank, recall_at_k
 from lmlab.models import GPT
 from lmlab.module import LitLM
+from lmlab.tasks import PairEmbedding
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 # ~1,300 documented functions in ~110 files: enough pairs that training generalises to held-out files
@@ -174,18 +176,18 @@ def test_simcse_pairs_every_training_text_with_itself(corpus_dir, pairs_cache):
 
 def test_too_few_pairs_name_the_fields(tmp_path, pairs_cache):
     (tmp_path / "one.py").write_text(SOURCE)
-    one_file = r"validation split has 0 pairs.*data\.batch_size=2.*3 docstring/code pairs in 1 documents"
-    with pytest.raises(ValueError, match=one_file + r".*data\.val_fraction.*at least two files"):
+    one_file = r"^the validation split has 0 pairs.*batch_size=2.*3 docstring/code pairs in 1 documents"
+    with pytest.raises(ValueError, match=one_file + r".*val_fraction.*at least two files"):
         pairs_dm(tmp_path, pairs_cache, min_docstring_chars=10, batch_size=2)
     other = {"numbers": "values", "a + b": "b + a", "greeting": "salute", "hello": "hi", "done": "ready"}
     text = SOURCE
     for old, new in other.items():
         text = text.replace(old, new)
     (tmp_path / "two.py").write_text(text)
-    two_files = r"training split has 3 pairs.*data\.batch_size=8.*6 docstring/code pairs in 2 documents"
-    with pytest.raises(ValueError, match=two_files + r" \(0 not Python\).*data\.min_docstring_chars=10"):
+    two_files = r"^the training split has 3 pairs.*batch_size=8.*6 docstring/code pairs in 2 documents"
+    with pytest.raises(ValueError, match=two_files + r" \(0 not Python\).*min_docstring_chars=10"):
         pairs_dm(tmp_path, pairs_cache, min_docstring_chars=10)
-    with pytest.raises(ValueError, match=r"data\.pairs='dense'; allowed: code_search, simcse"):
+    with pytest.raises(ValueError, match=r"^pairs='dense': must be one of 'code_search', 'simcse'$"):
         CodePairsDataModule(TextFiles(str(tmp_path)), pairs="dense")
 
 
@@ -235,14 +237,14 @@ def test_info_nce_loss_module_is_info_nce():
     a, b = torch.randn(6, 16, generator=gen), torch.randn(6, 16, generator=gen)
     torch.testing.assert_close(InfoNCELoss()(a, b), info_nce(a, b, temperature=0.05), rtol=0, atol=0)
     torch.testing.assert_close(InfoNCELoss(0.3)(a, b), info_nce(a, b, temperature=0.3), rtol=0, atol=0)
-    with pytest.raises(ValueError, match=r"loss\.temperature=0 must be > 0"):
+    with pytest.raises(ValueError, match=r"^temperature=0: must be a number > 0$"):
         InfoNCELoss(temperature=0)
 
 
 def test_mean_pooled_embedding_ignores_padding():
     torch.manual_seed(0)
     model = GPT(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=16).eval()
-    module = LitLM(model, InfoNCELoss(), optimizer=torch.optim.SGD)
+    embed = functools.partial(PairEmbedding.embed, model.forward)
     lengths = [3, 7, 5]
     ids = torch.full((3, 7), 63)
     mask = torch.zeros(3, 7, dtype=torch.long)
@@ -250,8 +252,8 @@ def test_mean_pooled_embedding_ignores_padding():
         ids[row, :n] = torch.randint(0, 63, (n,))
         mask[row, :n] = 1
     with torch.no_grad():
-        batched = module.embed(ids, mask)
-        alone = torch.cat([module.embed(ids[r : r + 1, :n], mask[r : r + 1, :n])
+        batched = embed(ids, mask)
+        alone = torch.cat([embed(ids[r : r + 1, :n], mask[r : r + 1, :n])
                            for r, n in enumerate(lengths)])
         direct = torch.stack([model(ids[r : r + 1, :n], output_hidden=True).hidden[0].mean(0)
                               for r, n in enumerate(lengths)])
@@ -269,7 +271,7 @@ def test_validation_under_ddp_scores_every_pair_once(corpus_dir, pairs_cache):
     def validate(**trainer_args) -> dict[str, float]:
         trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
                             enable_model_summary=False, **trainer_args)
-        module = LitLM(model, InfoNCELoss(), torch.optim.SGD)
+        module = LitLM(model, InfoNCELoss(), torch.optim.SGD, task=PairEmbedding())
         (metrics,) = trainer.validate(module, datamodule=dm, verbose=False)
         return metrics
 
@@ -297,9 +299,10 @@ def test_loss_contrastive_selects_code_pairs_unless_data_is_given(make_cfg):
         cfg = compose("train", overrides=["loss=contrastive"])
     assert cfg.data._target_ == "lmlab.data.CodePairsDataModule"
     cfg = make_cfg("loss=contrastive")  # the tiny test overrides give data=text_files, which wins
-    with pytest.raises(ValueError, match="LMDataModule: loss=contrastive trains on pair batches"):
+    with pytest.raises(ValueError, match=r"data LMDataModule \(blocks\), loss InfoNCELoss \(pairs\): they must "
+                                         "take the same batches; loss=contrastive trains on pair batches"):
         train(cfg)
-    with pytest.raises(ValueError, match="LanguageModelingLoss with data CodePairsDataModule"):
+    with pytest.raises(ValueError, match=r"data CodePairsDataModule \(pairs\), loss LanguageModelingLoss \(blocks\)"):
         train(make_cfg("loss=ce", "data=code_pairs"))
 
 
@@ -328,7 +331,8 @@ def test_contrastive_training_beats_the_untrained_model(make_cfg, learning_corpu
     datamodule.prepare_data()
     untrained = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
                           enable_model_summary=False)
-    (before,) = untrained.validate(LitLM(model, instantiate(cfg.loss), instantiate(cfg.optimizer)),
+    (before,) = untrained.validate(LitLM(model, instantiate(cfg.loss), instantiate(cfg.optimizer),
+                                         task=instantiate(cfg.task)),
                                    datamodule=datamodule, verbose=False)
     n_val = len(datamodule.val_pairs)
     assert n_val > 200

@@ -149,9 +149,9 @@ def test_a_broken_checkpoint_is_named_with_the_reason(trained_run, make_cfg, tmp
     good = (trained_run / "checkpoints" / "last.ckpt").read_bytes()
     path = tmp_path / "broken.ckpt"
     path.write_bytes({"text": b"not a checkpoint\n", "truncated": good[: len(good) // 2], "empty": b""}[content])
-    with pytest.raises(CheckpointError, match=f"ckpt={path} \\(\\d+ bytes\\) is truncated, corrupt or not a PyTorch"):
+    with pytest.raises(CheckpointError, match=f"ckpt={path}: \\(\\d+ bytes\\) is truncated, corrupt or not a PyTorch"):
         load_checkpoint(path)
-    with pytest.raises(CheckpointError, match=f"ckpt_path={path} \\(\\d+ bytes\\) is truncated"):
+    with pytest.raises(CheckpointError, match=f"ckpt_path={path}: \\(\\d+ bytes\\) is truncated"):
         train(make_cfg(f"ckpt_path={path}"))
 
 

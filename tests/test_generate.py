@@ -91,7 +91,7 @@ def test_shell_prompt_with_quotes_and_braces_is_taken_verbatim(ckpt, generate_cf
 
 
 @pytest.mark.parametrize("overrides,error", [
-    (["ckpt=/nonexistent/run", "prompt=x"], "ckpt=/nonexistent/run does not exist"),
+    (["ckpt=/nonexistent/run", "prompt=x"], "ckpt=/nonexistent/run: does not exist"),
     (["ckpt=x", "prompt=x", "prompt_file=y"], "exactly one of prompt"),
     (["ckpt=x"], "exactly one of prompt"),
     (["ckpt=x", "prompt_file=/nonexistent.txt"], "prompt_file=/nonexistent.txt: does not exist"),

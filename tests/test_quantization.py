@@ -26,6 +26,7 @@ from lmlab.cli import CONF_DIR
 from lmlab.cli.generate import generate
 from lmlab.cli.quantize import main as quantize_main
 from lmlab.cli.train import train
+from lmlab.compare import token_agreement
 from lmlab.decoding import beam_search, greedy, sample, speculative
 from lmlab.errors import CheckpointError, InputError
 from lmlab.models import GPT
@@ -41,7 +42,6 @@ from lmlab.quantization import (
 )
 from lmlab.quantization.int4 import dequantize_int4, quantize_int4, unpack_int4
 from lmlab.quantization.int8 import dequantize_int8, packed_kernel_applies, quantize_int8
-from lmlab.quantization.measure import token_agreement
 
 ROOT = CONF_DIR.rsplit("/", 1)[0]
 
@@ -304,7 +304,7 @@ def test_unusable_safetensors_files_are_checkpoint_errors(tmp_path):
     broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(CheckpointError, match="not a readable safetensors file"):
         load_quantized(broken)
-    with pytest.raises(CheckpointError, match="missing.safetensors does not exist"):
+    with pytest.raises(CheckpointError, match="missing.safetensors: does not exist"):
         load_checkpoint(tmp_path / "missing.safetensors")
 
 
@@ -350,15 +350,15 @@ def test_token_agreement():
 # --- bad input -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs,error", [
-    ({"mode": "int3"}, r"mode='int3' is not a quantization mode; allowed: int8, int4"),
-    ({"mode": "int4", "group_size": 48}, r"group_size=48 does not divide in_features=32 of blocks.0.attn.qkv"),
-    ({"mode": "int4", "group_size": 0}, r"group_size=0 must be a positive integer"),
-    ({"mode": "int8", "group_size": 64}, r"group_size=64 applies to int4 only"),
-    ({"mode": "int8", "skip": ["blcks.*"]}, r"skip pattern 'blcks.\*' matches no module"),
-    ({"mode": "int8", "skip": ["*"]}, r"nothing to quantize"),
+    ({"mode": "int3"}, r"^mode='int3': must be one of 'int8', 'int4'$"),
+    ({"mode": "int4", "group_size": 48}, r"^group_size=48: does not divide in_features=32 of blocks.0.attn.qkv"),
+    ({"mode": "int4", "group_size": 0}, r"^group_size=0: must be null or an integer >= 1$"),
+    ({"mode": "int8", "group_size": 64}, r"^group_size=64: applies to int4 only"),
+    ({"mode": "int8", "skip": ["blcks.*"]}, r"^skip=\['blcks.\*'\]: the pattern 'blcks.\*' matches no module"),
+    ({"mode": "int8", "skip": ["*"]}, r"^skip=\['\*'\]: leaves nothing to quantize"),
     ({"mode": "int8", "embeddings": True, "skip": ["wte"]}, r"wte and lm_head share one weight"),
-    ({"mode": "int4", "matmul_dtype": "bfloat16"}, r"matmul_dtype='bfloat16'; allowed: unset, or bfloat16 with int8"),
-    ({"mode": "int8", "matmul_dtype": "float8"}, r"matmul_dtype='float8'; allowed"),
+    ({"mode": "int4", "matmul_dtype": "bfloat16"}, r"^matmul_dtype='bfloat16': applies to int8 only \(mode='int4'\)"),
+    ({"mode": "int8", "matmul_dtype": "float8"}, r"^matmul_dtype='float8': must be null or one of 'bfloat16'$"),
 ])
 def test_bad_settings_fail_before_any_layer_changes(kwargs, error):
     model = tiny_gpt()
@@ -382,9 +382,9 @@ def test_non_finite_weights_and_quantizing_twice_are_refused():
 
 @pytest.mark.parametrize("overrides,error", [
     (["quantize=int9"], "quantize='int9': must be null or one of 'int8', 'int4'"),
-    (["quantize_group_size=32"], "quantize_group_size=32 is set but quantize is null"),
-    (["quantize=int8", "quantize_group_size=32"], "quantize_group_size=32 applies to int4 only"),
-    (["quantize=int4", "quantize_group_size=48"], "quantize_group_size=48 does not divide"),
+    (["quantize_group_size=32"], "quantize_group_size=32: is set but quantize=null"),
+    (["quantize=int8", "quantize_group_size=32"], "quantize_group_size=32: applies to int4 only"),
+    (["quantize=int4", "quantize_group_size=48"], "quantize_group_size=48: does not divide"),
 ])
 def test_generate_py_quantize_misuse_is_named(overrides, error, trained_run, generate_cfg):
     with pytest.raises(InputError, match=error):
@@ -410,9 +410,10 @@ def test_lmlab_quantize_writes_a_checkpoint_generate_loads(trained_run, tmp_path
 
 @pytest.mark.parametrize("args,error", [
     (["--mode", "int8", "--out", "x.pt"], r"--out=\S*x.pt must end in .safetensors"),
-    (["--mode", "int8", "--group-size", "32", "--out", "x.safetensors"], r"--group-size=32 applies to int4 only"),
-    (["--mode", "fp8", "--out", "x.safetensors"], r"--mode='fp8' is not a quantization mode"),
-    (["--mode", "int8", "--skip", "nothing", "--out", "x.safetensors"], r"--skip pattern 'nothing' matches no"),
+    (["--mode", "int8", "--group-size", "32", "--out", "x.safetensors"], r"--group-size=32: applies to int4 only"),
+    (["--mode", "fp8", "--out", "x.safetensors"], r"--mode='fp8': must be one of 'int8', 'int4'"),
+    (["--mode", "int8", "--skip", "nothing", "--out", "x.safetensors"],
+     r"--skip=\['nothing'\]: the pattern 'nothing' matches no"),
 ])
 def test_lmlab_quantize_misuse_is_one_line(args, error, trained_run, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -442,7 +443,7 @@ def test_training_logs_quantized_decode_metrics_next_to_the_float_ones(make_cfg)
 def test_decoding_callback_checks_its_quantize_settings_at_construction():
     from lmlab.callbacks.decoding import DecodingEvaluator
 
-    with pytest.raises(InputError, match=r"callbacks.decoding.quantize='int2' is not a quantization mode"):
+    with pytest.raises(InputError, match=r"^quantize='int2': must be null or one of 'int8', 'int4'$"):
         DecodingEvaluator(functools.partial(greedy), quantize="int2")
 
 

@@ -15,11 +15,13 @@ from lightning.pytorch.loggers import CSVLogger
 from rich.console import Console
 from tiny_lightning import TinyLM, fit_tiny
 
+from lmlab import report
 from lmlab.callbacks.dashboard import WandbDashboard
 from lmlab.callbacks.stability import StabilityMonitor
 from lmlab.callbacks.summary import RunSummary
 from lmlab.callbacks.throughput import ThroughputMonitor
-from lmlab.cli import report
+from lmlab.cli import report as report_cli
+from lmlab.report import plots
 
 PLOTS = {"loss", "lr", "grad_norm", "update_ratio", "throughput"}
 
@@ -77,7 +79,7 @@ def images(page: str) -> dict[str, bytes]:
 
 
 def test_report_of_a_sweep_overlays_runs_and_ranks_them(sweep, tmp_path, capsys):
-    out = report.main([str(sweep), "--out", str(tmp_path / "sweep.html"), "--png-dir", str(tmp_path / "png")])
+    out = report_cli.main([str(sweep), "--out", str(tmp_path / "sweep.html"), "--png-dir", str(tmp_path / "png")])
     assert out == tmp_path / "sweep.html" and "report written" in capsys.readouterr().out
     page = out.read_text()
     pngs = images(page)
@@ -110,7 +112,7 @@ def test_sweep_legends_sit_outside_the_curves(sweep):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     runs = report.load_runs(sweep)
-    for name, plot in report.PLOTS.items():
+    for name, plot in plots.PLOTS.items():
         fig = plot(runs)
         FigureCanvasAgg(fig).draw()
         ax = fig.axes[0]
@@ -122,8 +124,8 @@ def test_sweep_legends_sit_outside_the_curves(sweep):
 
 def test_objective_against_each_searched_parameter(sweep):
     runs = report.load_runs(sweep)
-    assert report.searched_parameters(runs) == (["optimizer.lr", "optimizer.weight_decay"], [])
-    figures = report.plot_objective(runs, "val/loss", maximize=False)
+    assert plots.searched_parameters(runs) == (["optimizer.lr", "optimizer.weight_decay"], [])
+    figures = plots.plot_objective(runs, "val/loss", maximize=False)
     ax = figures["objective_optimizer.lr"].axes[0]
     points = sorted(zip(*ax.lines[0].get_data(), strict=True))
     expected = sorted((float(r.overrides[1].split("=")[1]), r.status["metric"]) for r in runs)
@@ -134,7 +136,7 @@ def test_objective_against_each_searched_parameter(sweep):
 
 
 def test_report_of_one_run_defaults_next_to_it(sweep):
-    out = report.main([str(sweep / "1")])
+    out = report_cli.main([str(sweep / "1")])
     assert out == sweep / "1" / "report.html"
     assert set(images(out.read_text())) == PLOTS
 
@@ -151,7 +153,7 @@ def test_metrics_csv_reading_keeps_latest_value_of_a_resumed_step(tmp_path):
 
 def test_report_needs_metrics(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        report.main([str(tmp_path)])
+        report_cli.main([str(tmp_path)])
     assert "neither a run directory with metrics.csv nor a multirun directory" in capsys.readouterr().err
 
 
@@ -160,7 +162,7 @@ def test_report_marks_spikes_on_the_grad_norm_plot(tmp_path):
     fit_tiny(tmp_path, [monitor], steps=10, module=TinyLM(inject={7: "spike"}))
     runs = report.load_runs(tmp_path)
     assert set(runs[0].series("stability/spike_step")[1]) >= {7.0}
-    fig = report.plot_grad_norm(runs)
+    fig = plots.plot_grad_norm(runs)
     markers = [line for line in fig.axes[0].lines if line.get_marker() == "x"]
     assert [m.get_xdata()[0] for m in markers] == [7]
 

@@ -86,11 +86,20 @@ def test_wsd_decay_never_overlaps_warmup():
     assert sched.multiplier(10) == 0.0
 
 
-def test_no_warmup_and_warmup_equal_to_run():
+def test_no_warmup_and_the_longest_warmup():
     assert WarmupCosine(_optimizer(), 0, T).multiplier(0) == pytest.approx(1.0)
-    full = WarmupLinear(_optimizer(), T, T, min_lr_ratio=R)
-    assert full.multiplier(T - 1) == pytest.approx(1.0)
-    assert full.multiplier(T) == pytest.approx(R)  # no decay phase left: at the floor
+    longest = WarmupLinear(_optimizer(), T - 1, T, min_lr_ratio=R)
+    assert longest.multiplier(T - 2) == pytest.approx(1.0)
+    assert longest.multiplier(T) == pytest.approx(R)  # one decay step, then at the floor
+
+
+@pytest.mark.parametrize("fraction, steps", [(0.1, 5), (0.05, 2), (0.01, 0)])
+def test_warmup_as_a_fraction_of_the_run(fraction, steps):
+    """A fraction of total_steps, rounded to a step: the same schedule fits a run of any length."""
+    sched = WarmupCosine(_optimizer(), fraction, T)
+    assert sched.warmup_steps == round(fraction * T) == steps
+    assert WarmupConstant(_optimizer(), fraction, T).warmup_steps == steps
+    assert [WarmupCosine(_optimizer(), 0.1, n).warmup_steps for n in (1, 2, 30, 300)] == [0, 0, 3, 30]
 
 
 def test_state_dict_round_trip_resumes_schedule():
@@ -111,17 +120,16 @@ def test_state_dict_round_trip_resumes_schedule():
 @pytest.mark.parametrize(
     "make, match",
     [
-        (lambda o: WarmupCosine(o, -1, T), r"sched\.warmup_steps=-1 must be >= 0"),
-        (lambda o: WarmupCosine(o, W, 0), r"sched\.total_steps=0 must be > 0"),
-        (
-            lambda o: WarmupLinear(o, 60, T),
-            r"sched\.warmup_steps=60 is longer than the run \(sched\.total_steps=50\)",
-        ),
-        (lambda o: WarmupCosine(o, W, T, min_lr_ratio=1.5), r"sched\.min_lr_ratio=1\.5 must be in \[0, 1\]"),
-        (lambda o: WSD(o, W, T, decay_fraction=0.0), r"sched\.decay_fraction=0\.0 must be in \(0, 1\]"),
-        (lambda o: WSD(o, W, T, decay_fraction=1.2), r"sched\.decay_fraction=1\.2"),
-        (lambda o: WarmupConstant(o, 2.5), r"sched\.warmup_steps=2\.5 must be an integer"),
-        (lambda o: InverseSqrt(o, 0), r"sched\.warmup_steps=0 must be >= 1"),
+        (lambda o: WarmupCosine(o, -1, T), r"^warmup_steps=-1: must be an integer >= 0 or a number in \(0, 1\)$"),
+        (lambda o: WarmupCosine(o, W, 0), r"^total_steps=0: must be an integer >= 1$"),
+        (lambda o: WarmupLinear(o, 60, T), r"^warmup_steps=60: must be less than total_steps=50"),
+        (lambda o: WarmupLinear(o, T, T), r"^warmup_steps=50: must be less than total_steps=50"),
+        (lambda o: WarmupCosine(o, W, T, min_lr_ratio=1.5), r"^min_lr_ratio=1\.5: must be a number in \[0, 1\]$"),
+        (lambda o: WSD(o, W, T, decay_fraction=0.0), r"^decay_fraction=0\.0: must be a number in \(0, 1\]$"),
+        (lambda o: WSD(o, W, T, decay_fraction=1.2), r"^decay_fraction=1\.2"),
+        (lambda o: WarmupConstant(o, 2.5), r"^warmup_steps=2\.5: must be an integer >= 0 or a number in \(0, 1\)"),
+        (lambda o: WarmupConstant(o, 0.5), r"^warmup_steps=0\.5: a fraction of the run needs total_steps=null"),
+        (lambda o: InverseSqrt(o, 0), r"^warmup_steps=0: must be at least one step"),
     ],
 )
 def test_bad_arguments_name_the_field(make, match):

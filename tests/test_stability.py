@@ -312,17 +312,18 @@ def test_ddp_ranks_take_the_same_decision_on_a_spike_seen_by_one_rank(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, field",
     [
-        ({"policy": "ignore"}, "stability.policy"),
-        ({"per_layer": "all"}, "stability.per_layer"),
-        ({"spike_warmup": 1}, "stability.spike_warmup"),
-        ({"spike_threshold": 0}, "stability.spike_threshold"),
+        ({"policy": "ignore"}, "^policy='ignore': must be one of 'log', 'skip', 'halt'$"),
+        ({"per_layer": "all"}, "^per_layer='all': must be one of"),
+        ({"spike_warmup": 1}, "^spike_warmup=1: must be an integer >= 2$"),
+        ({"spike_warmup": 200}, "^spike_warmup=200: must be at most spike_window=128$"),
+        ({"spike_threshold": 0}, "^spike_threshold=0: must be a number > 0$"),
     ],
 )
 def test_bad_arguments_name_the_field(kwargs, field):
-    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+    with pytest.raises(ValueError, match=field):
         StabilityMonitor(**kwargs)
 
 
 def test_log_interval_must_align_with_trainer(tmp_path):
-    with pytest.raises(ValueError, match="multiple of trainer.log_every_n_steps"):
+    with pytest.raises(ValueError, match="^log_every_n_steps=3: must be a multiple of the Trainer's log_every_n_steps"):
         fit_tiny(tmp_path, [StabilityMonitor(log_every_n_steps=3)], steps=2, log_every_n_steps=2)

@@ -18,6 +18,9 @@ from lmlab.decoding import beam_search, greedy, sample, speculative
 from lmlab.models import GPT
 
 VOCAB, CONTEXT, PROMPT_LEN, EOS, PAD = 80, 48, 6, 3, 1
+# float32 rounding of logits of magnitude ~6 summed in another order (the static cache attends over the whole
+# buffer): up to ~1e-5 on these models; a wrong mask or position moves logits by O(1)
+TOLERANCE = 2e-5
 
 SHAPES = {
     "llama_style": dict(n_kv_head=2, position="rope", norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False),
@@ -117,8 +120,8 @@ def test_static_cache_logits_equal_dynamic_at_every_step(style):
         checked = StaticVsDynamic(build(style))
         run(checked)
         assert checked.calls > 3, name
-        assert checked.max_gap < 1e-5, (name, checked.max_gap)
-    assert draft.calls > 3 and draft.max_gap < 1e-5
+        assert checked.max_gap < TOLERANCE, (name, checked.max_gap)
+    assert draft.calls > 3 and draft.max_gap < TOLERANCE
 
 
 def test_static_cache_rollback_and_reorder_match_a_fresh_forward():
@@ -201,16 +204,23 @@ def test_bad_compile_value_is_an_error_before_any_work():
 def test_static_caches_are_leased_once_and_reused_after_release():
     """A CUDA graph replays with the buffer addresses it recorded: the next generation of the same shape
     gets the same buffers back, while two live generations (a model drafting for itself) never share."""
-    from lmlab.decoding.compiled import lease_static_cache, release_static_cache
+    import copy
+
+    from lmlab.decoding.compiled import StaticDecoder
 
     model = build("gpt2_style")
-    first, second = lease_static_cache(model, 2, 16), lease_static_cache(model, 2, 16)
+    decoder = StaticDecoder.of(model, "eager")
+    assert StaticDecoder.of(model, "eager") is decoder
+    assert StaticDecoder.of(copy.deepcopy(model), "eager") is not decoder  # a copy has its own compiled graphs
+    first, second = decoder.lease(2, 16), decoder.lease(2, 16)
     assert first is not second and first.static
     first.length = 5
-    release_static_cache(model, first)
-    again = lease_static_cache(model, 2, 16)
+    decoder.release(first)
+    again = decoder.lease(2, 16)
     assert again is first and again.length == 0
-    assert lease_static_cache(model, 3, 16) is not first  # another shape: other buffers
+    assert decoder.lease(3, 16) is not first  # another shape: other buffers
+    greedy(model, prompts(2)[0], 4, compile="eager")  # a generation hands its cache back when it ends
+    assert decoder.lease(2, prompts(2)[0].shape[1] + 4).length == 0
 
 
 @pytest.mark.gpu

@@ -47,7 +47,7 @@ def test_a_failing_job_costs_no_other_job_and_a_rerun_skips_the_finished(run_tra
     proc = run_train_py(*args, run_dir=sweep_dir, multirun=True, returncode=1)
     # the failure is summarised at the end, one line per failed job, and its traceback is in its log
     assert "1 of 3 jobs failed" in proc.stderr
-    assert re.search(r"job 1 \(optimizer.lr=0\): InputError: optimizer.lr=0: must be a number > 0 "
+    assert re.search(r"job 1 \(optimizer.lr=0\): ArgumentError: optimizer.lr=0: must be a number > 0 "
                      r"\(log: .*1/train.log\)", proc.stderr)
     assert "Traceback" in (sweep_dir / "1" / "train.log").read_text()
     failed = status(sweep_dir / "1")
@@ -62,7 +62,7 @@ def test_a_failing_job_costs_no_other_job_and_a_rerun_skips_the_finished(run_tra
     # the report labels the jobs by what was swept and lists the failed one
     page = report.write_report(sweep_dir).read_text()
     assert "<td>optimizer.lr=0.003</td><td>completed</td>" in page
-    assert "<td>optimizer.lr=0</td><td>failed: InputError: optimizer.lr=0: must be a number &gt; 0</td>" in page
+    assert "<td>optimizer.lr=0</td><td>failed: ArgumentError: optimizer.lr=0: must be a number &gt; 0</td>" in page
 
     before = {job: (sweep_dir / job / "metrics.csv").read_bytes() for job in ("0", "2")}
     # another command's job in the same directory, written while this one runs: not this sweep's to count

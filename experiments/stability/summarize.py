@@ -22,7 +22,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from lmlab.cli.report import read_metrics_csv
+from lmlab.report import read_metrics_csv
 
 SETTINGS = {"lr": "optimizer.lr", "precision": "trainer.precision", "clip": "trainer.gradient_clip_val",
             "z-loss": "loss.z_loss", "policy": "callbacks.stability.policy"}

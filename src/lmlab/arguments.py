@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal, Union
 
 import annotated_types as at
 
-from lmlab.errors import InputError
+from lmlab.errors import ArgumentError, show
 
 # ---- what an argument may be ------------------------------------------------------------------
 # Every float must also be finite; ints are not bools; a string is not a number.
@@ -41,54 +41,6 @@ NonNegativeInt = Annotated[int, at.Ge(0)]
 Betas = Annotated[Sequence[Beta], at.Len(2, 2)]
 
 MAX_KEYS_LISTED = 12
-
-
-def show(value: Any) -> str:
-    """A value as written on the command line: null, true, 3e-4, 'text', [1, 2]."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, str):
-        return repr(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(show(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {show(v)}" for k, v in value.items()) + "}"
-    return str(value)
-
-
-class ArgumentError(InputError):
-    """A bad argument, named by its parameter: ``name=value: rule``.
-
-    ``rule`` may name other arguments as ``{other}``, given in ``others`` with their values (shown as
-    ``other=value``, or as the bare name when the value is ``...``). ``name=""`` is a problem of the
-    arguments together. Whoever passed the arguments on adds where they came from with :meth:`within`:
-    ``ArgumentError("lr", -1, "must be > 0").within("optimizer")`` reads ``optimizer.lr=-1: must be > 0``.
-    """
-
-    def __init__(self, name: str, value: Any, rule: str, prefix: str = "", **others: Any):
-        self.name, self.value, self.rule, self.prefix, self.others = name, value, rule, prefix, others
-        super().__init__(self.message())
-
-    def message(self) -> str:
-        shown = {k: self.prefix + k + ("" if v is ... else f"={show(v)}") for k, v in self.others.items()}
-        rule = self.rule.format(**shown)
-        if not self.name:
-            return f"{self.prefix.rstrip('.')}: {rule}" if self.prefix else rule
-        return f"{self.prefix}{self.name}={show(self.value)}: {rule}"
-
-    def within(self, key: str) -> ArgumentError:
-        """The same error, its names under ``key`` (a config key or an argument holding the object)."""
-        return ArgumentError(self.name, self.value, self.rule, f"{key}.{self.prefix}" if key else self.prefix,
-                             **self.others)
-
-    def __reduce__(self):  # picklable across processes (ddp_spawn, multirun launchers)
-        return _rebuild, (self.name, self.value, self.rule, self.prefix, self.others)
-
-
-def _rebuild(name, value, rule, prefix, others) -> ArgumentError:
-    return ArgumentError(name, value, rule, prefix, **others)
 
 
 def unknown_key(name: str, value: Any, allowed: Collection[str]) -> ArgumentError:
@@ -111,17 +63,18 @@ def checked(func: Callable | None = None, *, rules: Callable[..., None] | None =
 
     def decorate(func: Callable) -> Callable:
         signature = inspect.signature(func)
+        receiver = _receiver(signature)
 
         @functools.wraps(func)
         def call(*args, **kwargs):
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
             values = dict(bound.arguments)
-            if "self" in values:
-                del values["self"]
-            for param in signature.parameters.values():  # **kwargs: checked by whoever receives them
-                if param.kind is param.VAR_KEYWORD:
-                    values.pop(param.name, None)
+            if receiver is not None:
+                values.pop(receiver)
+            for param in signature.parameters.values():
+                if param.kind is param.VAR_KEYWORD:  # **kwargs: checked as the keywords they are
+                    values.update(values.pop(param.name, {}))
             check_arguments(call, values)
             return func(*args, **kwargs)
 
@@ -142,8 +95,15 @@ def parameters(target: Any) -> dict[str, inspect.Parameter]:
         return {}
     function = inspect.unwrap(target.__init__ if inspect.isclass(target) else target)
     namespace = getattr(function, "__globals__", {})
+    receiver = _receiver(signature)
     return {name: p.replace(annotation=_resolve(p.annotation, namespace))
-            for name, p in signature.parameters.items() if p.kind is not p.VAR_POSITIONAL and name != "self"}
+            for name, p in signature.parameters.items() if p.kind is not p.VAR_POSITIONAL and name != receiver}
+
+
+def _receiver(signature: inspect.Signature) -> str | None:
+    """The first parameter of a method's function (what the method is bound to: not an argument)."""
+    first = next(iter(signature.parameters), None)
+    return first if first in ("self", "cls") else None
 
 
 def _resolve(annotation: Any, namespace: dict) -> Any:
@@ -167,7 +127,10 @@ def run_rules(target: Any, values: dict) -> None:
         return
     defaults = {name: p.default for name, p in parameters(target).items() if p.default is not p.empty}
     wanted = parameters(rules)
-    rules(**{name: values.get(name, defaults.get(name)) for name in wanted if name in values or name in defaults})
+    arguments = {name: values.get(name, defaults.get(name)) for name in wanted if name in values or name in defaults}
+    if any(p.kind is p.VAR_KEYWORD for p in wanted.values()):  # rules about any keyword the target takes
+        arguments |= {name: value for name, value in values.items() if name not in wanted}
+    rules(**arguments)
 
 
 def check_arguments(target: Any, values: dict, runtime: Collection[str] = ()) -> None:
@@ -184,58 +147,87 @@ def check_arguments(target: Any, values: dict, runtime: Collection[str] = ()) ->
         param = params[name]
         if param.default is param.empty and name not in values:
             raise ArgumentError(name, None, f"is required: {describe(param.annotation)}")
-    validator = _validator(target, tuple(sorted(runtime)))
-    if validator is not None:
-        from pydantic import ValidationError
-
-        checked_values = {k: v for k, v in values.items() if k in validator.model_fields}
-        try:
-            validator.model_validate(checked_values)
-        except ValidationError as e:
-            item = e.errors(include_url=False)[0]
-            name = str(item["loc"][0])
-            raise ArgumentError(name, values[name], f"must be {describe(params[name].annotation)}") from None
+    check_annotations(target, values, runtime)
     run_rules(target, values)
+
+
+def check_annotations(target: Any, values: dict, runtime: Collection[str] = ()) -> None:
+    """Each value against its parameter's annotation (no rules): an ArgumentError naming the first bad one."""
+    validator = _validator(target, tuple(sorted(runtime)))
+    if validator is None:
+        return
+    from pydantic import ValidationError
+
+    try:
+        validator.model_validate({k: _plain(v) for k, v in values.items() if k in validator.model_fields})
+    except ValidationError as e:
+        name = str(e.errors(include_url=False)[0]["loc"][0])
+        annotation = parameters(target)[name].annotation
+        raise ArgumentError(name, values[name], f"must be {describe(checkable(annotation))}") from None
+
+
+def _plain(value: Any) -> Any:
+    """Lists and dicts as Python's own (a config's ListConfig and DictConfig are sequences and mappings too)."""
+    if isinstance(value, collections.abc.Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, collections.abc.Sequence) and not isinstance(value, str | bytes):
+        return [_plain(v) for v in value]
+    return value
 
 
 @functools.cache
 def _validator(target: Any, runtime: tuple[str, ...]):
-    """A pydantic model of the target's parameters whose annotations say what a config value may be
-    (numbers, strings, lists, literals...); strict: no "3" for 3, no true for 1; floats finite."""
-    from pydantic import ConfigDict, create_model
+    """A pydantic model of the target's parameters whose annotations it can check; strict (no "3" for 3, no
+    true for 1), floats finite, other classes by isinstance."""
+    from pydantic import ConfigDict, TypeAdapter, create_model
 
+    config = ConfigDict(strict=True, allow_inf_nan=False, arbitrary_types_allowed=True)
     fields = {}
     for name, param in parameters(target).items():
-        annotation = config_type(param.annotation)
-        if name not in runtime and param.kind is not param.VAR_KEYWORD and annotation is not None:
-            fields[name] = (annotation, None)
+        annotation = checkable(param.annotation)
+        if name in runtime or param.kind is param.VAR_KEYWORD or annotation is None:
+            continue
+        try:
+            TypeAdapter(annotation, config=config)
+        except Exception:  # a type pydantic cannot check: left to the target itself
+            continue
+        fields[name] = (annotation, None)
     if not fields:
         return None
-    config = ConfigDict(strict=True, allow_inf_nan=False, arbitrary_types_allowed=True)
     return create_model(f"{getattr(target, '__qualname__', 'target')}Arguments", __config__=config, **fields)
 
 
-CONFIG_BASES = (float, int, bool, str, type(None), list, tuple, dict, Sequence, collections.abc.Sequence)
+CONFIG_TYPES = (float, int, bool, str, type(None))
+SEQUENCES = (list, tuple, Sequence, collections.abc.Sequence)
 
 
-def config_type(annotation: Any) -> Any:
-    """The part of an annotation a config value can have (a number, a string, a list of numbers...),
-    or None: ``float | Tensor`` -> ``float``; ``nn.Module`` -> None (not checked here)."""
+def checkable(annotation: Any) -> Any:
+    """The annotation, or None where it says nothing checkable (empty, Any, or a union with such a member)."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if annotation is inspect.Parameter.empty or annotation is Any:
+    if annotation is inspect.Parameter.empty or annotation is Any or isinstance(annotation, str | typing.TypeVar):
         return None
     if origin is Annotated:
-        base = config_type(args[0])
+        base = checkable(args[0])
         return None if base is None else Annotated[(base, *args[1:])]
-    if origin in (Union, types.UnionType):
-        members = [config_type(a) for a in args]
-        members = [m for m in members if m is not None]
-        return Union[tuple(members)] if members else None  # noqa: UP007 (a runtime union of computed members)
-    if origin is Literal:
+    if origin is tuple and args:  # a config gives lists: a tuple of n values is a list of n values
+        each = args[0] if args[-1] is Ellipsis else Union[tuple(args)]  # noqa: UP007 (a computed union)
+        length = () if args[-1] is Ellipsis else (at.Len(len(args), len(args)),)
+        return checkable(Annotated[(Sequence[each], *length)]) if length else checkable(Sequence[each])
+    if origin in (Union, types.UnionType, *SEQUENCES, dict):
+        return annotation if all(a is Ellipsis or checkable(a) is not None for a in args) else None
+    if origin in (Literal, type) or inspect.isclass(annotation):
         return annotation
-    if origin in (list, tuple, dict, Sequence, collections.abc.Sequence):
-        return annotation if all(a is Ellipsis or config_type(a) is not None for a in args) else None
-    return annotation if annotation in CONFIG_BASES else None
+    return None
+
+
+def config_value_type(annotation: Any) -> bool:
+    """Whether a config file can give a value of this type (numbers, strings, lists...: not a model)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        return config_value_type(args[0])
+    if origin in (Union, types.UnionType):
+        return any(config_value_type(a) for a in args)
+    return origin in (Literal, dict, *SEQUENCES) or annotation in (*CONFIG_TYPES, dict, list)
 
 
 # ---- what an annotation allows, in words ---------------------------------------------------------
@@ -247,20 +239,21 @@ def describe(annotation: Any, metadata: Sequence = ()) -> str:
     if origin is Annotated:
         return describe(args[0], [*metadata, *args[1:]])
     if origin in (Union, types.UnionType):
-        parts = [describe(a, metadata) for a in args if a is not type(None) and config_type(a) is not None]
+        parts = [describe(a, metadata) for a in args if a is not type(None) and config_value_type(a)]
         return " or ".join(["null"] * (type(None) in args) + parts)
     if origin is Literal:
         return "one of " + ", ".join(show(a) for a in args)
     if origin in (list, tuple, Sequence, collections.abc.Sequence):
-        length = _length(metadata)
         each = f", each {describe(args[0])}" if args and args[0] is not Ellipsis else ""
-        return f"a list of {length}values{each}"
+        return f"{_length(metadata)}values{each}"
     if origin is dict or annotation is dict:
         return "a mapping"
     names = {float: "a number", int: "an integer", bool: "true or false", str: "a string", type(None): "null"}
     if annotation is inspect.Parameter.empty or annotation is Any:
         return "any value"
-    return names.get(annotation, getattr(annotation, "__name__", str(annotation))) + _range(metadata)
+    if annotation in names:
+        return names[annotation] + _range(metadata)
+    return f"a {getattr(annotation, '__name__', annotation)}" + _range(metadata)
 
 
 def _range(metadata: Sequence) -> str:
@@ -278,7 +271,9 @@ def _range(metadata: Sequence) -> str:
 
 
 def _length(metadata: Sequence) -> str:
-    length = next((m for m in metadata if isinstance(m, at.Len)), None)
-    if length is not None and length.min_length == length.max_length:
-        return f"{length.min_length} "
-    return ""
+    """'a list of 2 ', 'a non-empty list of ' or 'a list of '."""
+    low = next((m.min_length for m in metadata if isinstance(m, at.Len | at.MinLen)), 0)
+    high = next((m.max_length for m in metadata if isinstance(m, at.Len | at.MaxLen)), None)
+    if low == high:
+        return f"a list of {low} "
+    return "a non-empty list of " if low else "a list of "

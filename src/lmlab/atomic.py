@@ -1,14 +1,19 @@
-"""Write a file so that readers (and a resume after a crash) see the old content or the new, never half.
+"""Write a file or a folder so that readers (and a resume after a crash) see the old content or the new,
+never half.
 
-The content goes to a temporary file in the same folder (same filesystem, so the rename is atomic),
-is flushed and fsynced, then renamed over the target; the folder is fsynced so the rename itself
-survives a power loss. A temporary file left by a killed writer is removed by the next write.
+A file's content goes to a temporary file in the same folder (same filesystem, so the rename is atomic), is
+flushed and fsynced, then renamed over the target; the folder is fsynced so the rename itself survives a
+power loss. A temporary file left by a killed writer is removed by the next write. A folder (a cache entry)
+is built in a temporary sibling and renamed into place when complete.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -40,3 +45,22 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+@contextlib.contextmanager
+def atomic_directory(final: Path) -> Iterator[Path]:
+    """Yield a temporary directory that becomes ``final`` when the block finishes without error.
+
+    If another process finished the same entry first, its copy is kept (same key, same content).
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -14,64 +14,37 @@ import re
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 
-from lmlab.errors import CheckpointError
+from lmlab.errors import CheckpointError, first_line
+from lmlab.quantization.checkpoint import SAFETENSORS, load_quantized, read_quantized_header
+from lmlab.spec import build_model, build_tokenizer
 
 # version of the ``lmlab`` entry; bump when its layout changes and keep reading the older ones
 FORMAT_VERSION = 1
 
 
-def model_spec(model: nn.Module) -> dict:
-    from lmlab.models.hf import HFCausalLM
-
-    if isinstance(model, HFCausalLM):
-        return {"kind": "hf", "config": model.to_config_dict()}
-    return {"kind": "gpt", "config": model.to_config_dict()}
-
-
-def build_model(spec: dict) -> nn.Module:
-    if spec["kind"] == "hf":
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        from lmlab.models.hf import HFCausalLM
-
-        config = dict(spec["config"])
-        config.pop("auto_map", None)  # code a checkpoint names is never imported
-        hf_config = AutoConfig.for_model(config.pop("model_type"), **config)
-        return HFCausalLM(AutoModelForCausalLM.from_config(hf_config, trust_remote_code=False))
-    from lmlab.models.gpt import GPT
-
-    return GPT(**spec["config"])
-
-
-def tokenizer_spec(tokenizer) -> dict:
-    return {
-        "json": tokenizer.backend_tokenizer.to_str(),
-        "special_tokens": {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)},
-    }
-
-
-def build_tokenizer(spec: dict):
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(spec["json"]), **spec["special_tokens"])
-
-
 def resolve_checkpoint(path: str | Path, field: str = "ckpt") -> Path:
     """A .ckpt file, or a run directory (its checkpoints/best.ckpt, else checkpoints/last.ckpt).
 
-    ``field`` names the config field in errors."""
+    ``field``: the argument that gave the path, which errors name."""
     path = Path(path).expanduser()
     if path.is_dir():
         for name in ("best.ckpt", "last.ckpt"):
             if (path / "checkpoints" / name).is_file():
                 return path / "checkpoints" / name
-        raise CheckpointError(f"{field}={path}: a run directory, but it has no checkpoints/best.ckpt or last.ckpt")
+        raise CheckpointError(field, path, "a run directory, but it has no checkpoints/best.ckpt or last.ckpt")
     if not path.is_file():
-        raise CheckpointError(f"{field}={path} does not exist (give a .ckpt file or a run directory)")
+        raise CheckpointError(field, path, "does not exist (give a .ckpt file or a run directory)")
     return path
+
+
+def check_checkpoint(path: str | Path, field: str = "ckpt") -> None:
+    """That ``path`` names a checkpoint lmlab can load (its entries read safely, its weights not): a config's
+    rules call this before any work."""
+    if str(path).endswith(SAFETENSORS):
+        read_quantized_header(path, field)
+    else:
+        read_checkpoint(resolve_checkpoint(path, field), field=field, mmap=True)
 
 
 def read_checkpoint(path: str | Path, map_location="cpu", field: str = "ckpt", mmap: bool = False) -> dict:
@@ -85,17 +58,16 @@ def read_checkpoint(path: str | Path, map_location="cpu", field: str = "ckpt", m
         if found is None:
             raise _corrupt(path, field, e) from None
         raise CheckpointError(
-            f"{field}={path}: refused, loading it would run code from inside the file ({found.group(1)}); "
-            "lmlab reads checkpoints with torch.load(weights_only=True), which allows only tensors and "
-            "plain containers"
+            field, path, f"refused, loading it would run code from inside the file ({found.group(1)}); lmlab "
+            "reads checkpoints with torch.load(weights_only=True), which allows only tensors and plain containers"
         ) from None
     except Exception as e:  # a truncated zip, a text file, an empty file: many exception types
         raise _corrupt(path, field, e) from None
     if not isinstance(ckpt, dict):
-        raise CheckpointError(f"{field}={path} holds a {type(ckpt).__name__}, not a checkpoint dict")
+        raise CheckpointError(field, path, f"holds a {type(ckpt).__name__}, not a checkpoint dict")
     version = ckpt.get("lmlab", {}).get("format_version", 0) if isinstance(ckpt.get("lmlab"), dict) else 0
     if version > FORMAT_VERSION:
-        raise CheckpointError(f"{field}={path} has checkpoint format {version}; this lmlab reads up to "
+        raise CheckpointError(field, path, f"has checkpoint format {version}; this lmlab reads up to "
                               f"{FORMAT_VERSION} (upgrade lmlab)")
     return ckpt
 
@@ -103,32 +75,20 @@ def read_checkpoint(path: str | Path, map_location="cpu", field: str = "ckpt", m
 def _corrupt(path, field: str, error: Exception) -> CheckpointError:
     size = Path(path).stat().st_size if Path(path).is_file() else 0
     return CheckpointError(
-        f"{field}={path} ({size} bytes) is truncated, corrupt or not a PyTorch checkpoint: {_first_line(error)}"
+        field, path, f"({size} bytes) is truncated, corrupt or not a PyTorch checkpoint: {first_line(error)}"
     )
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
-def checkpoint_step(path: str | Path, field: str = "ckpt_path") -> int:
-    """The optimizer step a checkpoint was written at (memory-mapped: the weights are not read)."""
-    return int(read_checkpoint(path, field=field, mmap=True).get("global_step", 0))
 
 
 def load_checkpoint(path: str | Path, map_location="cpu", field: str = "ckpt"):
     """(model in eval mode, tokenizer, raw checkpoint dict) from a checkpoint file or run directory.
 
     A ``.safetensors`` file is a quantized checkpoint (``lmlab quantize``); its dict is the header metadata."""
-    if str(path).endswith(".safetensors"):
-        from lmlab.quantization.checkpoint import load_quantized
-
+    if str(path).endswith(SAFETENSORS):
         return load_quantized(path, field)
     path = resolve_checkpoint(path, field)
     ckpt = read_checkpoint(path, map_location, field)
     if not isinstance(ckpt.get("lmlab"), dict) or "state_dict" not in ckpt:
-        raise CheckpointError(f"{field}={path} was not written by lmlab (no 'lmlab' entry)")
+        raise CheckpointError(field, path, "was not written by lmlab (no 'lmlab' entry)")
     meta = ckpt["lmlab"]
     model = build_model(meta["model"])
     prefix = "model."
@@ -136,8 +96,6 @@ def load_checkpoint(path: str | Path, map_location="cpu", field: str = "ckpt"):
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise CheckpointError(
-            f"{field}={path}: its weights do not fit the model it describes: {_first_line(e)}"
-        ) from None
+        raise CheckpointError(field, path, f"its weights do not fit the model it describes: {first_line(e)}") from None
     tokenizer = build_tokenizer(meta["tokenizer"]) if meta.get("tokenizer") else None
     return model.eval(), tokenizer, ckpt

@@ -25,10 +25,8 @@ class SafeCheckpointIO(TorchCheckpointIO):
         try:
             atomic_write(path, lambda f: self.write(checkpoint, f))
         except OSError as e:
-            raise CheckpointError(
-                f"could not write checkpoint {path}: {e.strerror or e} (errno {e.errno}); "
-                f"the previous {path.name}, if any, is intact"
-            ) from e
+            raise CheckpointError("", path, f"could not write checkpoint {path}: {e.strerror or e} (errno {e.errno}); "
+                                  f"the previous {path.name}, if any, is intact") from e
 
     def write(self, checkpoint: dict[str, Any], f: IO[bytes]) -> None:
         """Serialise into the open temporary file (a separate step so tests can interrupt it)."""

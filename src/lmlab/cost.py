@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmlab.devices import synchronize
+from lmlab.errors import ArgumentError
 
 # Dense (no 2:4 sparsity) tensor-core peaks per device, from NVIDIA datasheets and architecture
 # whitepapers. Matched as substrings of the lower-cased device name, most specific first.
@@ -107,7 +108,7 @@ def precision_dtype(precision: str | int) -> torch.dtype:
     """The dtype matmuls run in under a Lightning ``trainer.precision`` setting."""
     dtype = _PRECISIONS.get(str(precision))
     if dtype is None:
-        raise ValueError(f"trainer.precision={precision!r}; allowed: {', '.join(_PRECISIONS)}")
+        raise ArgumentError("precision", precision, f"allowed: {', '.join(_PRECISIONS)}")
     return dtype
 
 

@@ -6,6 +6,7 @@ import csv
 import io
 import netrc
 import os
+from typing import Literal
 from urllib.parse import urlparse
 
 import lightning as L
@@ -13,9 +14,10 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
+from lmlab.arguments import checked
 from lmlab.atomic import atomic_write
 
-WANDB_MODES = ("auto", "online", "offline", "disabled")
+WandbMode = Literal["auto", "online", "offline", "disabled"]
 
 
 def wandb_key_configured() -> bool:
@@ -29,10 +31,9 @@ def wandb_key_configured() -> bool:
         return False
 
 
-def resolve_wandb_mode(mode: str) -> str:
+@checked
+def resolve_wandb_mode(mode: WandbMode) -> str:
     """auto: WANDB_MODE if set, else online with a key and offline without one."""
-    if mode not in WANDB_MODES:
-        raise ValueError(f"logger.wandb.mode={mode!r}; allowed: {', '.join(WANDB_MODES)}")
     if mode != "auto":
         return mode
     return os.environ.get("WANDB_MODE") or ("online" if wandb_key_configured() else "offline")
@@ -46,11 +47,14 @@ def wandb_loggers(loggers: L.Trainer | list) -> list[WandbLogger]:
 WANDB_TAG_LENGTH = 64  # W&B refuses longer tags
 
 
-def wandb_logger(save_dir: str, project: str = "lmlab", mode: str = "auto", tags=None, **kwargs) -> WandbLogger:
+@checked
+def wandb_logger(save_dir: str, project: str = "lmlab", mode: WandbMode = "auto", name: str | None = None,
+                 group: str | None = None, tags: list[str] | None = None, **kwargs) -> WandbLogger:
     """A WandbLogger whose files live in the run directory (``<save_dir>/wandb``)."""
     os.makedirs(save_dir, exist_ok=True)
     tags = [str(tag)[:WANDB_TAG_LENGTH] for tag in tags or []]
-    return WandbLogger(save_dir=save_dir, project=project, mode=resolve_wandb_mode(mode), tags=tags, **kwargs)
+    return WandbLogger(save_dir=save_dir, project=project, mode=resolve_wandb_mode(mode), name=name, group=group,
+                       tags=tags, **kwargs)
 
 
 class _ResumableWriter(ExperimentWriter):

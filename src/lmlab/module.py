@@ -1,7 +1,8 @@
-"""The LightningModule: the one place where model, loss, optimizer and schedule meet.
+"""The LightningModule: the one place where model, task, loss, optimizer and schedule meet.
 
-Everything it wires is built by Hydra from config groups and handed in; the optimizer and the
-schedule arrive as factories and are completed in ``configure_optimizers``.
+Everything it wires is built from config groups and handed in; the optimizer and the schedule arrive as
+factories and are completed in ``configure_optimizers``. What a batch means is the task's business
+(:mod:`lmlab.tasks`); this module logs what the task returns and keeps checkpoints self-describing.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from collections.abc import Callable
 import lightning as L
 import torch
 import torch.nn as nn
-from torchmetrics import MeanMetric
 
 from lmlab.callbacks.forward_stats import LogitStats
-from lmlab.checkpoint import FORMAT_VERSION, model_spec, tokenizer_spec
+from lmlab.checkpoint import FORMAT_VERSION
 from lmlab.errors import InputError
-from lmlab.losses import mean_reciprocal_rank, recall_at_k
+from lmlab.optim.clipping import clip_gradients
+from lmlab.spec import model_spec, tokenizer_spec
+from lmlab.tasks import LanguageModeling
 
 
 class LitLM(LogitStats, L.LightningModule):
@@ -27,6 +29,7 @@ class LitLM(LogitStats, L.LightningModule):
             group its parameters themselves (no weight decay on biases, norms and embeddings; Muon's
             own split); ``lmlab.optim.grouped`` does the same for any torch optimizer.
         scheduler: ``scheduler(optimizer) -> LRScheduler``, stepped every optimizer step; or None.
+        task: what the model is trained to do (:mod:`lmlab.tasks`); language modelling by default.
         compile: run the forward under ``torch.compile``.
         tokenizer: stored in every checkpoint, so a checkpoint alone can decode.
     """
@@ -37,41 +40,30 @@ class LitLM(LogitStats, L.LightningModule):
         loss: nn.Module,
         optimizer: Callable[[nn.Module], torch.optim.Optimizer],
         scheduler: Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler] | None = None,
+        task: nn.Module | None = None,
         compile: bool = False,
         tokenizer=None,
     ):
         super().__init__()
         self.model = model
         self.loss = loss
+        self.task = task if task is not None else LanguageModeling()
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.tokenizer = tokenizer
         # compile the forward only, so state-dict keys stay those of the plain model
         self.forward_fn = torch.compile(model.forward) if compile else model.forward
-        self.val_loss = MeanMetric()
-        self.val_embeddings: list[tuple[torch.Tensor, ...]] = []  # (index, query, document) per pair batch
         self.tokens_seen = 0
         self._restored_rng: dict | None = None
 
     def forward(self, input_ids, **kwargs):
         return self.model(input_ids, **kwargs)
 
-    def training_step(self, batch: torch.Tensor | dict[str, torch.Tensor], batch_idx: int):
-        if isinstance(batch, dict):  # query/document pairs (data=code_pairs): contrastive embedding training
-            loss = self.loss(*self.embed_pairs(batch))
-            self._log_training(loss, batch["query_ids"].numel() + batch["doc_ids"].numel())
-            return loss
-        inputs, targets = batch[:, :-1], batch[:, 1:]
-        logits = self.forward_fn(inputs).logits
-        teacher = getattr(self.loss, "teacher", None)
-        if teacher is None:
-            loss = self.loss(logits, targets)
-        else:
-            with torch.no_grad():
-                teacher_logits = teacher(inputs).logits
-            loss = self.loss(logits, targets, teacher_logits)
-        self.record_logits(logits)
-        self._log_training(loss, inputs.numel())
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss, logits, n_tokens = self.task.training_loss(self.forward_fn, self.loss, batch)
+        if logits is not None:
+            self.record_logits(logits)
+        self._log_training(loss, n_tokens)
         return loss
 
     def _log_training(self, loss: torch.Tensor, n_tokens: int) -> None:
@@ -86,88 +78,31 @@ class LitLM(LogitStats, L.LightningModule):
             self.log("train/tokens", float(self.tokens_seen), on_step=True)
             self.log("train/lr", trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
 
-    def embed(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """[B, C] float32 embeddings: the mean of the final hidden states over real tokens (mask 1).
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.task.validation_step(self.forward_fn, batch)
 
-        Batches are right-padded and attention is causal, so no real token sees a pad: no attention
-        mask is needed (which keeps the flash kernel), only the pooling skips the pads.
-        """
-        hidden = self.forward_fn(ids, output_hidden=True).hidden.float()
-        weights = mask[..., None].to(hidden.dtype)
-        return (hidden * weights).sum(dim=1) / weights.sum(dim=1)
-
-    def embed_pairs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        queries = self.embed(batch["query_ids"], batch["query_mask"])
-        return queries, self.embed(batch["doc_ids"], batch["doc_mask"])
-
-    def validation_step(self, batch: torch.Tensor | dict[str, torch.Tensor], batch_idx: int):
-        if isinstance(batch, dict):  # pairs: retrieval is scored over the whole split at the epoch's end
-            self.val_embeddings.append((batch["index"], *self.embed_pairs(batch)))
-            return
-        inputs, targets = batch[:, :-1], batch[:, 1:]
-        logits = self.forward_fn(inputs).logits
-        loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-        self.val_loss.update(loss, weight=targets.numel())
-
-    def on_validation_epoch_end(self):
-        if self.val_embeddings:
-            self._log_retrieval()
-            return
-        val_loss = self.val_loss.compute()  # token-weighted mean, reduced across ranks
-        self.val_loss.reset()
-        self.log("val/loss", val_loss, prog_bar=True, sync_dist=False)
-        self.log("val/ppl", torch.exp(val_loss), sync_dist=False)
-
-    def _log_retrieval(self) -> None:
-        """Every validation query against every validation document by cosine similarity (recall@1, MRR),
-        and the loss over all validation pairs at once (each other document a negative)."""
-        index, queries, documents = (torch.cat(parts) for parts in zip(*self.val_embeddings, strict=True))
-        self.val_embeddings.clear()
-        if self.trainer.world_size > 1:  # every rank scores all pairs once (samplers may repeat some)
-            index, queries, documents = (self.all_gather(x).flatten(0, 1)
-                                         for x in (index, queries, documents))
-            sorted_index, order = index.sort(stable=True)
-            first = torch.ones_like(sorted_index, dtype=torch.bool)
-            first[1:] = sorted_index[1:] != sorted_index[:-1]
-            queries, documents = queries[order[first]], documents[order[first]]
-        scores = nn.functional.normalize(queries, dim=-1) @ nn.functional.normalize(documents, dim=-1).T
-        self.log("val/loss", self.loss(queries, documents), prog_bar=True, sync_dist=False)
-        self.log("val/recall@1", recall_at_k(scores, k=1), prog_bar=True, sync_dist=False)
-        self.log("val/mrr", mean_reciprocal_rank(scores), sync_dist=False)
+    def on_validation_epoch_end(self) -> None:
+        gather = self.all_gather if self.trainer.world_size > 1 else None
+        for name, value in self.task.validation_metrics(self.loss, gather).items():
+            self.log(name, value, prog_bar=name in ("val/loss", "val/recall@1"), sync_dist=False)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.model)
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise InputError(f"optimizer: the factory returned a {type(optimizer).__name__}; it is called as "
                              "factory(model) and must return a torch.optim.Optimizer")
-        self._check_fused_clipping(optimizer)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def _check_fused_clipping(self, optimizer: torch.optim.Optimizer) -> None:
-        """A fused optimizer unscales fp16 gradients inside its step, after clipping would have run."""
-        trainer = self._trainer
-        if trainer is None or not trainer.gradient_clip_val or not optimizer.defaults.get("fused"):
-            return
-        if getattr(trainer.precision_plugin, "scaler", None) is not None:
-            raise InputError(
-                f"optimizer.fused=true with trainer.precision={trainer.precision} and trainer.gradient_clip_val="
-                f"{trainer.gradient_clip_val}: a fused optimizer unscales the gradients inside its step, so they "
-                "cannot be clipped first; set optimizer.fused=false or trainer.gradient_clip_val=0"
-            )
-
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         """Lightning refuses to clip a fused optimizer under any mixed precision; without a loss scaler
-        (bf16-mixed) the gradients are already unscaled, so clip them directly."""
-        if gradient_clip_val and optimizer.defaults.get("fused") and self.trainer.precision_plugin is not None \
-                and getattr(self.trainer.precision_plugin, "scaler", None) is None:
+        (bf16-mixed) its gradients are unscaled already, so they are clipped here (lmlab.optim.clipping).
+        With a scaler (16-mixed) the config check refuses that combination before any work."""
+        if gradient_clip_val and optimizer.defaults.get("fused"):
             params = [p for group in optimizer.param_groups for p in group["params"]]
-            if gradient_clip_algorithm == "value":
-                nn.utils.clip_grad_value_(params, gradient_clip_val)
-            else:
-                nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            clip_gradients(params, gradient_clip_val, gradient_clip_algorithm or "norm")
             return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 

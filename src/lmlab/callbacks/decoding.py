@@ -14,37 +14,46 @@ import copy
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 
+from lmlab.arguments import PositiveInt, checked
+from lmlab.compare import token_agreement
 from lmlab.decoding.evaluate import compiles, evaluate_strategy, named_strategies
+from lmlab.errors import ArgumentError
 from lmlab.loggers import wandb_loggers
-from lmlab.quantization import quantization_settings, quantize
-from lmlab.quantization.measure import token_agreement
+from lmlab.quantization import quantize
+from lmlab.quantization.convert import Mode, quantization_of
 
 
 class DecodingEvaluator(L.Callback):
     """``strategies``: one decoding partial (named ``name``) or a mapping name -> partial;
     ``quantize``: also evaluate an int8 or int4 copy (``quantize_group_size`` for int4, default 64)."""
 
-    def __init__(self, strategies, name: str = "decoding", num_prompts: int = 4, prompt_tokens: int = 16,
-                 max_new_tokens: int = 32, every_n_validations: int = 1, seed: int = 0,
-                 quantize: str | None = None, quantize_group_size: int | None = None):
-        for field, value in (("num_prompts", num_prompts), ("prompt_tokens", prompt_tokens),
-                             ("max_new_tokens", max_new_tokens), ("every_n_validations", every_n_validations)):
-            if value < 1:
-                raise ValueError(f"callbacks.decoding.{field}={value} must be >= 1")
-        self.quantization = None if quantize is None else quantization_settings(
-            quantize, quantize_group_size,
-            names={"mode": "callbacks.decoding.quantize", "group_size": "callbacks.decoding.quantize_group_size"})
+    @checked(rules=quantization_of)
+    def __init__(self, strategies, name: str = "decoding", num_prompts: PositiveInt = 4,
+                 prompt_tokens: PositiveInt = 16, max_new_tokens: PositiveInt = 32,
+                 every_n_validations: PositiveInt = 1, seed: int = 0, quantize: Mode | None = None,
+                 quantize_group_size: PositiveInt | None = None):
+        self.quantization = quantization_of(quantize, quantize_group_size)
         self.strategies = named_strategies(strategies, name)
         self.num_prompts, self.prompt_tokens, self.max_new_tokens = num_prompts, prompt_tokens, max_new_tokens
         self.every_n_validations, self.seed = every_n_validations, seed
         self.validations = 0
         self.rows: list[list] = []  # every table row so far: W&B tables are logged whole
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        context = pl_module.model.max_seq_len
+    def check_fit(self, trainer: L.Trainer, model, datamodule) -> None:
+        """Prompts are cut from validation blocks and continued within the model's context: called by
+        ``setup`` and, before any work, by lmlab.preflight."""
+        block_size = getattr(datamodule, "block_size", None)
+        if block_size is not None and self.prompt_tokens > block_size:
+            raise ArgumentError("prompt_tokens", self.prompt_tokens, f"must be at most the data's block_size="
+                                f"{block_size} (prompts are cut from validation blocks)")
+        context = model.max_seq_len
         if self.prompt_tokens + self.max_new_tokens > context:
-            raise ValueError(f"callbacks.decoding.prompt_tokens + max_new_tokens = "
-                             f"{self.prompt_tokens + self.max_new_tokens} exceeds the model's context ({context})")
+            raise ArgumentError("max_new_tokens", self.max_new_tokens, "{prompt_tokens} + max_new_tokens must be at "
+                                f"most the model's context ({context})", prompt_tokens=self.prompt_tokens)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self.check_fit(trainer, pl_module.model, trainer.datamodule)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         datamodule = trainer.datamodule
@@ -54,7 +63,7 @@ class DecodingEvaluator(L.Callback):
         if (self.validations - 1) % self.every_n_validations or not trainer.is_global_zero:
             return
         if "fsdp" in type(trainer.strategy).__name__.lower():
-            rank_zero_warn("callbacks.decoding: skipped under FSDP (parameters are sharded across ranks)")
+            rank_zero_warn("DecodingEvaluator: skipped under FSDP (parameters are sharded across ranks)")
             return
         prompts = datamodule.val_prompts(self.num_prompts, self.prompt_tokens)
         tokenizer, model = pl_module.tokenizer, pl_module.model

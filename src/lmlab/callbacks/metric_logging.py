@@ -5,6 +5,8 @@ from __future__ import annotations
 import lightning as L
 import torch
 
+from lmlab.errors import ArgumentError
+
 
 def log_metrics(
     trainer: L.Trainer,
@@ -35,12 +37,11 @@ def log_metrics(
     return values
 
 
-def log_interval(trainer: L.Trainer, requested: int | None, field: str) -> int:
-    """Steps between a callback's logs: its own setting or the trainer's, a multiple of the trainer's
-    (Lightning's loggers only flush on the trainer's logging steps)."""
+def log_interval(trainer: L.Trainer, requested: int | None) -> int:
+    """Steps between a callback's logs: its own ``log_every_n_steps`` or the trainer's, a multiple of the
+    trainer's (Lightning's loggers only flush on the trainer's logging steps)."""
     every = requested or trainer.log_every_n_steps
     if trainer.log_every_n_steps and every % trainer.log_every_n_steps:
-        raise ValueError(
-            f"{field}={every} must be a multiple of trainer.log_every_n_steps={trainer.log_every_n_steps}"
-        )
+        raise ArgumentError("log_every_n_steps", every, "must be a multiple of the Trainer's log_every_n_steps="
+                            f"{trainer.log_every_n_steps} (Lightning writes logs only on those steps)")
     return every

@@ -7,6 +7,7 @@ from lightning.pytorch.utilities.model_summary import summarize
 from rich.console import Console
 from rich.table import Table
 
+from lmlab.arguments import NonNegativeInt, checked
 from lmlab.cost import format_quantity, model_shape, train_flops_per_token
 
 
@@ -19,7 +20,8 @@ class ModelSummary(L.Callback):
     Lightning's own summary is switched off by ``trainer.enable_model_summary: false``.
     """
 
-    def __init__(self, max_depth: int = 1, console: Console | None = None):
+    @checked
+    def __init__(self, max_depth: NonNegativeInt = 1, console: Console | None = None):
         self.max_depth = max_depth
         self.console = console  # created when printing: a Console holds a lock, which ddp_spawn cannot pickle
 

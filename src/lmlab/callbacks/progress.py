@@ -18,10 +18,12 @@ import lightning as L
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from rich.console import Console
 
+from lmlab.arguments import NonNegativeInt, PositiveInt, checked
 from lmlab.cost import format_quantity
 
 
-def progress_bar(refresh_rate: int = 10, every_n_steps: int | None = None) -> ProgressBar:
+@checked
+def progress_bar(refresh_rate: NonNegativeInt = 10, every_n_steps: PositiveInt | None = None) -> ProgressBar:
     """The rich bar (redrawn every `refresh_rate` batches) when stdout is a terminal or a notebook;
     otherwise :class:`ProgressLines` every `every_n_steps` optimizer steps (None: the trainer's
     ``log_every_n_steps``)."""
@@ -70,10 +72,9 @@ class ProgressLines(ProgressBar):
     host-device sync for them.
     """
 
-    def __init__(self, every_n_steps: int | None = None):
+    @checked
+    def __init__(self, every_n_steps: PositiveInt | None = None):
         super().__init__()
-        if every_n_steps is not None and every_n_steps < 1:
-            raise ValueError(f"callbacks.progress_bar.every_n_steps={every_n_steps} must be >= 1 or null")
         self.every_n_steps = every_n_steps
         self._enabled = True
         self._start = 0.0

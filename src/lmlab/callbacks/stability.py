@@ -1,6 +1,6 @@
 """Training-stability telemetry and a policy for bad steps (`stability/` metrics).
 
-Where each number is taken, in Lightning 2.6's order of one optimizer step:
+Where each number is taken, in Lightning's order of one optimizer step:
 
     closure: training_step -> on_before_backward(loss) -> backward
     AMP (16-mixed) only: scaler.unscale_(optimizer)
@@ -19,20 +19,27 @@ host only on logging steps, through Lightning's logging. Two policies read one f
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Literal
 
+import annotated_types as at
 import lightning as L
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
+from lmlab.arguments import Positive, PositiveInt, checked
 from lmlab.callbacks.distributed import all_reduce
 from lmlab.callbacks.forward_stats import ForwardStatsSource
 from lmlab.callbacks.layers import layer_name, layer_order
 from lmlab.callbacks.metric_logging import log_interval, log_metrics
 from lmlab.callbacks.spikes import SpikeDetector
+from lmlab.errors import ArgumentError
 from lmlab.loggers import wandb_loggers
+from lmlab.optim.clipping import clip_coefficient, clips
 
-POLICIES = ("log", "skip", "halt")
-PER_LAYER = ("off", "scalars", "histogram")
+
+def warmup_within_window(spike_window: int, spike_warmup: int) -> None:
+    if spike_warmup > spike_window:
+        raise ArgumentError("spike_warmup", spike_warmup, "must be at most {spike_window}", spike_window=spike_window)
 
 
 class StabilityMonitor(L.Callback):
@@ -56,33 +63,19 @@ class StabilityMonitor(L.Callback):
 
     COUNTERS = ("nonfinite_steps", "skipped_steps", "loss_spikes", "grad_norm_spikes", "spike_step")
 
+    @checked(rules=warmup_within_window)
     def __init__(
         self,
-        log_every_n_steps: int | None = None,
-        per_layer: str = "scalars",
-        spike_window: int = 128,
-        spike_warmup: int = 64,
-        spike_threshold: float = 6.0,
+        log_every_n_steps: PositiveInt | None = None,
+        per_layer: Literal["off", "scalars", "histogram"] = "scalars",
+        spike_window: Annotated[int, at.Ge(2)] = 128,
+        spike_warmup: Annotated[int, at.Ge(2)] = 64,
+        spike_threshold: Positive = 6.0,
         detect_grad_spikes: bool = True,
-        policy: str = "log",
-        clip_val: float | None = None,
+        policy: Literal["log", "skip", "halt"] = "log",
+        clip_val: Positive | None = None,
         halt_checkpoint_dir: str | None = None,
     ):
-        if policy not in POLICIES:
-            raise ValueError(f"stability.policy={policy!r}; allowed: {', '.join(POLICIES)}")
-        if per_layer not in PER_LAYER:
-            raise ValueError(f"stability.per_layer={per_layer!r}; allowed: {', '.join(PER_LAYER)}")
-        if spike_window < 2 or not 2 <= spike_warmup <= spike_window:
-            raise ValueError(
-                f"stability.spike_window={spike_window} must be >= 2 and "
-                f"stability.spike_warmup={spike_warmup} between 2 and the window"
-            )
-        if spike_threshold <= 0:
-            raise ValueError(f"stability.spike_threshold={spike_threshold} must be > 0")
-        if log_every_n_steps is not None and log_every_n_steps < 1:
-            raise ValueError(f"stability.log_every_n_steps={log_every_n_steps} must be >= 1 or null")
-        if clip_val is not None and clip_val <= 0:
-            raise ValueError(f"stability.clip_val={clip_val} must be > 0 or null")
         self.log_every_n_steps = log_every_n_steps
         self.per_layer = per_layer
         self.spike_args = (spike_window, spike_warmup, spike_threshold)
@@ -97,10 +90,14 @@ class StabilityMonitor(L.Callback):
 
     # ---- set-up --------------------------------------------------------------------------
 
+    def check_fit(self, trainer, model, datamodule) -> None:
+        """What this callback needs of the run: called by ``setup`` and, before any work, by lmlab.preflight."""
+        log_interval(trainer, self.log_every_n_steps)
+
     def setup(self, trainer, pl_module, stage):
         if stage != "fit":
             return
-        self.every = log_interval(trainer, self.log_every_n_steps, "stability.log_every_n_steps")
+        self.every = log_interval(trainer, self.log_every_n_steps)
         if "FSDP" in type(trainer.strategy).__name__:
             self._warn_once("fsdp", "StabilityMonitor: under FSDP the norms are those of this rank's shards")
 
@@ -120,8 +117,7 @@ class StabilityMonitor(L.Callback):
         # parameters the optimizer does not own go to an extra bucket that is never logged
         self.group_index = torch.tensor([group_of.get(id(p), n_groups) for p in self.params], device=device)
         self.n_groups = n_groups
-        # what Lightning does: clip only when gradient_clip_val > 0 (it ignores 0, None and below)
-        lightning_clips = trainer.gradient_clip_val is not None and trainer.gradient_clip_val > 0
+        lightning_clips = clips(trainer.gradient_clip_val)
         by_norm = (trainer.gradient_clip_algorithm or "norm") == "norm"  # None: Lightning's default, norm
         if not by_norm and self.clip_val is None and lightning_clips:
             self._warn_once("clip", "StabilityMonitor: clip_rate needs norm clipping; not logged")
@@ -194,7 +190,7 @@ class StabilityMonitor(L.Callback):
         self._interval_steps += 1
         stats = {"grad_norm": grad_norm}
         if self.clip:
-            coef = (self.clip / (grad_norm + 1e-6)).clamp(max=1.0)  # what clip_grad_norm_ multiplies by
+            coef = clip_coefficient(grad_norm, self.clip)
             c["clipped"] += coef < 1.0
             stats["grad_norm_clipped"] = grad_norm * coef
 
@@ -280,7 +276,7 @@ class StabilityMonitor(L.Callback):
                 "nonfinite",
                 f"StabilityMonitor: {int(logged['stability/nonfinite_steps'])} non-finite step(s) by step "
                 f"{trainer.global_step}; policy=log applied their updates, so the weights may now be NaN. "
-                "callbacks.stability.policy=skip skips such updates, =halt stops with a checkpoint from before",
+                "policy=skip skips such updates, policy=halt stops with a checkpoint from before",
             )
         if self._halt_pending:
             self._halt(trainer)
@@ -294,6 +290,7 @@ class StabilityMonitor(L.Callback):
             m[name] = c[name].float()
         if self.clip:
             m["clip_rate"] = c["clipped"].float() / self._interval_steps
+            m["clip_threshold"] = float(self.clip)
             c["clipped"].zero_()
         self._interval_steps = 0
 

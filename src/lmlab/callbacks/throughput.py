@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
+from lmlab.arguments import NonNegative, NonNegativeInt, Positive, PositiveInt, checked
 from lmlab.callbacks.metric_logging import log_interval, log_metrics
 from lmlab.cost import (
     CostProjection,
@@ -54,25 +55,16 @@ class ThroughputMonitor(L.Callback):
         warmup_intervals: measurement intervals (compilation, caches) before cost is projected.
     """
 
+    @checked
     def __init__(
         self,
-        log_every_n_steps: int | None = None,
-        peak_flops: float | None = None,
-        price_per_device_hour: float | None = None,
-        tokens_per_param: float = 20.0,
-        decode_tokens: int = 32,
-        warmup_intervals: int = 1,
+        log_every_n_steps: PositiveInt | None = None,
+        peak_flops: Positive | None = None,
+        price_per_device_hour: NonNegative | None = None,
+        tokens_per_param: Positive = 20.0,
+        decode_tokens: NonNegativeInt = 32,
+        warmup_intervals: NonNegativeInt = 1,
     ):
-        if log_every_n_steps is not None and log_every_n_steps < 1:
-            raise ValueError(f"throughput.log_every_n_steps={log_every_n_steps} must be >= 1 or null")
-        if peak_flops is not None and peak_flops <= 0:
-            raise ValueError(f"throughput.peak_flops={peak_flops} must be > 0 or null")
-        if price_per_device_hour is not None and price_per_device_hour < 0:
-            raise ValueError(f"throughput.price_per_device_hour={price_per_device_hour} must be >= 0 or null")
-        if decode_tokens < 0 or warmup_intervals < 0 or tokens_per_param <= 0:
-            raise ValueError(
-                "throughput: decode_tokens and warmup_intervals must be >= 0, tokens_per_param > 0"
-            )
         self.log_every_n_steps = log_every_n_steps
         self.peak_flops_override = peak_flops
         self.price_per_device_hour = price_per_device_hour
@@ -81,10 +73,14 @@ class ThroughputMonitor(L.Callback):
         self.warmup_intervals = warmup_intervals
         self.projection: CostProjection | None = None  # the latest, for the summary and `lmlab cost`
 
+    def check_fit(self, trainer, model, datamodule) -> None:
+        """What this callback needs of the run: called by ``setup`` and, before any work, by lmlab.preflight."""
+        log_interval(trainer, self.log_every_n_steps)
+
     def setup(self, trainer, pl_module, stage):
         if stage != "fit":
             return
-        self.every = log_interval(trainer, self.log_every_n_steps, "throughput.log_every_n_steps")
+        self.every = log_interval(trainer, self.log_every_n_steps)
 
     def on_fit_start(self, trainer, pl_module):
         self.model = getattr(pl_module, "model", pl_module)

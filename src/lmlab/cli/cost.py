@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from lmlab.cli import CONF_DIR
+from lmlab.arguments import PositiveInt
+from lmlab.cli import build, compose
 from lmlab.cli.user_errors import one_line_errors
+from lmlab.config import check_group
+from lmlab.config.nodes import check_node, check_options
+from lmlab.config.rules import check_block_fits_context, lightning_trainer, world_size
 from lmlab.cost import (
     CostProjection,
     format_quantity,
@@ -39,39 +41,24 @@ from lmlab.cost import (
     train_flops_per_token,
 )
 from lmlab.devices import resolve_device
-from lmlab.errors import InputError
-
-
-def compose_config(overrides: list[str]) -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("train", overrides=overrides)
 
 
 def check_config(cfg: DictConfig) -> None:
-    """The groups cost builds or reads (model, trainer) checked as train.py checks them, and the blocks it times
-    within the model's context; the data itself is never prepared, so its other settings do not matter here."""
-    from lmlab.config import check_group
-    from lmlab.config.run import check_block_fits_context
-
-    model, _ = (check_group(group, OmegaConf.to_container(cfg[group], resolve=True, throw_on_missing=True), group)
-                for group in ("model", "trainer"))
-    for field in ("batch_size", "block_size"):
-        value = cfg.data.get(field)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputError(f"data.{field}={value!r}: must be an integer >= 1")
-    check_block_fits_context(model, cfg.data.block_size)
+    """The groups cost builds or reads (model, trainer, the data's batch shape) checked as train.py checks
+    them; the data itself is never prepared, so its other settings do not matter here."""
+    model = check_group("model", OmegaConf.to_container(cfg.model, resolve=True, throw_on_missing=True), "model")
+    check_node(OmegaConf.to_container(cfg.trainer, resolve=True), "trainer", "trainer", narrowed=lightning_trainer)
+    data = {field: cfg.data.get(field) for field in ("batch_size", "block_size")}
+    check_options(BatchShape, data, "data")
+    check_block_fits_context(model, data["block_size"])
 
 
-def world_size(trainer_cfg: DictConfig, device: torch.device) -> int:
-    devices = trainer_cfg.get("devices", 1)
-    if isinstance(devices, str) and devices.lstrip("-").isdigit():
-        devices = int(devices)
-    if devices in ("auto", -1):
-        devices = torch.cuda.device_count() if device.type == "cuda" else 1
-    elif not isinstance(devices, int):
-        devices = len(devices)  # a list of device ids
-    return max(devices, 1) * int(trainer_cfg.get("num_nodes", 1))
+@dataclass
+class BatchShape:
+    """The data settings a cost projection reads."""
+
+    batch_size: PositiveInt
+    block_size: PositiveInt
 
 
 def project_from_config(
@@ -90,7 +77,7 @@ def project_from_config(
     price = price if price is not None else throughput_cfg.get("price_per_device_hour")
     peak_flops = peak_flops if peak_flops is not None else throughput_cfg.get("peak_flops")
 
-    model = instantiate(cfg.model).to(device)
+    model = build(cfg.model).to(device)
     autocast = dtype if "mixed" in precision else None
     if "true" in precision:
         model = model.to(dtype)
@@ -104,7 +91,7 @@ def project_from_config(
         else None
     )
     shape = model_shape(model)
-    n_devices = world_size(cfg.trainer, device)
+    n_devices = world_size(cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1), accelerator)
     accumulate = int(cfg.trainer.get("accumulate_grad_batches", 1))
     inputs = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -151,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.measure_steps < 1 or args.decode_tokens < 0:
         parser.error("--measure-steps must be >= 1 and --decode-tokens >= 0")
     with one_line_errors():
-        cfg = compose_config(args.overrides)
+        cfg = compose("train", args.overrides)
         check_config(cfg)
         inputs, projection = project_from_config(cfg, args.measure_steps, args.decode_tokens, args.price,
                                                  args.peak_flops)

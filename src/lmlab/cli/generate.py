@@ -13,18 +13,19 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from lmlab.checkpoint import load_checkpoint
 from lmlab.cli import CONF_DIR, resolved
-from lmlab.cli.display import print_results
+from lmlab.cli.display import decode_and_print
 from lmlab.cli.user_errors import hydra_task, run_hydra_app
 from lmlab.config import check_generate_config
-from lmlab.decoding.evaluate import DecodeResult, compiles, evaluate_strategy, named_strategies
+from lmlab.decoding.evaluate import DecodeResult
 from lmlab.devices import resolve_device
-from lmlab.errors import InputError
-from lmlab.quantization import QuantizationSettings, quantization_settings, quantize
+from lmlab.errors import ArgumentError, InputError
+from lmlab.quantization import QuantizationSettings, quantize
+from lmlab.quantization.checkpoint import SAFETENSORS
+from lmlab.quantization.convert import QUANTIZE_NAMES, quantization_of
 
 
 def read_prompts(cfg: DictConfig) -> list[str]:
@@ -43,16 +44,11 @@ def read_prompts(cfg: DictConfig) -> list[str]:
 
 def quantization(cfg: DictConfig) -> QuantizationSettings | None:
     """`quantize=int8|int4` (and `quantize_group_size=` for int4), checked before anything is loaded."""
-    mode, group_size = cfg.get("quantize"), cfg.get("quantize_group_size")
-    if mode is None:
-        if group_size is not None:
-            raise InputError(f"quantize_group_size={group_size} is set but quantize is null; "
-                             "add quantize=int4 (group sizes apply to int4)")
-        return None
-    if str(cfg.ckpt).endswith(".safetensors"):
-        raise InputError(f"ckpt={cfg.ckpt} is a quantized checkpoint already; drop quantize={mode} "
+    settings = quantization_of(cfg.get("quantize"), cfg.get("quantize_group_size"))
+    if settings is not None and str(cfg.ckpt).endswith(SAFETENSORS):
+        raise InputError(f"ckpt={cfg.ckpt} is a quantized checkpoint already; drop quantize={settings.mode} "
                          "(or give the float run directory or .ckpt)")
-    return quantization_settings(mode, group_size, names={"mode": "quantize", "group_size": "quantize_group_size"})
+    return settings
 
 
 def check_context(model, prompts: list[list[int]], max_new_tokens: int, key: str = "max_new_tokens") -> None:
@@ -69,22 +65,15 @@ def generate(cfg: DictConfig) -> list[DecodeResult]:
     settings = quantization(cfg)
     model, tokenizer, _ = load_checkpoint(cfg.ckpt)
     if settings is not None:
-        model = quantize(model, settings)
+        try:
+            model = quantize(model, settings)
+        except ArgumentError as e:
+            raise e.renamed(QUANTIZE_NAMES) from None
     model.to(resolve_device(cfg.device))
     encoded = [tokenizer.encode(p) for p in prompts]
     check_context(model, encoded, cfg.max_new_tokens)
-    return decode_and_print(cfg, model, tokenizer, encoded, cfg.max_new_tokens)
-
-
-def decode_and_print(cfg: DictConfig, model, tokenizer, prompts: list[list[int]],
-                     max_new_tokens: int) -> list[DecodeResult]:
-    """Every strategy of the `decoding=` choice on the prompts, printed; shared with train.py's samples."""
-    strategies = named_strategies(instantiate(cfg.decoding), HydraConfig.get().runtime.choices.decoding)
-    results = [evaluate_strategy(name, decode, model, prompts, max_new_tokens, tokenizer.eos_token_id,
-                                 tokenizer.pad_token_id, cfg.seed, warmup=compiles(decode))
-               for name, decode in strategies.items()]
-    print_results(results, tokenizer)
-    return results
+    return decode_and_print(cfg.decoding, HydraConfig.get().runtime.choices.decoding, model, tokenizer, encoded,
+                            cfg.max_new_tokens, cfg.seed)
 
 
 def quote_prompt(arg: str) -> str:

@@ -33,7 +33,9 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lmlab.errors import InputError
+from lmlab.atomic import atomic_write_text
+from lmlab.errors import InputError, first_line
+from lmlab.report.labels import job_label
 
 log = logging.getLogger("lmlab")
 STATUS_FILE = "status.json"
@@ -50,12 +52,8 @@ def write_json(path: Path, data: dict) -> None:
     (a multi-node job runs this function once per rank)."""
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-    if rank_zero_only.rank != 0:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    if rank_zero_only.rank == 0:
+        atomic_write_text(path, json.dumps(data, indent=2))
 
 
 def read_status(run_dir: Path) -> dict | None:
@@ -71,35 +69,6 @@ def worst_value(hydra_cfg: DictConfig) -> float:
     if not isinstance(direction, str):  # multi-objective lists are not supported by lmlab's sweeps
         direction = "minimize"
     return -math.inf if direction.lower().startswith("max") else math.inf
-
-
-def error_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
-def override_key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
-def short_override(override: str) -> str:
-    """`optimizer.lr=0.0012345678` -> `optimizer.lr=0.001235`: what a sampler chose, readable."""
-    key, sep, value = override.partition("=")
-    try:
-        number = float(value)
-    except ValueError:
-        return override
-    return f"{key}={number:.4g}" if sep and not value.lstrip("+-").isdigit() else override
-
-
-def distinguishing(overrides: list[str], swept: list[str] | None) -> list[str]:
-    """The overrides that tell a job apart from the others of its sweep (all of them if unknown)."""
-    shown = [o for o in overrides if override_key(o) in swept] if swept else overrides
-    return [short_override(o) for o in shown]
-
-
-def job_label(overrides: list[str], swept: list[str] | None) -> str:
-    return " ".join(distinguishing(overrides, swept))
 
 
 def run_sweep_job(cfg: DictConfig, train: Callable[[DictConfig], float | None]) -> float | None:
@@ -136,7 +105,7 @@ def run_sweep_job(cfg: DictConfig, train: Callable[[DictConfig], float | None]) 
         metric = train(cfg)
     except Exception as error:  # noqa: BLE001  (any failure of one job must not cost the others)
         log.error("job %s (%s) failed", job["job"], label, exc_info=error)
-        write_json(run_dir / STATUS_FILE, job | {"status": "failed", "error": error_line(error),
+        write_json(run_dir / STATUS_FILE, job | {"status": "failed", "error": first_line(error),
                                                  "log": str(run_dir / f"{hydra_cfg.job.name}.log")})
         return worst_value(hydra_cfg)
     write_json(run_dir / STATUS_FILE, job | {"status": "completed", "metric": metric,

@@ -21,13 +21,15 @@ from rich.console import Console
 from rich.table import Table
 
 from lmlab.checkpoint import load_checkpoint, resolve_checkpoint
-from lmlab.cli.user_errors import build, one_line_errors
+from lmlab.cli import build
+from lmlab.cli.user_errors import one_line_errors
+from lmlab.compare import compare_models
 from lmlab.devices import resolve_device
-from lmlab.errors import InputError
+from lmlab.errors import ArgumentError, InputError
 from lmlab.quantization import MODES, quantization_settings, quantize, save_quantized
-from lmlab.quantization.measure import compare_models
+from lmlab.quantization.checkpoint import SAFETENSORS
 
-NAMES = {"mode": "--mode", "group_size": "--group-size", "skip": "--skip", "matmul_dtype": "--matmul-dtype"}
+FLAGS = {"mode": "--mode", "group_size": "--group-size", "skip": "--skip", "matmul_dtype": "--matmul-dtype"}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -54,9 +56,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    if not args.out.endswith(".safetensors"):
+    if not args.out.endswith(SAFETENSORS):
         raise InputError(f"--out={args.out} must end in .safetensors (the quantized checkpoint format)")
-    if args.checkpoint.endswith(".safetensors"):
+    if args.checkpoint.endswith(SAFETENSORS):
         raise InputError(f"{args.checkpoint} is a quantized checkpoint already; give the float run "
                          "directory or .ckpt")
     for flag in ("prompts", "prompt_tokens", "new_tokens", "repeats", "val_batches"):
@@ -79,12 +81,15 @@ def run_datamodule(ckpt: Path):
 
 
 def quantize_run(args: argparse.Namespace, console: Console) -> dict:
-    settings = quantization_settings(args.mode, args.group_size, args.skip, args.embeddings, args.symmetric,
-                                     args.matmul_dtype, names=NAMES)
-    check_args(args)
-    ckpt = resolve_checkpoint(args.checkpoint, field="checkpoint")
-    model, tokenizer, _ = load_checkpoint(ckpt, field="checkpoint")
-    quantized = quantize(copy.deepcopy(model), settings)
+    try:
+        settings = quantization_settings(args.mode, args.group_size, args.skip, args.embeddings, args.symmetric,
+                                         args.matmul_dtype)
+        check_args(args)
+        ckpt = resolve_checkpoint(args.checkpoint, field="checkpoint")
+        model, tokenizer, _ = load_checkpoint(ckpt, field="checkpoint")
+        quantized = quantize(copy.deepcopy(model), settings)
+    except ArgumentError as e:
+        raise e.renamed(FLAGS) from None
     out = save_quantized(quantized, args.out, tokenizer)
     console.print(f"wrote {out} ({out.stat().st_size / 2**20:.2f} MiB)")
 

@@ -9,7 +9,7 @@ import warnings
 
 # (message regex, category, module regex) of Python warnings, and why each is not the user's to act on
 WARNINGS = (
-    # Lightning 2.6's own pytree helper still builds torch's deprecated LeafSpec, on every run
+    # Lightning's own pytree helper still builds torch's deprecated LeafSpec, on every run
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"lightning\.pytorch\.utilities\._pytree"),
     # lmlab's sampler resumes mid-epoch itself (lmlab.data.sampler); Lightning cannot know that
     (r"You're resuming from a checkpoint that ended before the epoch ended", UserWarning,

@@ -14,7 +14,8 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from lmlab.cli.multirun import distinguishing, in_multirun, sweep_info
+from lmlab.cli.multirun import in_multirun, sweep_info
+from lmlab.report.labels import distinguishing
 
 MAX_NAME = 128
 

@@ -24,7 +24,6 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, InstantiationException, OverrideParseException
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue, OmegaConfBaseException
 
 from lmlab.errors import InputError
@@ -68,17 +67,6 @@ def one_line(message: str) -> str:
         else:
             parts.append(text)
     return "; ".join(parts)
-
-
-def build(node, **kwargs) -> Any:
-    """Hydra's instantiate, with a user's mistake in a constructor raised as the InputError it is (not wrapped
-    in an InstantiationException), so callers and sweeps see its type."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as e:
-        if isinstance(e.__cause__, InputError):
-            raise e.__cause__ from None
-        raise
 
 
 def report(message: str) -> None:

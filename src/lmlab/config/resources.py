@@ -26,12 +26,10 @@ def training_memory(model: nn.Module, batch_size: int, block_size: int) -> tuple
     return n_params, n_params * BYTES_PER_PARAM + batch_size * block_size * vocab * LOGIT_BYTES
 
 
-def available_memory(accelerator: str) -> tuple[int, str] | None:
-    """(bytes, what) of the memory a run on ``accelerator`` trains in: one GPU's, or the host's free RAM."""
-    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            return None
-        return torch.cuda.get_device_properties(0).total_memory, f"{torch.cuda.get_device_name(0)}'s memory"
+def available_memory(device: torch.device) -> tuple[int, str] | None:
+    """(bytes, what) of the memory a run on ``device`` trains in: one GPU's, or the host's free RAM."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory, f"{torch.cuda.get_device_name(device)}'s memory"
     try:
         with open("/proc/meminfo") as f:
             fields = dict(line.split(":", 1) for line in f)
@@ -41,7 +39,7 @@ def available_memory(accelerator: str) -> tuple[int, str] | None:
         return (pages * os.sysconf("SC_PAGE_SIZE"), "available memory") if pages else None
 
 
-def check_training_memory(model: nn.Module, batch_size: int, block_size: int, accelerator: str,
+def check_training_memory(model: nn.Module, batch_size: int, block_size: int, device: torch.device,
                           sharded_over: int = 1) -> None:
     """InputError when the lower-bound estimate exceeds the memory the run would train in.
 
@@ -49,7 +47,7 @@ def check_training_memory(model: nn.Module, batch_size: int, block_size: int, ac
     n_params, needed = training_memory(model, batch_size, block_size)
     params_bytes = n_params * BYTES_PER_PARAM
     needed -= params_bytes - params_bytes // sharded_over
-    available = available_memory(accelerator)
+    available = available_memory(device)
     if available is None or needed <= available[0]:
         return
     logits = needed - params_bytes // sharded_over

@@ -4,7 +4,7 @@
   few and a count), so one run shows them all;
 - a "word" the BPE pre-tokenizer cannot split (a run of letters, digits or punctuation longer than
   ``MAX_WORD_BYTES``, e.g. a 50 MB line of one character): refused, because BPE training takes time
-  quadratic in a word's length (a 100 kB word takes ~15 s, 2 MB does not finish);
+  quadratic in a word's length;
 - empty files are skipped (they hold no document); long lines of ordinary text are fine.
 
 The scan reads each file once and finds the longest word with numpy: the byte-level pre-tokenizer cuts
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmlab.errors import InputError
+from lmlab.errors import ArgumentError
 
 MAX_WORD_BYTES = 10_000
 FILES_NAMED = 5
@@ -61,12 +61,11 @@ def longest_word(data: bytes) -> int:
     return int(np.diff(bounds).max())
 
 
-def check_text_files(files: list[Path], key: str = "data.corpus") -> None:
-    """One InputError naming every unusable file (the first few, then a count), before any work."""
+def check_text_files(files: list[Path]) -> None:
+    """One ArgumentError naming every unusable file (the first few, then a count), before any work."""
     problems = [p for p in map(file_problem, files) if p]
     if not problems:
         return
     more = f"; and {len(problems) - FILES_NAMED} more" if len(problems) > FILES_NAMED else ""
-    raise InputError(f"{key}: {len(problems)} of {len(files)} files cannot be used: " + "; ".join(
-        problems[:FILES_NAMED]) + more + " (remove them, or pick text files with a glob such as "
-        "data.corpus.paths='src/**/*.py')")
+    raise ArgumentError("", None, f"{len(problems)} of {len(files)} files cannot be used: " + "; ".join(
+        problems[:FILES_NAMED]) + more + " (remove them, or pick text files with a glob such as paths='src/**/*.py')")

@@ -12,10 +12,14 @@ import os
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Annotated
 
+import annotated_types as at
+
+from lmlab.arguments import checked
 from lmlab.data.cache import cache_key
 from lmlab.data.checks import check_text_files
-from lmlab.errors import InputError
+from lmlab.errors import ArgumentError
 
 GLOB_CHARS = frozenset("*?[")
 
@@ -39,7 +43,7 @@ class Corpus:
         return None
 
     def check(self) -> None:
-        """Raise an InputError for documents that cannot be used (before a tokenizer is trained on them)."""
+        """Raise an ArgumentError for documents that cannot be used (before a tokenizer is trained on them)."""
 
 
 class FileCorpus(Corpus):
@@ -53,7 +57,7 @@ class FileCorpus(Corpus):
             try:
                 text = path.read_text(encoding="utf-8")
             except UnicodeDecodeError as e:
-                raise InputError(f"data.corpus: {path} is not UTF-8 text ({e.reason}); remove it") from e
+                raise ArgumentError("", None, f"{path} is not UTF-8 text ({e.reason}); remove it") from e
             if text:
                 yield str(path), text
 
@@ -88,7 +92,7 @@ class StdlibCode(FileCorpus):
             subfolders[:] = sorted(d for d in subfolders if d not in self.EXCLUDED_DIRS)
             files += [Path(folder, n) for n in sorted(names) if n.endswith(".py")]
         if not files:
-            raise InputError(f"data.corpus: found no .py files in the standard library folder {root}")
+            raise ArgumentError("", None, f"found no .py files in the standard library folder {root}")
         super().__init__(files)
 
 
@@ -98,19 +102,18 @@ class TextFiles(FileCorpus):
     Hidden files and folders (names starting with '.') and ``__pycache__`` are skipped inside folders.
     """
 
-    def __init__(self, paths: str | os.PathLike | list[str | os.PathLike]):
+    @checked
+    def __init__(self, paths: str | os.PathLike | Annotated[list[str | os.PathLike], at.MinLen(1)]):
         entries = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
-        if not entries:
-            raise InputError("data.corpus.paths=[]: is empty; give a file, a folder, a glob or a list of those")
         files: list[Path] = []
         for entry in entries:
             matched = _expand(str(entry))
             if not matched:
-                raise InputError(f"data.corpus.paths={str(entry)!r}: matches no file (cwd: {os.getcwd()})")
+                raise ArgumentError("paths", str(entry), f"matches no file (cwd: {os.getcwd()})")
             files += matched
         files = sorted(set(files))
         if all(f.stat().st_size == 0 for f in files):
-            raise InputError(f"data.corpus.paths={paths!r}: all {len(files)} matched files are empty")
+            raise ArgumentError("paths", paths, f"all {len(files)} matched files are empty")
         super().__init__(files)
 
 
@@ -144,6 +147,7 @@ class HFDataset(Corpus):
     The dataset loads on first iteration, so configuring it costs nothing and a cached run never loads it.
     """
 
+    @checked
     def __init__(
         self,
         path: str,
@@ -176,15 +180,11 @@ class HFDataset(Corpus):
         try:
             import datasets
         except ImportError as e:
-            raise ImportError(
-                "data.corpus=HFDataset needs the Hugging Face `datasets` package: pip install 'lmlab[hf]'"
-            ) from e
+            raise ImportError("HFDataset needs the Hugging Face `datasets` package: pip install 'lmlab[hf]'") from e
         dataset = datasets.load_dataset(self.path, self.name, split=self.split, data_files=self.data_files)
         if self.text_field not in dataset.column_names:
-            raise InputError(
-                f"data.corpus.text_field={self.text_field!r} is not a column of dataset {self.path!r} "
-                f"(split {self.split!r}); available columns: {dataset.column_names}"
-            )
+            raise ArgumentError("text_field", self.text_field, f"is not a column of dataset {self.path!r} (split "
+                                f"{self.split!r}); available columns: {dataset.column_names}")
         return dataset
 
     def __iter__(self) -> Iterator[tuple[str, str]]:

@@ -15,18 +15,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from lmlab.arguments import Fraction, NonNegativeInt, PositiveInt, checked
 from lmlab.data.blocks import TokenBlocks
 from lmlab.data.corpus import Corpus
 from lmlab.data.packing import PackedCorpus, pack_corpus, packed_cache_dir
 from lmlab.data.sampler import ResumableShuffleSampler
-from lmlab.data.tokenizer import (
-    MIN_VOCAB_SIZE,
-    cached_tokenizer,
-    check_vocab_size,
-    load_tokenizer,
-    tokenizer_cache_dir,
-)
-from lmlab.errors import InputError
+from lmlab.data.tokenizer import MIN_VOCAB_SIZE, VocabSize, cached_tokenizer, load_tokenizer, tokenizer_cache_dir
+from lmlab.errors import ArgumentError
 
 if TYPE_CHECKING:  # transformers is imported where a tokenizer is made (lmlab.data.tokenizer)
     from transformers import PreTrainedTokenizerFast
@@ -40,33 +35,21 @@ class CorpusDataModule(L.LightningDataModule):
     ``split_seed`` fixes which documents are held out, and is separate so runs with different seeds are
     compared on the same validation documents."""
 
+    @checked
     def __init__(
         self,
         corpus: Corpus,
-        vocab_size: int = 4096,
-        block_size: int = 128,
-        batch_size: int = 32,
-        val_fraction: float = 0.05,
-        num_workers: int = 0,
+        vocab_size: VocabSize = 4096,
+        block_size: PositiveInt = 128,
+        batch_size: PositiveInt = 32,
+        val_fraction: Fraction = 0.05,
+        num_workers: NonNegativeInt = 0,
         cache_dir: str = DEFAULT_CACHE_DIR,
         seed: int = 1234,
         split_seed: int = 0,
-        global_batch_size: int | None = None,
+        global_batch_size: PositiveInt | None = None,
     ):
         super().__init__()
-        if not (hasattr(corpus, "fingerprint") and hasattr(corpus, "__iter__")):
-            raise ValueError(
-                "data.corpus must be a corpus (iterable of (doc_id, text) with fingerprint()) such as "
-                f"lmlab.data.StdlibCode, TextFiles or HFDataset; got {type(corpus).__name__}"
-            )
-        check_vocab_size(vocab_size)
-        for field, value in (("block_size", block_size), ("batch_size", batch_size)):
-            if value < 1:
-                raise ValueError(f"data.{field}={value} must be a positive integer (>= 1)")
-        if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction={val_fraction} must lie strictly between 0 and 1")
-        if num_workers < 0:
-            raise ValueError(f"data.num_workers={num_workers} must be >= 0 (0 loads in the main process)")
         self.corpus = corpus
         self.vocab_size = vocab_size
         self.block_size = block_size
@@ -89,13 +72,16 @@ class CorpusDataModule(L.LightningDataModule):
             n_bytes, n_documents = size
             # every BPE merge joins two tokens of the corpus into one: at most one new token per byte
             if self.vocab_size > MIN_VOCAB_SIZE + n_bytes:
-                raise InputError(
-                    f"data.vocab_size={self.vocab_size}: more than this corpus can give; a byte-level BPE learns at "
-                    f"most one token per byte of text, so {n_bytes} bytes allow at most {MIN_VOCAB_SIZE} + "
-                    f"{n_bytes} = {MIN_VOCAB_SIZE + n_bytes}")
+                raise ArgumentError(
+                    "vocab_size", self.vocab_size, "more than this corpus can give; a byte-level BPE learns at most "
+                    f"one token per byte of text, so {n_bytes} bytes allow at most {MIN_VOCAB_SIZE} + {n_bytes} = "
+                    f"{MIN_VOCAB_SIZE + n_bytes}")
             self._check_size_estimate(n_bytes, n_documents)
         if not tokenizer_cache_dir(self.corpus, self.vocab_size, self.cache_dir).is_dir():
-            self.corpus.check()
+            try:
+                self.corpus.check()
+            except ArgumentError as e:
+                raise e.within("corpus") from None
 
     def _check_size_estimate(self, n_bytes: int, n_documents: int) -> None:
         """Subclasses refuse a corpus whose size in bytes already shows it too small (exact check after encoding)."""
@@ -155,6 +141,8 @@ class LMDataModule(CorpusDataModule):
     ``x[:, 1:]``. Arguments as :class:`CorpusDataModule`.
     """
 
+    batches = "blocks"  # what a batch is (lmlab.tasks)
+
     # set by setup()
     packed: PackedCorpus | None = None
     train_blocks: TokenBlocks | None = None
@@ -186,21 +174,20 @@ class LMDataModule(CorpusDataModule):
         tokens, which must hold one batch of blocks for training and one for validation."""
         needed = 2 * (self.batch_size * self.block_size + 1)
         if n_bytes + n_documents < needed:
-            raise InputError(
-                f"data: the corpus has {n_bytes} bytes in {n_documents} non-empty files, so at most "
+            raise ArgumentError(
+                "", None, f"the corpus has {n_bytes} bytes in {n_documents} non-empty files, so at most "
                 f"{n_bytes + n_documents} tokens, fewer than one batch for training and one for validation need "
-                f"(2 x (data.batch_size x data.block_size + 1) = 2 x ({self.batch_size} x {self.block_size} + 1) = "
-                f"{needed}); use a larger corpus or a smaller data.batch_size/data.block_size")
+                f"(2 x ({{batch_size}} x {{block_size}} + 1) = {needed}); use a larger corpus or a smaller batch_size "
+                "or block_size", batch_size=self.batch_size, block_size=self.block_size)
 
     def _check_split_size(self, split: str, n_tokens: int) -> None:
         needed = self.batch_size * self.block_size + 1
         if n_tokens < needed:
-            raise InputError(
-                f"data: the {split} split has {n_tokens} tokens, fewer than one batch of "
-                f"data.batch_size x data.block_size + 1 = {self.batch_size} x {self.block_size} + 1 = "
-                f"{needed}; use a larger corpus or a smaller data.batch_size/data.block_size"
-                + (", or a larger data.val_fraction" if split == "validation" else "")
-            )
+            raise ArgumentError(
+                "", None, f"the {split} split has {n_tokens} tokens, fewer than one batch of {{batch_size}} x "
+                f"{{block_size}} + 1 = {needed}; use a larger corpus or a smaller batch_size or block_size"
+                + (", or a larger {val_fraction}" if split == "validation" else ""),
+                batch_size=self.batch_size, block_size=self.block_size, val_fraction=self.val_fraction)
 
     def train_dataloader(self) -> DataLoader:
         return self._train_loader(self.train_blocks)
@@ -214,7 +201,7 @@ class LMDataModule(CorpusDataModule):
         Returns fewer than ``n`` prompts when the validation split has fewer blocks.
         """
         if not 1 <= n_tokens <= self.block_size:
-            raise ValueError(f"n_tokens={n_tokens} must lie in [1, data.block_size={self.block_size}]")
+            raise ArgumentError("n_tokens", n_tokens, f"must lie in [1, the data's block_size={self.block_size}]")
         self.setup()
         n = min(n, len(self.val_blocks))
         picks = np.linspace(0, len(self.val_blocks) - 1, n).round().astype(int)

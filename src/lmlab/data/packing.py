@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lmlab.data.cache import atomic_directory, cache_key
+from lmlab.atomic import atomic_directory
+from lmlab.data.cache import cache_key
 from lmlab.data.corpus import Corpus
 from lmlab.data.tokenizer import tokenizer_fingerprint
-from lmlab.errors import InputError
+from lmlab.errors import ArgumentError
 
 if TYPE_CHECKING:  # transformers is imported where a tokenizer is made (lmlab.data.tokenizer)
     from transformers import PreTrainedTokenizerFast
@@ -106,7 +107,7 @@ def _write_packed(
     in_corpus_order = folder / "corpus_order.bin"
     lengths = _encode_to_file(corpus, tokenizer, dtype, eos_id, in_corpus_order)
     if len(lengths) == 0:
-        raise InputError(f"data.corpus: {corpus!r} has no non-empty documents")
+        raise ArgumentError("corpus", corpus, "has no non-empty documents")
     order, val_start = split_documents(lengths, val_fraction, split_seed)
     _write_in_order(in_corpus_order, lengths, order, dtype, folder / TOKENS_FILE)
     in_corpus_order.unlink()

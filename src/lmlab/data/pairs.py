@@ -21,23 +21,24 @@ import textwrap
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lmlab.data.cache import atomic_directory, cache_key
+from lmlab.arguments import PositiveInt, checked
+from lmlab.atomic import atomic_directory
+from lmlab.data.cache import cache_key
 from lmlab.data.corpus import Corpus
 from lmlab.data.datamodule import CorpusDataModule
 from lmlab.data.packing import split_documents, token_dtype
 from lmlab.data.tokenizer import cached_tokenizer, tokenizer_fingerprint
-from lmlab.errors import InputError
+from lmlab.errors import ArgumentError
 
 if TYPE_CHECKING:  # transformers is imported where a tokenizer is made (lmlab.data.tokenizer)
     from transformers import PreTrainedTokenizerFast
 
-PAIR_KINDS = ("code_search", "simcse")
 PAIRS_FILE = "pairs.npz"
 META_FILE = "meta.json"
 FORMAT_VERSION = 2
@@ -203,13 +204,13 @@ class CodePairsDataModule(CorpusDataModule):
     held-out files. The tokenizer is the corpus's cached one, so an LM run and a pairs run share tokens.
     """
 
-    def __init__(self, corpus: Corpus, min_docstring_chars: int = 16, pairs: str = "code_search", **kwargs):
+    batches = "pairs"  # what a batch is (lmlab.tasks)
+
+    @checked
+    def __init__(self, corpus: Corpus, min_docstring_chars: PositiveInt = 16,
+                 pairs: Literal["code_search", "simcse"] = "code_search", **kwargs):
         """``kwargs``: :class:`CorpusDataModule`'s (vocab_size, block_size, batch_size, ...)."""
         super().__init__(corpus, **kwargs)
-        if min_docstring_chars < 1:
-            raise ValueError(f"data.min_docstring_chars={min_docstring_chars} must be >= 1")
-        if pairs not in PAIR_KINDS:
-            raise ValueError(f"data.pairs={pairs!r}; allowed: {', '.join(PAIR_KINDS)}")
         self.min_docstring_chars = min_docstring_chars
         self.pairs = pairs
         self.train_pairs: TextPairs | None = None
@@ -260,14 +261,13 @@ class CodePairsDataModule(CorpusDataModule):
             return
         found = (f"found {len(encoded.queries)} docstring/code pairs in {encoded.n_documents} documents "
                  f"({encoded.n_not_python} not Python)")
-        raise InputError(
-            f"data: the {split} split has {n_pairs} pairs, fewer than one batch of data.batch_size="
-            f"{self.batch_size}; data.corpus={self.corpus!r}: {found} with data.min_docstring_chars="
-            f"{self.min_docstring_chars}. Use a larger corpus of Python code or a smaller data.batch_size"
-            + (", or a larger data.val_fraction" if split == "validation" else "")
-            + (" (the split is by file: at least two files with documented functions)"
-               if encoded.n_documents < 2 else "")
-        )
+        raise ArgumentError(
+            "", None, f"the {split} split has {n_pairs} pairs, fewer than one batch of {{batch_size}}; "
+            f"{{corpus}}: {found} with {{min_docstring_chars}}. Use a larger corpus of Python code or a smaller "
+            "batch_size" + (", or a larger val_fraction" if split == "validation" else "")
+            + (" (the split is by file: at least two files with documented functions)" if encoded.n_documents < 2
+               else ""),
+            batch_size=self.batch_size, corpus=self.corpus, min_docstring_chars=self.min_docstring_chars)
 
     def train_dataloader(self) -> DataLoader:
         return self._train_loader(self.train_pairs, collate_fn=PadPairs(self.tokenizer.pad_token_id))

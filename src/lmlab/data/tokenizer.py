@@ -11,13 +11,15 @@ import hashlib
 import logging
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
+import annotated_types as at
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from lmlab.data.cache import atomic_directory, cache_key
+from lmlab.arguments import checked
+from lmlab.atomic import atomic_directory
+from lmlab.data.cache import cache_key
 from lmlab.data.corpus import Corpus
-from lmlab.errors import InputError
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -32,17 +34,13 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
 
-def check_vocab_size(vocab_size: int) -> None:
-    if vocab_size < MIN_VOCAB_SIZE:
-        raise InputError(
-            f"data.vocab_size={vocab_size}: is too small for a byte-level BPE: it needs at least "
-            f"{MIN_VOCAB_SIZE} (256 byte tokens + the special tokens {list(SPECIAL_TOKENS)})"
-        )
+# a byte-level BPE needs its 256 byte tokens and the special tokens
+VocabSize = Annotated[int, at.Ge(MIN_VOCAB_SIZE)]
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+@checked
+def train_tokenizer(texts: Iterable[str], vocab_size: VocabSize) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on ``texts``; EOS doubles as BOS (GPT-2's convention), pad is its own token."""
-    check_vocab_size(vocab_size)
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()

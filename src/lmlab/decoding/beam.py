@@ -15,10 +15,15 @@ the pad id is used as given.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
+from lmlab.arguments import PositiveInt, checked
 from lmlab.decoding.incremental import IncrementalLM
-from lmlab.decoding.inputs import check_beam, check_prompt, eos_ids, pad_id
+from lmlab.decoding.prompts import check_prompt, eos_ids, pad_id
+from lmlab.decoding.sampling import Compile
+from lmlab.errors import ArgumentError
 from lmlab.models.hf import as_causal_lm
 
 _NEG = -1.0e9  # "excluded" score offset, the constant HF uses (keeps results bit-identical)
@@ -29,15 +34,23 @@ def _take(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return t.gather(1, index.view(*index.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:]))
 
 
+def returns_at_most_the_beams(num_beams: int, num_return_sequences: int) -> None:
+    if num_return_sequences > num_beams:
+        raise ArgumentError("num_return_sequences", num_return_sequences, "must be at most {num_beams}",
+                            num_beams=num_beams)
+
+
+@checked(rules=returns_at_most_the_beams)
 @torch.no_grad()
-def beam_search(model, input_ids, max_new_tokens, num_beams, length_penalty=1.0, early_stopping=False,
-                eos_token_id=None, num_return_sequences=1, attention_mask=None, pad_token_id=None, compile=False):
+def beam_search(model, input_ids, max_new_tokens: PositiveInt, num_beams: PositiveInt = 4, length_penalty: float = 1.0,
+                early_stopping: bool | Literal["never"] = False, eos_token_id=None,
+                num_return_sequences: PositiveInt = 1, attention_mask=None, pad_token_id=None,
+                compile: Compile = False):
     """-> (sequences [B * num_return_sequences, prompt + new], scores [B * num_return_sequences]),
     best first per prompt; positions after a hypothesis' EOS hold the pad token. ``compile=True``: the
     steps after the prefill run compiled on a static KV cache (same results)."""
     model = as_causal_lm(model)
     check_prompt(model, input_ids, max_new_tokens, attention_mask)
-    check_beam(num_beams, num_return_sequences, early_stopping)
     batch, prompt_len = input_ids.shape
     n, total, device = num_beams, prompt_len + max_new_tokens, input_ids.device
     eos = eos_ids(eos_token_id, device)
@@ -55,54 +68,54 @@ def beam_search(model, input_ids, max_new_tokens, num_beams, length_penalty=1.0,
     improvable = torch.ones(batch, 1, dtype=torch.bool, device=device)
     row_offset = torch.arange(batch, device=device)[:, None] * n
 
-    lm = IncrementalLM(model, batch, total, attention_mask, compile)
-    logprobs = lm.forward(input_ids)[:, -1:].float().log_softmax(-1)  # [B, 1, V], same for every beam
-    lm.repeat_interleave(n)
-    for cur in range(prompt_len, total):
-        if cur > prompt_len:
-            logits = lm.forward(running[:, :, cur - 1].reshape(batch * n, 1))[:, -1]
-            logprobs = logits.float().log_softmax(-1).view(batch, n, -1)
-        vocab = logprobs.shape[-1]
-        cand_scores, cand = (logprobs + running_scores[..., None]).view(batch, -1).topk(k)
-        source = cand // vocab
-        cand_seqs = _take(running, source)
-        cand_seqs[:, :, cur] = cand % vocab
-        done = torch.full_like(may_finish, cur + 1 == total).expand(batch, k)
-        if eos is not None:
-            done = done | torch.isin(cand % vocab, eos)
+    with IncrementalLM(model, batch, total, attention_mask, compile) as lm:
+        logprobs = lm.forward(input_ids)[:, -1:].float().log_softmax(-1)  # [B, 1, V], same for every beam
+        lm.repeat_interleave(n)
+        for cur in range(prompt_len, total):
+            if cur > prompt_len:
+                logits = lm.forward(running[:, :, cur - 1].reshape(batch * n, 1))[:, -1]
+                logprobs = logits.float().log_softmax(-1).view(batch, n, -1)
+            vocab = logprobs.shape[-1]
+            cand_scores, cand = (logprobs + running_scores[..., None]).view(batch, -1).topk(k)
+            source = cand // vocab
+            cand_seqs = _take(running, source)
+            cand_seqs[:, :, cur] = cand % vocab
+            done = torch.full_like(may_finish, cur + 1 == total).expand(batch, k)
+            if eos is not None:
+                done = done | torch.isin(cand % vocab, eos)
 
-        # live beams: the best num_beams candidates that did not finish
-        alive_scores = cand_scores + done.float() * _NEG
-        keep = alive_scores.topk(n).indices
-        running, running_scores = _take(cand_seqs, keep), _take(alive_scores, keep)
-        source = _take(source, keep)
+            # live beams: the best num_beams candidates that did not finish
+            alive_scores = cand_scores + done.float() * _NEG
+            keep = alive_scores.topk(n).indices
+            running, running_scores = _take(cand_seqs, keep), _take(alive_scores, keep)
+            source = _take(source, keep)
 
-        # finished hypotheses: the best num_beams of the old ones and those that finished now
-        generated = cur + 1 - prompt_len
-        new_scores = cand_scores / generated**length_penalty
-        new_scores = new_scores + (hyp_done.all(-1, keepdim=True) & (early_stopping is True)).float() * _NEG
-        new_scores = new_scores + (~improvable).float() * _NEG
-        new_scores = new_scores + (~(done & may_finish)).float() * _NEG
-        merged = torch.cat([hyp_scores, new_scores], 1)
-        best = merged.topk(n).indices
-        hyps = _take(torch.cat([hyps, cand_seqs], 1), best)
-        hyp_scores = _take(merged, best)
-        hyp_done = _take(torch.cat([hyp_done, done & may_finish], 1), best)
-        hyp_lengths = _take(torch.cat([hyp_lengths, torch.full_like(cand, generated)], 1), best)
-        if cur + 1 == total:
-            break
+            # finished hypotheses: the best num_beams of the old ones and those that finished now
+            generated = cur + 1 - prompt_len
+            new_scores = cand_scores / generated**length_penalty
+            new_scores = new_scores + (hyp_done.all(-1, keepdim=True) & (early_stopping is True)).float() * _NEG
+            new_scores = new_scores + (~improvable).float() * _NEG
+            new_scores = new_scores + (~(done & may_finish)).float() * _NEG
+            merged = torch.cat([hyp_scores, new_scores], 1)
+            best = merged.topk(n).indices
+            hyps = _take(torch.cat([hyps, cand_seqs], 1), best)
+            hyp_scores = _take(merged, best)
+            hyp_done = _take(torch.cat([hyp_done, done & may_finish], 1), best)
+            hyp_lengths = _take(torch.cat([hyp_lengths, torch.full_like(cand, generated)], 1), best)
+            if cur + 1 == total:
+                break
 
-        lm.reorder((source + row_offset).flatten())
-        # can the best running beam still beat the worst finished hypothesis?
-        bound_len = total - prompt_len if early_stopping == "never" and length_penalty > 0 else generated
-        best_running = running_scores[:, :1] / bound_len**length_penalty
-        worst_hyp = torch.where(hyp_done, hyp_scores.min(1, keepdim=True).values, _NEG)
-        improvable = improvable & (best_running > worst_hyp).any(-1, keepdim=True)
-        go_on = improvable.any() & ~done.all()
-        if early_stopping is True:
-            go_on = go_on & ~hyp_done.all()
-        if not go_on:
-            break
+            lm.reorder((source + row_offset).flatten())
+            # can the best running beam still beat the worst finished hypothesis?
+            bound_len = total - prompt_len if early_stopping == "never" and length_penalty > 0 else generated
+            best_running = running_scores[:, :1] / bound_len**length_penalty
+            worst_hyp = torch.where(hyp_done, hyp_scores.min(1, keepdim=True).values, _NEG)
+            improvable = improvable & (best_running > worst_hyp).any(-1, keepdim=True)
+            go_on = improvable.any() & ~done.all()
+            if early_stopping is True:
+                go_on = go_on & ~hyp_done.all()
+            if not go_on:
+                break
 
     r = num_return_sequences
     length = prompt_len + int(hyp_lengths[:, :r].max())

@@ -19,6 +19,7 @@ from lmlab.decoding.metrics import decode_metrics, output_perplexity
 from lmlab.decoding.sampling import greedy, sample
 from lmlab.decoding.speculative import PROMPT_LOOKUP, SPECULATIVE_COUNTS, speculative, speculative_rates
 from lmlab.devices import synchronize
+from lmlab.errors import ArgumentError
 
 
 @dataclass
@@ -32,13 +33,13 @@ class DecodeResult:
 def load_draft(decode: functools.partial) -> functools.partial:
     """A strategy that takes a ``draft`` (speculative) given as a checkpoint path gets that model loaded (once)."""
     if "draft" in inspect.signature(decode.func).parameters and "draft" not in decode.keywords:
-        raise ValueError("decoding.draft is missing: give a draft run directory or .ckpt, or prompt_lookup")
+        raise ArgumentError("draft", None, "is required: a draft run directory or .ckpt, or prompt_lookup")
     draft = decode.keywords.get("draft")
     if not isinstance(draft, str) or draft == PROMPT_LOOKUP:
         return decode
     from lmlab.checkpoint import load_checkpoint
 
-    model, _, _ = load_checkpoint(draft, field="decoding.draft")
+    model, _, _ = load_checkpoint(draft, field="draft")
     return functools.partial(decode.func, *decode.args, **{**decode.keywords, "draft": model})
 
 

@@ -5,50 +5,46 @@ mask and no positions (the model's fast path); left-padded batches keep one [bat
 and derive positions from it as Hugging Face does (cumsum(mask) - 1), so cropping and reordering
 the cache only has to crop or reorder that mask.
 
-With ``compile=True`` (models with a static cache: lmlab's GPT) every forward after the prefill is
-the compiled step of :mod:`lmlab.decoding.compiled`; other models decode eagerly, with a warning.
+With ``compile`` (models with a static cache: lmlab's GPT) every forward after the prefill is the
+compiled step of the model's :class:`~lmlab.decoding.compiled.StaticDecoder`; other models decode
+eagerly, with a warning. Use it as a context manager: leaving it hands the static cache back.
 """
 
 from __future__ import annotations
 
 import warnings
-import weakref
 
 import torch
 
-from lmlab.decoding.compiled import lease_static_cache, release_static_cache, run_step, supports_static_cache
+from lmlab.decoding.compiled import StaticDecoder, supports_static_cache
 
 
 class IncrementalLM:
     def __init__(self, model, batch_size: int, max_len: int, prompt_mask: torch.Tensor | None = None,
-                 compile: bool = False):
-        if not isinstance(compile, bool | str):
-            raise ValueError(f"compile={compile!r}; allowed: False, True or a torch.compile backend name")
+                 compile: bool | str = False):
         self.model = model
-        self.compile = compile if supports_static_cache(model) else False
-        if compile and not self.compile:
+        self.decoder = None
+        if compile and supports_static_cache(model):
+            self.decoder = StaticDecoder.of(model, "inductor" if compile is True else compile)
+        elif compile:
             warnings.warn(f"compile=True: {type(model).__name__} has no static KV cache; decoding eagerly",
                           stacklevel=3)
-        self._release = None
-        if self.compile:
-            self._lease(batch_size, max_len)
-        else:
-            self.cache = model.new_cache(batch_size, max_len)
+        self.cache = self.decoder.lease(batch_size, max_len) if self.decoder else model.new_cache(batch_size, max_len)
         self.length = 0  # positions held by the cache
         self.mask = self.positions = None
         if prompt_mask is not None and not bool(prompt_mask.all()):
             self.mask = prompt_mask.new_ones(batch_size, max_len)
             self.mask[:, : prompt_mask.shape[1]] = prompt_mask
             self._update_positions()
-        if self.compile:  # sliced for each step's cache_position: no new tensor per token
+        if self.decoder:  # sliced for each step's cache_position: no new tensor per token
             self.cache_positions = torch.arange(max_len, device=self.cache.keys[0].device)
 
-    def _lease(self, batch_size: int, max_len: int) -> None:
-        """A pooled static cache, handed back when this object goes away (or is given another)."""
-        if self._release is not None:
-            self._release()
-        self.cache = lease_static_cache(self.model, batch_size, max_len)
-        self._release = weakref.finalize(self, release_static_cache, self.model, self.cache)
+    def __enter__(self) -> IncrementalLM:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.decoder:
+            self.decoder.release(self.cache)
 
     def _update_positions(self) -> None:
         self.positions = (self.mask.cumsum(-1) - 1).clamp_min(0)
@@ -57,9 +53,9 @@ class IncrementalLM:
         """Logits [B, T, V] for ``tokens`` [B, T], which continue what the cache holds."""
         end = self.length + tokens.shape[1]
         positions = None if self.positions is None else self.positions[:, self.length : end]
-        if self.compile and self.length > 0:
+        if self.decoder and self.length > 0:
             cache_position = self.cache_positions[self.length : end]
-            logits = run_step(self.compile, self.model, tokens, self.mask, positions, cache_position, self.cache)
+            logits = self.decoder.step(tokens, self.mask, positions, cache_position, self.cache)
             self.cache.advance(tokens.shape[1])
         else:
             mask = None if self.mask is None else self.mask[:, :end]
@@ -67,7 +63,7 @@ class IncrementalLM:
         self.length = end
         return logits
 
-    def keep(self, length: int) -> None:
+    def truncate(self, length: int) -> None:
         """Drop cached positions from ``length`` on (rejected draft tokens); a no-op if already shorter."""
         if length < self.length:
             self.cache.crop(length - self.length)  # negative = drop that many, as DynamicCache.crop
@@ -82,12 +78,11 @@ class IncrementalLM:
 
     def repeat_interleave(self, repeats: int) -> None:
         """Each row becomes ``repeats`` adjacent rows (prefill once, then expand to beams)."""
-        if self.compile:
-            old, release_old = self.cache, self._release
-            self._release = None
-            self._lease(old.batch_size * repeats, old.max_len)
+        if self.decoder:
+            old = self.cache
+            self.cache = self.decoder.lease(old.batch_size * repeats, old.max_len)
             self.cache.copy_from(old, repeats)
-            release_old()
+            self.decoder.release(old)
         else:
             self.cache.batch_repeat_interleave(repeats)
         if self.mask is not None:

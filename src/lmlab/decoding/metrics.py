@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from lmlab.decoding.inputs import eos_ids
+from lmlab.decoding.prompts import eos_ids
 from lmlab.models.hf import as_causal_lm
 
 

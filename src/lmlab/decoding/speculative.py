@@ -14,12 +14,17 @@ positions are cropped from both KV caches instead of being recomputed. Batch siz
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
+from lmlab.arguments import NonNegative, NonNegativeInt, PositiveInt, checked
 from lmlab.decoding.incremental import IncrementalLM
-from lmlab.decoding.inputs import check_prompt, check_sampling, eos_ids
 from lmlab.decoding.processors import sample_from, warp_logits
+from lmlab.decoding.prompts import check_prompt, eos_ids
+from lmlab.decoding.sampling import Compile, TopP
+from lmlab.errors import ArgumentError
 from lmlab.models.hf import as_causal_lm
 
 PROMPT_LOOKUP = "prompt_lookup"
@@ -58,9 +63,20 @@ def prompt_lookup(tokens: torch.Tensor, num_tokens: int, max_ngram_size: int = 2
     return tokens[:0]
 
 
+def draft_exists(draft: str | torch.nn.Module) -> None:
+    """A draft given by name is prompt lookup or a checkpoint lmlab can load."""
+    if isinstance(draft, str) and draft != PROMPT_LOOKUP:
+        from lmlab.checkpoint import check_checkpoint
+
+        check_checkpoint(draft, field="draft")
+
+
+@checked(rules=draft_exists)
 @torch.no_grad()
-def speculative(target, draft, input_ids, max_new_tokens, num_draft_tokens=4, temperature=0.0, top_k=0,
-                top_p=1.0, eos_token_id=None, generator=None, max_ngram_size=2, compile=False):
+def speculative(target, draft: str | torch.nn.Module, input_ids, max_new_tokens: PositiveInt,
+                num_draft_tokens: PositiveInt = 4, temperature: NonNegative = 0.0, top_k: NonNegativeInt = 0,
+                top_p: TopP = 1.0, eos_token_id=None, generator=None, max_ngram_size: PositiveInt = 2,
+                compile: Compile = False):
     """-> (sequences [1, prompt + new], stats dict). ``compile=True``: target and draft forwards after
     their prefill run compiled on static KV caches (rollback moves the cache position; same tokens).
 
@@ -70,14 +86,11 @@ def speculative(target, draft, input_ids, max_new_tokens, num_draft_tokens=4, te
     """
     target = as_causal_lm(target)
     check_prompt(target, input_ids, max_new_tokens)
-    check_sampling(temperature, top_k, top_p)
     if input_ids.shape[0] != 1:
         raise ValueError(f"speculative decoding takes batch size 1 (as HF); input_ids has {len(input_ids)}")
-    if isinstance(num_draft_tokens, bool) or not isinstance(num_draft_tokens, int) or num_draft_tokens < 1:
-        raise ValueError(f"num_draft_tokens={num_draft_tokens!r}; must be an int >= 1")
     lookup = isinstance(draft, str)
     if lookup and draft != PROMPT_LOOKUP:
-        raise ValueError(f"draft={draft!r}; allowed: a causal LM or {PROMPT_LOOKUP!r}")
+        raise ArgumentError("draft", draft, f"allowed: a causal LM (load a checkpoint first) or {PROMPT_LOOKUP!r}")
     if not lookup:
         draft = as_causal_lm(draft)
         check_prompt(draft, input_ids, max_new_tokens)
@@ -92,14 +105,23 @@ def speculative(target, draft, input_ids, max_new_tokens, num_draft_tokens=4, te
     total = prompt_len + max_new_tokens
     tokens = input_ids.new_empty((1, total), dtype=torch.long)
     tokens[:, :prompt_len] = input_ids
-    length = prompt_len
-    verifier = IncrementalLM(target, 1, total, compile=compile)
-    drafter = None if lookup else IncrementalLM(draft, 1, total, compile=compile)
-    stats = dict(proposed=0, accepted=0, target_forwards=0, draft_forwards=0)
+    with IncrementalLM(target, 1, total, compile=compile) as verifier, (
+            contextlib.nullcontext() if lookup else IncrementalLM(draft, 1, total, compile=compile)) as drafter:
+        length, stats = _rounds(verifier, drafter, tokens, prompt_len, num_draft_tokens, greedy, warp, eos,
+                                generator, max_ngram_size)
+    stats["new_tokens"] = length - prompt_len
+    return tokens[:, :length], speculative_rates(stats)
 
+
+def _rounds(verifier: IncrementalLM, drafter: IncrementalLM | None, tokens, length, num_draft_tokens, greedy, warp,
+            eos, generator, max_ngram_size) -> tuple[int, dict]:
+    """Draft (``drafter``, or prompt lookup when None), verify, accept until ``tokens`` [1, total] is full
+    or EOS: (tokens filled, counts)."""
+    total = tokens.shape[1]
+    stats = dict(proposed=0, accepted=0, target_forwards=0, draft_forwards=0)
     while length < total:
         budget = min(num_draft_tokens, total - length - 1)  # the target always adds one token itself
-        if lookup:
+        if drafter is None:
             proposal, q = prompt_lookup(tokens[0, :length], budget, max_ngram_size)[None], None
         else:
             proposal, q = _draft(drafter, tokens[:, drafter.length : length], budget, greedy, warp, generator)
@@ -128,12 +150,10 @@ def speculative(target, draft, input_ids, max_new_tokens, num_draft_tokens=4, te
         length += keep
         if first_eos <= n_accepted:
             break
-        verifier.keep(length - 1)
+        verifier.truncate(length - 1)
         if drafter is not None:
-            drafter.keep(length - 1)
-
-    stats["new_tokens"] = length - prompt_len
-    return tokens[:, :length], speculative_rates(stats)
+            drafter.truncate(length - 1)
+    return length, stats
 
 
 SPECULATIVE_COUNTS = ("proposed", "accepted", "target_forwards", "draft_forwards", "new_tokens")

@@ -6,7 +6,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmlab.losses.language_modeling import cross_entropy
+from lmlab.arguments import Positive, checked
+from lmlab.errors import ArgumentError
+from lmlab.losses.language_modeling import _cross_entropy
 from lmlab.numerics import at_least_float32
 
 
@@ -17,8 +19,8 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.1) -> torc
     cross-entropy of the similarity matrix against its diagonal, averaged over both directions
     (a -> b and b -> a, as in CLIP); never ``exp(similarity)`` divided by a sum of exps.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature={temperature} must be > 0")
+    if not temperature > 0:
+        raise ArgumentError("temperature", temperature, "must be a number > 0")
     if a.ndim != 2 or a.shape != b.shape:
         raise ValueError(
             f"info_nce needs two [N, D] tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}"
@@ -26,7 +28,7 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.1) -> torc
     a, b = F.normalize(at_least_float32(a), dim=-1), F.normalize(at_least_float32(b), dim=-1)
     similarity = a @ b.T / temperature
     labels = torch.arange(a.size(0), device=a.device)
-    return 0.5 * (cross_entropy(similarity, labels) + cross_entropy(similarity.T, labels))
+    return 0.5 * (_cross_entropy(similarity, labels) + _cross_entropy(similarity.T, labels))
 
 
 class InfoNCELoss(nn.Module):
@@ -35,10 +37,11 @@ class InfoNCELoss(nn.Module):
     0.05 is SimCSE's temperature; lower is sharper (harder negatives weigh more).
     """
 
-    def __init__(self, temperature: float = 0.05):
+    batches = "pairs"  # what it trains on (lmlab.tasks)
+
+    @checked
+    def __init__(self, temperature: Positive = 0.05):
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"loss.temperature={temperature} must be > 0")
         self.temperature = temperature
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

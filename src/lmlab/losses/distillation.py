@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from lmlab.errors import ArgumentError
 from lmlab.numerics import at_least_float32
 
 
@@ -17,8 +18,8 @@ def kl_divergence(
     probability 0 (e.g. -inf logits) contribute exactly 0. The T^2 factor keeps gradient magnitudes
     comparable across temperatures, so the KL term can be weighted against cross-entropy.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature={temperature} must be > 0")
+    if not temperature > 0:
+        raise ArgumentError("temperature", temperature, "must be a number > 0")
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
             f"kl_divergence: student shape {tuple(student_logits.shape)} != "

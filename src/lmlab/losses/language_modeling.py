@@ -6,22 +6,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmlab.arguments import NonNegative, Probability, checked
 from lmlab.numerics import at_least_float32
 
 
-def _check_options(label_smoothing: float, z_loss: float, prefix: str = "") -> None:
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"{prefix}label_smoothing={label_smoothing} must be in [0, 1]")
-    if z_loss < 0.0:
-        raise ValueError(f"{prefix}z_loss={z_loss} must be >= 0")
-
-
+@checked
 def cross_entropy(
     logits: torch.Tensor,
     targets: torch.Tensor,
     ignore_index: int = -100,
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
+    label_smoothing: Probability = 0.0,
+    z_loss: NonNegative = 0.0,
 ) -> torch.Tensor:
     """Mean cross-entropy over the tokens whose target is not ``ignore_index``.
 
@@ -29,11 +24,17 @@ def cross_entropy(
     log-space, never ``log(softmax + eps)``, so logits of any magnitude give finite values and
     gradients: the cross-entropy (with label smoothing, which mixes in the uniform distribution) is
     torch's fused ``log_softmax`` + NLL, one pass over the logits forward and one backward (a
-    logsumexp, a gather and a mean written out took ~1.7x as long). ``z_loss`` adds
+    logsumexp, a gather and a mean written out is slower). ``z_loss`` adds
     ``z_loss * mean(logsumexp(logits)^2)`` (PaLM), which keeps the softmax normaliser near 1 and the
     logits from drifting. A batch with no target tokens gives 0, not NaN. No host syncs.
     """
-    _check_options(label_smoothing, z_loss)
+    return _cross_entropy(logits, targets, ignore_index, label_smoothing, z_loss)
+
+
+def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100, label_smoothing: float = 0.0,
+                   z_loss: float = 0.0) -> torch.Tensor:
+    """``cross_entropy`` without the argument checks, for the losses of this package on every step (their
+    arguments were checked once, when they were built)."""
     if logits.shape[:-1] != targets.shape:
         raise ValueError(
             f"logits shape {tuple(logits.shape)} needs targets of shape {tuple(logits.shape[:-1])}, "
@@ -52,13 +53,15 @@ def cross_entropy(
 class LanguageModelingLoss(nn.Module):
     """``loss=ce``: next-token cross-entropy as a module, ``forward(logits, targets) -> scalar``."""
 
-    def __init__(self, label_smoothing: float = 0.0, z_loss: float = 0.0, ignore_index: int = -100):
+    batches = "blocks"  # what it trains on (lmlab.tasks)
+
+    @checked
+    def __init__(self, label_smoothing: Probability = 0.0, z_loss: NonNegative = 0.0, ignore_index: int = -100):
         super().__init__()
-        _check_options(label_smoothing, z_loss, prefix="loss.")
         self.label_smoothing, self.z_loss, self.ignore_index = label_smoothing, z_loss, ignore_index
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return cross_entropy(logits, targets, self.ignore_index, self.label_smoothing, self.z_loss)
+        return _cross_entropy(logits, targets, self.ignore_index, self.label_smoothing, self.z_loss)
 
     def extra_repr(self) -> str:
         return (

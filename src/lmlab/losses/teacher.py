@@ -2,13 +2,37 @@
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import torch
 import torch.nn as nn
 
-from lmlab.checkpoint import load_checkpoint
+from lmlab.arguments import NonNegative, Positive, checked
+from lmlab.checkpoint import check_checkpoint, load_checkpoint
+from lmlab.errors import ArgumentError
 from lmlab.losses.distillation import kl_divergence
-from lmlab.losses.language_modeling import cross_entropy
+from lmlab.losses.language_modeling import _cross_entropy
 from lmlab.losses.regression import mse
+
+
+@runtime_checkable
+class UsesTeacher(Protocol):
+    """A loss computed against a frozen teacher model: the task runs ``teacher`` on the student's inputs
+    (without gradients) and passes its logits, ``loss(logits, targets, teacher_logits)``."""
+
+    teacher: nn.Module
+
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        ...
+
+
+def teacher_and_weights(teacher: str, ce_weight: float, kl_weight: float, mse_weight: float) -> None:
+    """The teacher is a checkpoint lmlab can load, and some term counts."""
+    check_checkpoint(teacher, field="teacher")
+    if not (ce_weight or kl_weight or mse_weight):
+        raise ArgumentError("", None, "{ce_weight}, {kl_weight} and {mse_weight}: all are 0, so the loss would be 0; "
+                            "give at least one a weight > 0", ce_weight=ce_weight, kl_weight=kl_weight,
+                            mse_weight=mse_weight)
 
 
 class TeacherLoss(nn.Module):
@@ -22,15 +46,13 @@ class TeacherLoss(nn.Module):
     size), and Lightning does not count its eval-mode layers as a mistake.
     """
 
-    def __init__(self, teacher: str, ce_weight: float = 0.0, kl_weight: float = 1.0, mse_weight: float = 0.0,
-                 temperature: float = 1.0):
+    batches = "blocks"  # what it trains on (lmlab.tasks)
+
+    @checked(rules=teacher_and_weights)
+    def __init__(self, teacher: str, ce_weight: NonNegative = 0.0, kl_weight: NonNegative = 1.0,
+                 mse_weight: NonNegative = 0.0, temperature: Positive = 1.0):
         super().__init__()
-        for name, weight in (("ce_weight", ce_weight), ("kl_weight", kl_weight), ("mse_weight", mse_weight)):
-            if weight < 0:
-                raise ValueError(f"loss.{name}={weight} must be >= 0")
-        if temperature <= 0:
-            raise ValueError(f"loss.temperature={temperature} must be > 0")
-        model, self.teacher_tokenizer, _ = load_checkpoint(teacher, field="loss.teacher")
+        model, self.teacher_tokenizer, _ = load_checkpoint(teacher, field="teacher")
         self._frozen = (model.requires_grad_(False).eval(),)  # a tuple: not registered as a submodule
         self.ce_weight, self.kl_weight, self.mse_weight = ce_weight, kl_weight, mse_weight
         self.temperature = temperature
@@ -46,7 +68,7 @@ class TeacherLoss(nn.Module):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         loss = logits.new_zeros((), dtype=torch.float32)
         if self.ce_weight:
-            loss = loss + self.ce_weight * cross_entropy(logits, targets)
+            loss = loss + self.ce_weight * _cross_entropy(logits, targets)
         if self.kl_weight:
             loss = loss + self.kl_weight * kl_divergence(logits, teacher_logits, self.temperature)
         if self.mse_weight:

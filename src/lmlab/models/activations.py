@@ -17,13 +17,14 @@ Derivatives are computed in float32 for bf16/fp16 inputs, from the saved input. 
 
 from __future__ import annotations
 
-import functools
 import math
+from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmlab.arguments import checked
 from lmlab.numerics import at_least_float32
 
 SQRT_HALF = math.sqrt(0.5)
@@ -123,15 +124,15 @@ silu = SiLUFunction.apply
 FUNCTIONS = {
     "relu": relu, "gelu": gelu, "gelu_tanh": gelu_tanh, "silu": silu, "sigmoid": sigmoid, "tanh": tanh,
 }  # fmt: skip
+ActivationName = Literal[tuple(FUNCTIONS)]
 
 
 class Activation(nn.Module):
     """One of ``FUNCTIONS`` as a module, so a model can hold it and print its name."""
 
-    def __init__(self, name: str):
+    @checked
+    def __init__(self, name: ActivationName):
         super().__init__()
-        if name not in FUNCTIONS:
-            raise ValueError(f"model.activation={name!r}; allowed: {', '.join(FUNCTIONS)}")
         self.name = name
         self.fn = FUNCTIONS[name]
 
@@ -140,12 +141,3 @@ class Activation(nn.Module):
 
     def extra_repr(self) -> str:
         return self.name
-
-
-ACTIVATIONS = {name: functools.partial(Activation, name) for name in FUNCTIONS}
-
-
-def get_activation(name: str) -> nn.Module:
-    if name not in ACTIVATIONS:
-        raise ValueError(f"model.activation={name!r}; allowed: {', '.join(ACTIVATIONS)}")
-    return ACTIVATIONS[name]()

@@ -8,48 +8,62 @@ flash kernel can run, decoding passes a cache and, for padded batches, an attent
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import asdict, dataclass
+from typing import Annotated, Literal
 
+import annotated_types as at
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmlab.models.activations import get_activation
+from lmlab.arguments import Positive, PositiveInt, check_arguments
+from lmlab.errors import ArgumentError
+from lmlab.models.activations import Activation, ActivationName
 from lmlab.models.cache import KVCache
 from lmlab.models.output import CausalLMOutput
+
+Dropout = Annotated[float, at.Ge(0), at.Lt(1)]
+
+
+def shapes_fit(n_embd: int, n_head: int, n_kv_head: int | None, position: str) -> None:
+    """Heads split the width, key/value heads split the heads, RoPE rotates pairs of a head's dimensions."""
+    if n_embd % n_head:
+        raise ArgumentError("n_embd", n_embd, "must be divisible by {n_head}", n_head=n_head)
+    kv = n_kv_head or n_head
+    if n_head % kv:
+        raise ArgumentError("n_head", n_head, "must be divisible by {n_kv_head}", n_kv_head=kv)
+    if position == "rope" and (n_embd // n_head) % 2:
+        raise ArgumentError("position", position, f"needs an even head dimension: {{n_embd}} / {{n_head}} = "
+                            f"{n_embd // n_head}", n_embd=n_embd, n_head=n_head)
 
 
 @dataclass
 class GPTConfig:
-    vocab_size: int = 4096
-    block_size: int = 256
-    n_layer: int = 4
-    n_head: int = 4
-    n_kv_head: int | None = None  # None: same as n_head; fewer: grouped-query attention
-    n_embd: int = 128
-    mlp_ratio: float = 4.0
-    dropout: float = 0.0
+    """The architecture: every field of ``GPT(**fields)``, its range and its default."""
+
+    vocab_size: PositiveInt = 4096
+    block_size: PositiveInt = 256
+    n_layer: PositiveInt = 4
+    n_head: PositiveInt = 4
+    n_kv_head: PositiveInt | None = None  # None: same as n_head; fewer: grouped-query attention
+    n_embd: PositiveInt = 128
+    mlp_ratio: Positive = 4.0
+    dropout: Dropout = 0.0
     bias: bool = True
-    position: str = "learned"  # learned | rope
-    rope_theta: float = 10000.0
-    norm: str = "layernorm"  # layernorm | rmsnorm
-    mlp: str = "standard"  # standard | swiglu
-    activation: str = "gelu"
+    position: Literal["learned", "rope"] = "learned"
+    rope_theta: Positive = 10000.0
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    mlp: Literal["standard", "swiglu"] = "standard"
+    activation: ActivationName = "gelu"
     tie_embeddings: bool = True
 
+    argument_rules = staticmethod(shapes_fit)
+
     def __post_init__(self):
+        check_arguments(GPTConfig, asdict(self))
         self.n_kv_head = self.n_kv_head or self.n_head
-        choices = {"position": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"), "mlp": ("standard", "swiglu")}
-        for field, allowed in choices.items():
-            if getattr(self, field) not in allowed:
-                raise ValueError(f"model.{field}={getattr(self, field)!r}; allowed: {', '.join(allowed)}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
-        if self.n_head % self.n_kv_head:
-            raise ValueError(f"model.n_head={self.n_head} must be divisible by model.n_kv_head={self.n_kv_head}")
-        if self.position == "rope" and (self.n_embd // self.n_head) % 2:
-            raise ValueError("model.position=rope needs an even head dimension (n_embd / n_head)")
 
 
 def _norm(config: GPTConfig) -> nn.Module:
@@ -113,7 +127,7 @@ class MLP(nn.Module):
             self.gate = nn.Linear(config.n_embd, hidden, bias=config.bias)
         self.up = nn.Linear(config.n_embd, hidden, bias=config.bias)
         self.down = nn.Linear(hidden, config.n_embd, bias=config.bias)
-        self.act = get_activation("silu" if self.gated else config.activation)
+        self.act = Activation("silu" if self.gated else config.activation)
 
     def forward(self, x):
         h = self.act(self.gate(x)) * self.up(x) if self.gated else self.act(self.up(x))
@@ -134,30 +148,46 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """Decoder-only transformer. ``GPT(**kwargs)`` takes the fields of :class:`GPTConfig`."""
+    """Decoder-only transformer. ``GPT(**fields)`` takes the fields of :class:`GPTConfig`: its signature,
+    defaults and checks are GPT's."""
 
-    def __init__(self, **kwargs):
+    __signature__ = inspect.signature(GPTConfig)
+    argument_rules = staticmethod(shapes_fit)
+
+    def __init__(self, **fields):
         super().__init__()
-        self.config = config = GPTConfig(**kwargs)
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.position == "learned" else None
-        self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
-        self.norm_f = _norm(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        if config.tie_embeddings:
+        self.config = config = GPTConfig(**fields)
+        device = torch.get_default_device()  # meta inside `with torch.device("meta")`: shapes only
+        with torch.device("meta"):  # the layers' own initialisation would draw weights init_weights redraws
+            self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+            self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.position == "learned" else None
+            self.drop = nn.Dropout(config.dropout)
+            self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+            self.norm_f = _norm(config)
+            self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.to_empty(device=device)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """GPT-2's initialisation: N(0, 0.02) weights, zero biases, unit norms, residual projections scaled
+        by 1/sqrt(2 n_layer). The only random draw of a new model, so one built on the meta device and given
+        memory later (``to_empty``, then this) gets the same weights for the same seed."""
+        if self.config.tie_embeddings:  # (again after to_empty, which gives each module its own tensor)
             self.lm_head.weight = self.wte.weight
-        self.apply(self._init_weights)
-        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
+        self.apply(self._init_module)
+        for name, p in self.named_parameters():
             if name.endswith(("proj.weight", "down.weight")):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.config.n_layer))
 
     @staticmethod
-    def _init_weights(module):
+    def _init_module(module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
+        if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+            module.reset_parameters()
 
     @property
     def max_seq_len(self) -> int:
@@ -189,27 +219,21 @@ class GPT(nn.Module):
     ) -> CausalLMOutput:
         """Logits for every position.
 
-        ``attention_mask`` ([B, past + T], 1 = real token) covers the cached prefix too, as in
-        Hugging Face models; ``position_ids`` default to past + arange(T). Passing a cache
-        appends this chunk's keys and values to it. With a static cache, ``cache_position`` [T]
-        says where the chunk goes; whoever passes it also advances the cache (``cache.advance``), so
-        that a compiled step reads no Python-side length (one graph for every step).
+        ``attention_mask`` ([B, past + T], 1 = real token) covers the cached prefix too, as in Hugging Face
+        models; ``position_ids`` default to the chunk's positions. A cache gets this chunk's keys and values.
+        ``cache_position`` [T] (static caches only) says where the chunk goes, and whoever gives it also
+        advances the cache (``cache.advance``): a compiled step then reads no Python-side length, so one
+        graph serves every step. Without it the chunk follows what the cache holds.
         """
         B, T = input_ids.shape
-        positioned = cache_position is not None
-        if positioned and not (cache is not None and cache.static):
-            raise ValueError("cache_position needs a static cache (model.new_cache(..., static=True))")
-        if not positioned:
-            past = cache.get_seq_length() if cache is not None else 0
-            limit = min(self.config.block_size, cache.max_len) if cache is not None else self.config.block_size
-            if past + T > limit:
-                what = "model.block_size" if limit == self.config.block_size else "the KV cache's length"
-                raise ValueError(f"sequence length {past + T} exceeds {what}={limit}")
-            if cache is not None and cache.static:
-                cache_position = torch.arange(past, past + T, device=input_ids.device)
+        placed = cache_position is not None
+        if placed and not (cache is not None and cache.static):
+            raise ValueError("cache_position needs a static cache (new_cache(..., static=True))")
+        if not placed:
+            past = self._cached_positions(T, cache)
+            cache_position = torch.arange(past, past + T, device=input_ids.device)
         if position_ids is None:
-            position_ids = (cache_position if cache_position is not None
-                            else torch.arange(past, past + T, device=input_ids.device)).expand(B, T)
+            position_ids = cache_position.expand(B, T)
         x = self.wte(input_ids)
         rope = None
         if self.wpe is not None:
@@ -217,17 +241,33 @@ class GPT(nn.Module):
         else:
             rope = rope_cos_sin(position_ids, self.config.n_embd // self.config.n_head, self.config.rope_theta)
         x = self.drop(x)
-        mask = None
-        if cache is not None and cache.static:
-            mask = static_decoding_mask(attention_mask, cache_position, cache.max_len)
-        elif attention_mask is not None or (cache is not None and T > 1 and past > 0):
-            mask = decoding_mask(attention_mask, past, T, B, input_ids.device)
+        mask = self._attention_mask(attention_mask, cache, cache_position, B, T)
         for block in self.blocks:
             x = block(x, rope, mask, cache, cache_position)
-        if cache is not None and not positioned:
+        if cache is not None and not placed:
             cache.advance(T)
         x = self.norm_f(x)
         return CausalLMOutput(logits=self.lm_head(x), cache=cache, hidden=x if output_hidden else None)
+
+    def _cached_positions(self, T: int, cache: KVCache | None) -> int:
+        """Positions the cache already holds; an error if T more do not fit the context or the cache."""
+        past = cache.get_seq_length() if cache is not None else 0
+        limit = min(self.config.block_size, cache.max_len) if cache is not None else self.config.block_size
+        if past + T > limit:
+            what = "block_size" if limit == self.config.block_size else "the KV cache's length"
+            raise ValueError(f"sequence length {past + T} exceeds {what}={limit}")
+        return past
+
+    @staticmethod
+    def _attention_mask(attention_mask, cache, cache_position, B: int, T: int) -> torch.Tensor | None:
+        """None in training (SDPA's causal flash kernel); over the whole buffer of a static cache; over the
+        filled prefix of a dynamic one when padding or a multi-token chunk after a prefix needs it."""
+        if cache is not None and cache.static:
+            return static_decoding_mask(attention_mask, cache_position, cache.max_len)
+        past = cache.get_seq_length() if cache is not None else 0
+        if attention_mask is not None or (cache is not None and T > 1 and past > 0):
+            return decoding_mask(attention_mask, past, T, B, cache_position.device)
+        return None
 
     def to_config_dict(self) -> dict:
         return asdict(self.config)

@@ -15,10 +15,72 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn as nn
 
+from lmlab.arguments import PositiveInt, checked, show, unknown_key
+from lmlab.errors import ArgumentError
 from lmlab.models.output import CausalLMOutput
 
 if TYPE_CHECKING:
     from transformers import DynamicCache, PreTrainedModel
+
+
+# Hugging Face config fields that are sizes (>= 1) and pairs that must divide
+SIZES = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+         "max_position_embeddings", "n_embd", "n_layer", "n_head", "n_positions", "n_inner", "head_dim")
+DIVIDES = (("hidden_size", "num_attention_heads"), ("n_embd", "n_head"), ("num_attention_heads", "num_key_value_heads"))
+KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
+         dict: "a mapping"}
+
+
+def check_build_arguments(architecture: str | None, pretrained: str | None, **overrides) -> None:
+    """What ``HFCausalLM.build`` can build: a pretrained folder that holds a config (or a hub name), or a known
+    architecture whose config has every overridden field, each of its default's type."""
+    from pathlib import Path
+
+    if pretrained:
+        path = Path(pretrained).expanduser()
+        if pretrained.startswith(("/", "./", "../", "~")) and not path.exists():
+            raise ArgumentError("pretrained", path, "does not exist (give a folder written by save_pretrained, or a "
+                                "hub name such as gpt2)")
+        if path.exists() and not (path / "config.json").is_file():
+            raise ArgumentError("pretrained", path, "a local folder without config.json (give a folder written by "
+                                "save_pretrained, or a hub name)")
+        return
+    from transformers import CONFIG_MAPPING
+
+    if not architecture:
+        raise ArgumentError("architecture", architecture, "is needed without {pretrained}: a Hugging Face model type "
+                            "(e.g. llama, gpt2)", pretrained=pretrained)
+    if architecture not in CONFIG_MAPPING:
+        hint = str(unknown_key(architecture, None, CONFIG_MAPPING.keys())).split("unknown key; ", 1)[1]
+        raise ArgumentError("architecture", architecture, f"not a Hugging Face model type; {hint}")
+    defaults = CONFIG_MAPPING[architecture]().to_dict()
+    overrides.pop("vocab_size", None)
+    overrides.pop("trust_remote_code", None)
+    for field, value in overrides.items():
+        if field not in defaults:
+            error = unknown_key(field, value, defaults)
+            raise ArgumentError(field, value, error.rule.replace("unknown key", f"not a field of the {architecture} "
+                                                                 "config"), **error.others)
+        default = defaults[field]
+        if default is not None and value is not None and not _same_kind(value, default):
+            raise ArgumentError(field, value, f"must be {KINDS.get(type(default), type(default).__name__)} "
+                                f"(as the config's default, {show(default)})")
+        if field in SIZES and value is not None and value < 1:
+            raise ArgumentError(field, value, "must be an integer >= 1")
+    merged = {**defaults, **overrides}
+    for big, small in DIVIDES:
+        if merged.get(big) and merged.get(small) and merged[big] % merged[small]:
+            raise ArgumentError(big, merged[big], "must be divisible by {" + small + "}", **{small: merged[small]})
+
+
+def _same_kind(value, default) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, int):
+        return isinstance(value, int)
+    if isinstance(default, float):
+        return isinstance(value, int | float)
+    return isinstance(value, type(default))
 
 
 class HFCausalLM(nn.Module):
@@ -33,11 +95,13 @@ class HFCausalLM(nn.Module):
     def from_config(cls, architecture: str, vocab_size: int, **overrides) -> HFCausalLM:
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        try:
-            config = AutoConfig.for_model(architecture, vocab_size=vocab_size, **overrides)
-        except ValueError as e:
-            raise ValueError(f"model.architecture={architecture!r} is not a Hugging Face model type: {e}") from e
-        return cls(AutoModelForCausalLM.from_config(config, trust_remote_code=False))
+        config = AutoConfig.for_model(architecture, vocab_size=vocab_size, **overrides)
+        device = torch.get_default_device()  # meta inside `with torch.device("meta")`: shapes only
+        with torch.device("meta"):  # the weights are drawn once, by init_weights (as lmlab's GPT draws them)
+            model = cls(AutoModelForCausalLM.from_config(config, trust_remote_code=False))
+        model.to_empty(device=device)
+        model.init_weights()
+        return model
 
     @classmethod
     def from_pretrained(cls, path: str, trust_remote_code: bool = False, **kwargs) -> HFCausalLM:
@@ -47,14 +111,19 @@ class HFCausalLM(nn.Module):
         return cls(AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs))
 
     @classmethod
-    def build(cls, architecture: str | None, pretrained: str | None, vocab_size: int,
+    @checked(rules=check_build_arguments)
+    def build(cls, architecture: str | None = None, pretrained: str | None = None, vocab_size: PositiveInt = 4096,
               trust_remote_code: bool = False, **overrides) -> HFCausalLM:
-        """The ``model=hf`` entry point: pretrained weights if a path or name is given, else a fresh model."""
+        """The ``model=hf`` entry point: pretrained weights if a path or name is given, else a fresh model of
+        ``architecture`` whose config takes ``overrides`` (fields of that Hugging Face config)."""
         if pretrained:
             return cls.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
-        if not architecture:
-            raise ValueError("model=hf needs model.architecture (e.g. llama, gpt2) or model.pretrained")
         return cls.from_config(architecture, vocab_size=vocab_size, **overrides)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """The architecture's own initialisation (also of a model built on the meta device, after ``to_empty``)."""
+        self.hf.init_weights()
 
     @property
     def config(self):
@@ -115,3 +184,4 @@ def as_causal_lm(model: nn.Module) -> nn.Module:
     """lmlab models pass through; a bare Hugging Face model is wrapped in the adapter."""
     modeling = sys.modules.get("transformers.modeling_utils")  # loaded if any HF model exists
     return HFCausalLM(model) if modeling is not None and isinstance(model, modeling.PreTrainedModel) else model
+

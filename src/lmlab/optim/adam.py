@@ -8,8 +8,9 @@ from collections.abc import Iterable, Sequence
 import torch
 import torch.nn as nn
 
+from lmlab.arguments import Betas, NonNegative, Positive, checked
 from lmlab.numerics import at_least_float32_dtype
-from lmlab.optim.skippable import Cohort, SkippableOptimizer, check_hyperparameters
+from lmlab.optim.skippable import Cohort, SkippableOptimizer
 
 
 def _denominator_coefficients(
@@ -61,18 +62,20 @@ def adam_update(
 
 
 class Adam(SkippableOptimizer):
-    """Adam (Kingma & Ba, 2015); ``weight_decay`` is an L2 term added to the gradient, as in torch."""
+    """Adam (Kingma & Ba, 2015); ``weight_decay`` is an L2 term added to the gradient, as in torch.
 
+    Defaults are those language models train with (GPT-3, Llama): betas (0.9, 0.95)."""
+
+    @checked
     def __init__(
         self,
         params: Iterable | nn.Module,
-        lr: float = 1e-3,
-        betas: Sequence[float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
+        lr: Positive = 1e-3,
+        betas: Betas = (0.9, 0.95),
+        eps: NonNegative = 1e-8,
+        weight_decay: NonNegative = 0.0,
         decoupled_weight_decay: bool = False,
     ):
-        check_hyperparameters(lr, betas, eps, weight_decay)
         defaults = dict(
             lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
             decoupled_weight_decay=decoupled_weight_decay,
@@ -93,14 +96,16 @@ class Adam(SkippableOptimizer):
 
 
 class AdamW(Adam):
-    """AdamW (Loshchilov & Hutter, 2019): decay decoupled from the gradient, ``p *= 1 - lr*wd``."""
+    """AdamW (Loshchilov & Hutter, 2019): decay decoupled from the gradient, ``p *= 1 - lr*wd``, on matrices
+    only when given a model (lmlab.optim.param_groups); weight decay 0.1 as language models train."""
 
+    @checked
     def __init__(
         self,
         params: Iterable | nn.Module,
-        lr: float = 1e-3,
-        betas: Sequence[float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 1e-2,
+        lr: Positive = 1e-3,
+        betas: Betas = (0.9, 0.95),
+        eps: NonNegative = 1e-8,
+        weight_decay: NonNegative = 0.1,
     ):
         super().__init__(params, lr, betas, eps, weight_decay, decoupled_weight_decay=True)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
 
-from lmlab.optim.skippable import Cohort, SkippableOptimizer, check_hyperparameters
+from lmlab.arguments import Betas, NonNegative, Positive, checked
+from lmlab.optim.skippable import Cohort, SkippableOptimizer
 
 
 class Lion(SkippableOptimizer):
@@ -17,14 +18,14 @@ class Lion(SkippableOptimizer):
     Every coordinate moves by exactly lr, so Lion wants a 3-10x smaller lr than AdamW and a larger wd.
     """
 
+    @checked
     def __init__(
         self,
         params: Iterable | nn.Module,
-        lr: float = 1e-4,
-        betas: Sequence[float] = (0.9, 0.99),
-        weight_decay: float = 0.0,
+        lr: Positive = 1e-4,
+        betas: Betas = (0.9, 0.99),
+        weight_decay: NonNegative = 0.0,
     ):
-        check_hyperparameters(lr, betas, weight_decay=weight_decay)
         super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay))
 
     def init_state(self, param: torch.Tensor, group: dict) -> dict:

@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import Annotated, Literal
 
+import annotated_types as at
 import torch
 import torch.nn as nn
 
+from lmlab.arguments import Beta, Betas, NonNegative, Positive, PositiveInt, checked
 from lmlab.optim.adam import adam_update
 from lmlab.optim.param_groups import param_groups
-from lmlab.optim.skippable import Cohort, SkippableOptimizer, check_hyperparameters
+from lmlab.optim.skippable import Cohort, SkippableOptimizer
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
-ADJUST_LR_FNS = ("original", "match_rms_adamw")
 
 
 def newton_schulz(
@@ -93,31 +95,22 @@ class Muon(SkippableOptimizer):
     ``p *= 1 - lr*wd``; ``p -= adjusted_lr(lr, shape) * O``. See the module docstring for the param rule.
     """
 
+    @checked
     def __init__(
         self,
         params: Iterable | nn.Module,
-        lr: float = 0.02,
-        weight_decay: float = 0.0,
-        momentum: float = 0.95,
+        lr: Positive = 0.02,
+        weight_decay: NonNegative = 0.0,
+        momentum: Beta = 0.95,
         nesterov: bool = True,
-        ns_coefficients: Sequence[float] = NS_COEFFICIENTS,
-        eps: float = 1e-7,
-        ns_steps: int = 5,
-        adjust_lr_fn: str = "original",
-        adamw_lr: float = 3e-4,
-        adamw_betas: Sequence[float] = (0.9, 0.95),
-        adamw_eps: float = 1e-8,
+        ns_coefficients: Annotated[Sequence[float], at.Len(3, 3)] = NS_COEFFICIENTS,
+        eps: NonNegative = 1e-7,
+        ns_steps: PositiveInt = 5,
+        adjust_lr_fn: Literal["original", "match_rms_adamw"] = "original",
+        adamw_lr: Positive = 3e-4,
+        adamw_betas: Betas = (0.9, 0.95),
+        adamw_eps: NonNegative = 1e-8,
     ):
-        check_hyperparameters(lr, eps=eps, weight_decay=weight_decay)
-        check_hyperparameters(adamw_lr, adamw_betas, adamw_eps, prefix="optimizer.adamw_")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"optimizer.momentum={momentum} must be in [0, 1)")
-        if isinstance(ns_steps, bool) or not isinstance(ns_steps, int) or ns_steps < 1:
-            raise ValueError(f"optimizer.ns_steps={ns_steps!r} must be an integer >= 1")
-        if len(ns_coefficients) != 3:
-            raise ValueError(f"optimizer.ns_coefficients={list(ns_coefficients)} must be 3 numbers a, b, c")
-        if adjust_lr_fn not in ADJUST_LR_FNS:
-            raise ValueError(f"optimizer.adjust_lr_fn={adjust_lr_fn!r}; allowed: {', '.join(ADJUST_LR_FNS)}")
         self.adamw_defaults = {"lr": adamw_lr, "betas": tuple(adamw_betas), "eps": adamw_eps}
         defaults = dict(
             lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,

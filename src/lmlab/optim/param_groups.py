@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
-
 import torch.nn as nn
 from torch.optim import Optimizer
+
+from lmlab.arguments import NonNegative, checked
+from lmlab.targets import locate
 
 
 def _is_norm(module: nn.Module) -> bool:
@@ -30,12 +31,20 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def grouped(model: nn.Module, cls: str | type[Optimizer], weight_decay: float = 0.0, **kwargs) -> Optimizer:
+def torch_optimizer_arguments(cls: str | type[Optimizer], weight_decay: float, model=None, **kwargs) -> None:
+    """``cls`` names an optimizer, and the other arguments (but the model) are its own, checked against its
+    signature."""
+    from lmlab.arguments import check_arguments
+
+    target = locate(cls, "cls") if isinstance(cls, str) else cls
+    check_arguments(target, {**kwargs, "weight_decay": weight_decay}, runtime=("params",))
+
+
+@checked(rules=torch_optimizer_arguments)
+def grouped(model: nn.Module, cls: str | type[Optimizer], weight_decay: NonNegative = 0.0, **kwargs) -> Optimizer:
     """A torch optimizer (class or dotted path, e.g. ``torch.optim.AdamW``) over ``param_groups(model)``.
 
     lmlab's own optimizers take the model directly; this gives any other optimizer the same contract
     (``factory(model) -> optimizer``) and the same weight-decay policy."""
-    if isinstance(cls, str):
-        module, _, name = cls.rpartition(".")
-        cls = getattr(importlib.import_module(module), name)
+    cls = locate(cls, "cls") if isinstance(cls, str) else cls
     return cls(param_groups(model, weight_decay), weight_decay=weight_decay, **kwargs)

@@ -4,38 +4,40 @@ Schedules are stepped once per optimizer step (Lightning ``interval: step``). At
 the LR of every param group is ``base_lr * multiplier(s)``; the multiplier never replaces the LR
 (setting the LR to m(s) itself would ignore the configured LR). ``multiplier`` is plain float math
 (``math.cos``), so tests check the formula.
+
+``warmup_steps`` is a number of steps, or a fraction of ``total_steps`` (0.1: the first tenth of the run),
+so a schedule fits a run of any length without an edit.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
+import annotated_types as at
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from lmlab.arguments import Fraction, NonNegativeInt, PositiveInt, Probability, checked
+from lmlab.errors import ArgumentError
 
-def _check_steps(warmup_steps: int, total_steps: int | None = None) -> None:
-    """Raise before any work if step counts are not usable; field names as users write them."""
-    for name, value in (("warmup_steps", warmup_steps), ("total_steps", total_steps)):
-        if value is not None and (isinstance(value, bool) or not float(value).is_integer()):
-            raise ValueError(f"sched.{name}={value!r} must be an integer")
-    if warmup_steps < 0:
-        raise ValueError(f"sched.warmup_steps={warmup_steps} must be >= 0")
+Warmup = NonNegativeInt | Fraction  # steps, or a fraction of total_steps
+
+
+def warmup_within_run(warmup_steps: int | float, total_steps: int | None) -> None:
+    """Warmup as a fraction needs the run's length; warmup in steps must end before the run does."""
     if total_steps is None:
-        return
-    if total_steps <= 0:
-        raise ValueError(f"sched.total_steps={total_steps} must be > 0")
-    if warmup_steps > total_steps:
-        raise ValueError(
-            f"sched.warmup_steps={warmup_steps} is longer than the run (sched.total_steps={total_steps})"
-        )
+        if isinstance(warmup_steps, float):
+            raise ArgumentError("warmup_steps", warmup_steps, "a fraction of the run needs {total_steps}",
+                                total_steps=total_steps)
+    elif isinstance(warmup_steps, int) and warmup_steps >= total_steps:
+        raise ArgumentError("warmup_steps", warmup_steps, "must be less than {total_steps} (or a fraction of "
+                            "the run, e.g. 0.1)", total_steps=total_steps)
 
 
-def _check_ratio(name: str, value: float, low_open: bool = False) -> None:
-    low_ok = value > 0.0 if low_open else value >= 0.0
-    if not (low_ok and value <= 1.0):
-        bounds = "(0, 1]" if low_open else "[0, 1]"
-        raise ValueError(f"sched.{name}={value} must be in {bounds}")
+def warmup_length(warmup_steps: int | float, total_steps: int | None) -> int:
+    """Warmup in optimizer steps: as given, or the fraction of ``total_steps`` rounded to a step."""
+    return warmup_steps if isinstance(warmup_steps, int) else round(warmup_steps * total_steps)
 
 
 class MultiplierSchedule(LRScheduler):
@@ -44,8 +46,11 @@ class MultiplierSchedule(LRScheduler):
     ``last_epoch`` counts optimizer steps here (0 at construction, +1 per ``step()``).
     """
 
-    def __init__(self, optimizer: Optimizer, warmup_steps: int, last_epoch: int = -1):
-        self.warmup_steps = int(warmup_steps)
+    @checked(rules=warmup_within_run)
+    def __init__(self, optimizer: Optimizer, warmup_steps: Warmup, total_steps: PositiveInt | None = None,
+                 last_epoch: int = -1):
+        self.total_steps = total_steps
+        self.warmup_steps = warmup_length(warmup_steps, total_steps)
         super().__init__(optimizer, last_epoch)
 
     def warmup(self, s: int) -> float:
@@ -63,21 +68,13 @@ class MultiplierSchedule(LRScheduler):
 class _DecayingSchedule(MultiplierSchedule):
     """Warmup followed by a decay to ``min_lr_ratio`` that ends exactly at ``total_steps``."""
 
-    def __init__(
-        self,
-        optimizer: Optimizer,
-        warmup_steps: int,
-        total_steps: int,
-        min_lr_ratio: float = 0.0,
-        last_epoch: int = -1,
-    ):
-        _check_steps(warmup_steps, total_steps)
-        _check_ratio("min_lr_ratio", min_lr_ratio)
-        self.total_steps = int(total_steps)
+    @checked(rules=warmup_within_run)
+    def __init__(self, optimizer: Optimizer, warmup_steps: Warmup, total_steps: PositiveInt,
+                 min_lr_ratio: Probability = 0.0, last_epoch: int = -1):
         self.min_lr_ratio = float(min_lr_ratio)
-        super().__init__(optimizer, warmup_steps, last_epoch)
+        super().__init__(optimizer, warmup_steps, total_steps, last_epoch)
 
-    def progress(self, s: int, start: int) -> float:
+    def progress(self, s: int, start: float) -> float:
         """Fraction of the decay phase [start, total_steps] done at step s, clamped to [0, 1]."""
         length = self.total_steps - start
         return 1.0 if length <= 0 else min(1.0, max(0.0, (s - start) / length))
@@ -109,16 +106,10 @@ class WSD(_DecayingSchedule):
     later, so the run can be stopped at any point of the stable phase and annealed from there.
     """
 
-    def __init__(
-        self,
-        optimizer: Optimizer,
-        warmup_steps: int,
-        total_steps: int,
-        decay_fraction: float = 0.1,
-        min_lr_ratio: float = 0.0,
-        last_epoch: int = -1,
-    ):
-        _check_ratio("decay_fraction", decay_fraction, low_open=True)
+    @checked(rules=warmup_within_run)
+    def __init__(self, optimizer: Optimizer, warmup_steps: Warmup, total_steps: PositiveInt,
+                 decay_fraction: Annotated[float, at.Gt(0), at.Le(1)] = 0.1, min_lr_ratio: Probability = 0.0,
+                 last_epoch: int = -1):
         self.decay_fraction = float(decay_fraction)
         super().__init__(optimizer, warmup_steps, total_steps, min_lr_ratio, last_epoch)
 
@@ -135,24 +126,24 @@ class WSD(_DecayingSchedule):
 class WarmupConstant(MultiplierSchedule):
     """Warmup, then the base LR for the rest of the run."""
 
-    def __init__(self, optimizer: Optimizer, warmup_steps: int, last_epoch: int = -1):
-        _check_steps(warmup_steps)
-        super().__init__(optimizer, warmup_steps, last_epoch)
-
     def multiplier(self, s: int) -> float:
         return self.warmup(s) if s < self.warmup_steps else 1.0
+
+
+def positive_warmup(warmup_steps: int | float, total_steps: int | None) -> None:
+    warmup_within_run(warmup_steps, total_steps)
+    if warmup_length(warmup_steps, total_steps) < 1:
+        raise ArgumentError("warmup_steps", warmup_steps, "must be at least one step for inverse_sqrt (it sets "
+                            "the decay scale)")
 
 
 class InverseSqrt(MultiplierSchedule):
     """Warmup, then sqrt(W / (s+1)): the original Transformer schedule, continuous at s = W-1."""
 
-    def __init__(self, optimizer: Optimizer, warmup_steps: int, last_epoch: int = -1):
-        _check_steps(warmup_steps)
-        if warmup_steps < 1:
-            raise ValueError(
-                f"sched.warmup_steps={warmup_steps} must be >= 1 for inverse_sqrt (it sets the decay scale)"
-            )
-        super().__init__(optimizer, warmup_steps, last_epoch)
+    @checked(rules=positive_warmup)
+    def __init__(self, optimizer: Optimizer, warmup_steps: Warmup, total_steps: PositiveInt | None = None,
+                 last_epoch: int = -1):
+        super().__init__(optimizer, warmup_steps, total_steps, last_epoch)
 
     def multiplier(self, s: int) -> float:
         if s < self.warmup_steps:

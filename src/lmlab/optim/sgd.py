@@ -7,29 +7,31 @@ from collections.abc import Iterable
 import torch
 import torch.nn as nn
 
-from lmlab.optim.skippable import Cohort, SkippableOptimizer, check_hyperparameters
+from lmlab.arguments import Beta, NonNegative, Positive, Probability, checked
+from lmlab.errors import ArgumentError
+from lmlab.optim.skippable import Cohort, SkippableOptimizer
+
+
+def nesterov_needs_momentum(momentum: float, dampening: float, nesterov: bool) -> None:
+    if nesterov and (momentum == 0 or dampening != 0):
+        raise ArgumentError("nesterov", nesterov, "needs momentum > 0 ({momentum}) and no dampening ({dampening})",
+                            momentum=momentum, dampening=dampening)
 
 
 class SGD(SkippableOptimizer):
     """``g += wd*p``; ``buf = momentum*buf + (1-dampening)*g`` (``buf = g`` at the first step);
     ``p -= lr * (g + momentum*buf if nesterov else buf)``."""
 
+    @checked(rules=nesterov_needs_momentum)
     def __init__(
         self,
         params: Iterable | nn.Module,
-        lr: float = 1e-3,
-        momentum: float = 0.0,
-        dampening: float = 0.0,
-        weight_decay: float = 0.0,
+        lr: Positive = 1e-3,
+        momentum: Beta = 0.0,
+        dampening: Probability = 0.0,
+        weight_decay: NonNegative = 0.0,
         nesterov: bool = False,
     ):
-        check_hyperparameters(lr, weight_decay=weight_decay)
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"optimizer.momentum={momentum} must be in [0, 1)")
-        if not 0.0 <= dampening <= 1.0:
-            raise ValueError(f"optimizer.dampening={dampening} must be in [0, 1]")
-        if nesterov and (momentum == 0 or dampening != 0):
-            raise ValueError("optimizer.nesterov=true needs optimizer.momentum > 0 and optimizer.dampening=0")
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay)
         super().__init__(params, {**defaults, "nesterov": nesterov})
 

@@ -20,7 +20,7 @@ stay exact per parameter, as in torch.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -29,26 +29,6 @@ from torch.optim import Optimizer
 
 from lmlab.numerics import at_least_float32_dtype
 from lmlab.optim.param_groups import param_groups
-
-
-def check_hyperparameters(
-    lr: float,
-    betas: Sequence[float] | None = None,
-    eps: float | None = None,
-    weight_decay: float | None = None,
-    prefix: str = "optimizer.",
-) -> None:
-    """ValueErrors naming the config field (``optimizer.lr`` ...), raised before any work."""
-    if not lr > 0:
-        raise ValueError(f"{prefix}lr={lr} must be > 0")
-    if betas is not None:
-        betas = list(betas)
-        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"{prefix}betas={betas} must be two values in [0, 1)")
-    if eps is not None and not eps >= 0:
-        raise ValueError(f"{prefix}eps={eps} must be >= 0")
-    if weight_decay is not None and not weight_decay >= 0:
-        raise ValueError(f"{prefix}weight_decay={weight_decay} must be >= 0")
 
 
 @dataclass

@@ -3,7 +3,7 @@
 The tensors are the model's state dict (int8/uint8 weights, scales, float norms and biases; a
 tensor shared by tied layers is stored once and its other names listed under ``aliases``). The
 header metadata (strings only) carries the format version, the model spec and tokenizer of
-:mod:`lmlab.checkpoint` and the quantization settings. Loading builds the float model from the
+:mod:`lmlab.spec` and the quantization settings. Loading builds the float model from the
 spec, swaps in empty quantized layers with the same settings and fills every tensor from the file,
 so a save/load round trip is bit-exact.
 """
@@ -11,21 +11,21 @@ so a save/load round trip is bit-exact.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch.nn as nn
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
-from lmlab.checkpoint import build_model, build_tokenizer, model_spec, tokenizer_spec
+from lmlab.atomic import atomic_write
 from lmlab.errors import CheckpointError, InputError
 from lmlab.models.hf import as_causal_lm
 from lmlab.quantization.convert import QuantizationSettings, convert, settings_of
+from lmlab.spec import build_model, build_tokenizer, model_spec, tokenizer_spec
 
 FORMAT = "lmlab-quantized"
 FORMAT_VERSION = "1"
-SUFFIX = ".safetensors"
+SAFETENSORS = ".safetensors"  # the suffix that makes a checkpoint a quantized one
 
 
 def save_quantized(model: nn.Module, path: str | Path, tokenizer=None) -> Path:
@@ -53,31 +53,38 @@ def save_quantized(model: nn.Module, path: str | Path, tokenizer=None) -> Path:
     }
     if tokenizer is not None:
         metadata["tokenizer"] = json.dumps(tokenizer_spec(tokenizer))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    save_file(tensors, partial, metadata=metadata)
-    os.replace(partial, path)  # a reader never sees half a file
+    atomic_write(path, lambda f: f.write(save(tensors, metadata=metadata)))  # a reader never sees half a file
     return path
+
+
+def read_quantized_header(path: str | Path, field: str = "ckpt") -> dict:
+    """The header metadata of a quantized checkpoint (strings only), after checking the file is one."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(field, path, "does not exist (give a .safetensors file written by `lmlab quantize`)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(field, path, f"is not a readable safetensors file: {e}") from e
+    if raw.get("format") != FORMAT:
+        raise CheckpointError(field, path, "is a safetensors file but not an lmlab quantized checkpoint "
+                              f"(metadata format={raw.get('format')!r}, expected {FORMAT!r})")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(field, path, f"has format_version={raw.get('format_version')!r}; this lmlab "
+                              f"reads version {FORMAT_VERSION}")
+    return raw
 
 
 def load_quantized(path: str | Path, field: str = "ckpt"):
     """(model in eval mode on CPU, tokenizer or None, header metadata with its JSON decoded)."""
+    raw = read_quantized_header(path, field)
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"{field}={path} does not exist (give a .safetensors file written by "
-                              "`lmlab quantize`)")
     try:
         with safe_open(str(path), framework="pt") as f:
-            raw = f.metadata() or {}
             tensors = {name: f.get_tensor(name) for name in f.keys()}
     except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{field}={path} is not a readable safetensors file: {e}") from e
-    if raw.get("format") != FORMAT:
-        raise CheckpointError(f"{field}={path} is a safetensors file but not an lmlab quantized checkpoint "
-                              f"(metadata format={raw.get('format')!r}, expected {FORMAT!r})")
-    if raw.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{field}={path} has format_version={raw.get('format_version')!r}; this lmlab "
-                              f"reads version {FORMAT_VERSION}")
+        raise CheckpointError(field, path, f"is not a readable safetensors file: {e}") from e
     try:
         meta = {key: json.loads(raw[key]) for key in ("model", "quantization", "aliases")}
         if "tokenizer" in raw:
@@ -88,6 +95,6 @@ def load_quantized(path: str | Path, field: str = "ckpt"):
             tensors[alias] = tensors[name]
         model.load_state_dict(tensors, strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{field}={path} does not describe a model this lmlab can rebuild: {e}") from e
+        raise CheckpointError(field, path, f"does not describe a model this lmlab can rebuild: {e}") from e
     tokenizer = build_tokenizer(meta["tokenizer"]) if "tokenizer" in meta else None
     return model.eval(), tokenizer, {**raw, **meta}

@@ -14,18 +14,21 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from dataclasses import asdict, dataclass, field
+import typing
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
 
-from lmlab.errors import InputError
+from lmlab.arguments import PositiveInt, checked
+from lmlab.errors import ArgumentError, InputError
 from lmlab.quantization.layers import QuantizedEmbedding, QuantizedLinear, QuantizedWeight, TiedEmbedding
 
-MODES = ("int8", "int4")
+Mode = Literal["int8", "int4"]
+MODES = typing.get_args(Mode)
 DEFAULT_GROUP_SIZE = 64
-FIELD_NAMES = {"mode": "mode", "group_size": "group_size", "skip": "skip", "matmul_dtype": "matmul_dtype"}
-MATMUL_DTYPES = ("bfloat16",)
 
 
 @dataclass(frozen=True)
@@ -38,45 +41,56 @@ class QuantizationSettings:
     embeddings: bool = False  # also the embeddings and the LM head
     skip: tuple[str, ...] = ()  # fnmatch patterns of module names left in float
     matmul_dtype: str | None = None  # int8: "bfloat16" computes matmuls in bf16 (None: the input's dtype)
-    # how the caller's interface names each field, for error messages (not part of the settings)
-    names: dict = field(default_factory=lambda: dict(FIELD_NAMES), compare=False, repr=False)
 
     def to_dict(self) -> dict:
-        settings = asdict(self)
-        settings.pop("names")
-        settings["skip"] = list(self.skip)
-        return settings
+        return {**asdict(self), "skip": list(self.skip)}
 
     @classmethod
     def from_dict(cls, settings: dict) -> QuantizationSettings:
         return cls(**{**settings, "skip": tuple(settings.get("skip", ()))})
 
 
-def quantization_settings(mode: str, group_size: int | None = None, skip=(), embeddings: bool = False,
-                          symmetric: bool = False, matmul_dtype: str | None = None,
-                          names: dict | None = None) -> QuantizationSettings:
-    """Checked settings (no model needed, so command lines check them before loading anything).
-
-    ``names`` maps "mode", "group_size", "skip" and "matmul_dtype" to the caller's field names, e.g.
-    {"mode": "quantize"} for generate.py."""
-    names = {**FIELD_NAMES, **(names or {})}
-    if mode not in MODES:
-        raise InputError(f"{names['mode']}={mode!r} is not a quantization mode; allowed: {', '.join(MODES)}")
+def settings_fit_mode(mode: str, group_size: int | None, matmul_dtype: str | None) -> None:
+    """Group sizes are int4's, bfloat16 matmuls int8's."""
     if mode == "int8" and group_size is not None:
-        raise InputError(f"{names['group_size']}={group_size} applies to int4 only "
-                         "(int8 has one scale per output channel); leave it unset for int8")
-    if mode == "int4":
-        group_size = DEFAULT_GROUP_SIZE if group_size is None else group_size
-        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-            raise InputError(f"{names['group_size']}={group_size!r} must be a positive integer (e.g. 32, 64, 128)")
-    if matmul_dtype is not None and (mode != "int8" or matmul_dtype not in MATMUL_DTYPES):
-        raise InputError(f"{names['matmul_dtype']}={matmul_dtype!r}; allowed: unset, or "
-                         f"{', '.join(MATMUL_DTYPES)} with int8 (mode is {mode})")
-    skip = (skip,) if isinstance(skip, str) else tuple(skip or ())
-    if not all(isinstance(pattern, str) and pattern for pattern in skip):
-        raise InputError(f"{names['skip']}={list(skip)!r} must be module-name patterns (e.g. 'blocks.0.*')")
+        raise ArgumentError("group_size", group_size, "applies to int4 only (int8 has one scale per output channel); "
+                            "leave it unset with {mode}", mode=mode)
+    if matmul_dtype is not None and mode != "int8":
+        raise ArgumentError("matmul_dtype", matmul_dtype, "applies to int8 only ({mode})", mode=mode)
+
+
+@checked(rules=settings_fit_mode)
+def quantization_settings(mode: Mode, group_size: PositiveInt | None = None, skip: str | Sequence[str] = (),
+                          embeddings: bool = False, symmetric: bool = False,
+                          matmul_dtype: Literal["bfloat16"] | None = None) -> QuantizationSettings:
+    """Checked settings (no model needed, so command lines check them before loading anything). A caller
+    that names these arguments otherwise renames its errors (``ArgumentError.renamed``)."""
+    if mode == "int4" and group_size is None:
+        group_size = DEFAULT_GROUP_SIZE
+    skip = (skip,) if isinstance(skip, str) else tuple(skip)
+    if not all(skip):
+        raise ArgumentError("skip", list(skip), "must be module-name patterns (e.g. 'blocks.0.*')")
     return QuantizationSettings(mode, group_size, bool(symmetric) and mode == "int4", bool(embeddings), skip,
-                                matmul_dtype, names)
+                                matmul_dtype)
+
+
+# how the decoding callback and generate.py name the settings: quantize=int4 quantize_group_size=32
+QUANTIZE_NAMES = {"mode": "quantize", "group_size": "quantize_group_size"}
+
+
+def quantization_of(quantize: str | None, quantize_group_size: int | None) -> QuantizationSettings | None:
+    """The settings of the quantized copy this callback also evaluates (None: none), its errors named as the
+    callback's arguments."""
+    if quantize is None:
+        if quantize_group_size is not None:
+            raise ArgumentError("quantize_group_size", quantize_group_size, "is set but {quantize}: give "
+                                "quantize=int4 (group sizes apply to int4)", quantize=quantize)
+        return None
+    try:
+        return quantization_settings(quantize, quantize_group_size)
+    except ArgumentError as e:
+        raise e.renamed(QUANTIZE_NAMES) from None
+
 
 
 def quantize(model: nn.Module, mode: str | QuantizationSettings, group_size: int | None = None, skip=(),
@@ -171,7 +185,6 @@ def _output_head(root: nn.Module) -> nn.Module | None:
 
 def _plan(root: nn.Module, settings: QuantizationSettings, check_values: bool) -> list[tuple[str, nn.Module]]:
     """(name, module) of every layer to replace, after checking that all of them can be."""
-    names = settings.names
     conv1d = _conv1d_type()
     linear_types = (nn.Linear,) if conv1d is None else (nn.Linear, conv1d)
     head = _output_head(root)
@@ -181,21 +194,21 @@ def _plan(root: nn.Module, settings: QuantizationSettings, check_values: bool) -
     for pattern in settings.skip:
         if not any(fnmatch.fnmatchcase(name, pattern) for name in modules if name):
             examples = ", ".join(name for name, _ in candidates[:3])
-            raise InputError(f"{names['skip']} pattern {pattern!r} matches no module of the model "
-                             f"(names look like {examples})")
+            raise ArgumentError("skip", list(settings.skip), f"the pattern {pattern!r} matches no module of the model "
+                                f"(names look like {examples})")
     plan = [(name, m) for name, m in candidates
             if not any(fnmatch.fnmatchcase(name, pattern) for pattern in settings.skip)
             and (settings.embeddings or m is not head)]
     if not plan:
-        raise InputError(f"nothing to quantize: no Linear layer is left after {names['skip']}={list(settings.skip)}")
+        raise ArgumentError("skip", list(settings.skip), "leaves nothing to quantize: no Linear layer is left")
     chosen = {name for name, _ in plan}
     sharing: dict[int, list[str]] = {}
     for name, module in candidates:
         sharing.setdefault(id(module.weight), []).append(name)
     for group in sharing.values():
         if 0 < len(chosen.intersection(group)) < len(group):
-            raise InputError(f"{' and '.join(group)} share one weight (tied embeddings): "
-                             f"skip both or neither in {names['skip']}")
+            raise ArgumentError("skip", list(settings.skip), f"{' and '.join(group)} share one weight (tied "
+                                "embeddings): skip both or neither")
     weights = {name: module.weight if isinstance(module, nn.Embedding) else _linear_weight(module)[0]
                for name, module in plan}
     if settings.mode == "int4":
@@ -208,15 +221,14 @@ def _plan(root: nn.Module, settings: QuantizationSettings, check_values: bool) -
 
 
 def _check_group_size(settings: QuantizationSettings, in_features: dict[str, int]) -> None:
-    group_field = settings.names["group_size"]
     for name, size in in_features.items():
         if size % 2:
             raise InputError(f"{name} has an odd input size ({size}); int4 packs two weights per byte")
         if size % settings.group_size:
             common = math.gcd(*in_features.values())
             fits = [str(d) for d in (16, 32, 64, 128, 256) if common % d == 0] or [str(common)]
-            raise InputError(f"{group_field}={settings.group_size} does not divide in_features={size} of {name}; "
-                             f"allowed: a divisor of every quantized layer's input size, e.g. {', '.join(fits)}")
+            raise ArgumentError("group_size", settings.group_size, f"does not divide in_features={size} of {name}; "
+                                f"allowed: a divisor of every quantized layer's input size, e.g. {', '.join(fits)}")
 
 
 def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:

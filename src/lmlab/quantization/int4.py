@@ -5,8 +5,8 @@ each with its own scale:
 - asymmetric (default): ŵ = q * scale + offset with q in [0, 15] spanning the group's [min, max];
 - symmetric: ŵ = (q - 8) * scale with q - 8 in [-8, 7] and scale = max|w| / 7 (no offset).
 
-Scales and offsets are bfloat16, as in gpt-fast and torchao: 2 bytes each per group of 64 keep the
-format at 0.28x of bfloat16 weights. q is computed against the stored, rounded values (offset
+Scales and offsets are bfloat16, as in gpt-fast and torchao: 4 bytes per group of ``group_size`` half-byte
+weights. q is computed against the stored, rounded values (offset
 rounded down, scale rounded up), so the grid still covers the whole group and |w - ŵ| <= scale / 2
 holds for every element. A byte holds column 2j in its low nibble and column 2j + 1 in its high one.
 """

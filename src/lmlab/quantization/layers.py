@@ -28,9 +28,9 @@ def _matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, offset:
 @torch.library.custom_op("lmlab::quantized_matmul", mutates_args=())
 def quantized_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None,
                      mode: str, matmul_dtype: torch.dtype | None) -> torch.Tensor:
-    """The eager kernels as one op the compiler does not look into. Inductor's own lowering of the
-    dequantize + matmul decoded gpt_small 2.6x (int8) and 1.6x (int4) slower than eager on CPU, and it
-    fails to compile torch's packed int8 kernel (``matmul_dtype=bfloat16``); the ops around it still fuse."""
+    """The eager kernels as one op the compiler does not look into: Inductor's own lowering of the dequantize +
+    matmul is slower than eager on CPU and cannot compile torch's packed int8 kernel (``matmul_dtype=bfloat16``;
+    README, Quantization); the ops around it still fuse."""
     return _matmul(x, qweight, scale, offset, mode, matmul_dtype)
 
 

@@ -1,7 +1,5 @@
-"""Argument checks and token-id normalisation shared by every decoding strategy.
-
-Every check runs before the first model call, so a bad argument fails fast and says what is allowed.
-"""
+"""What every decoding strategy takes besides its settings: the prompt tensor (checked before the first
+model call) and the end-of-sequence and padding ids."""
 
 from __future__ import annotations
 
@@ -18,8 +16,6 @@ def check_prompt(model, input_ids, max_new_tokens, attention_mask=None) -> None:
     batch, prompt_len = input_ids.shape
     if batch == 0 or prompt_len == 0:
         raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}); give >= 1 token per row")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens!r}; must be an int >= 1")
     if prompt_len + max_new_tokens > model.max_seq_len:
         raise ValueError(
             f"prompt length {prompt_len} + max_new_tokens={max_new_tokens} exceeds the model's context "
@@ -37,19 +33,6 @@ def check_prompt(model, input_ids, max_new_tokens, attention_mask=None) -> None:
         raise ValueError(f"attention_mask rows {rows} are all padding (empty prompts)")
     if (mask[:, 1:] < mask[:, :-1]).any():
         raise ValueError("attention_mask must be LEFT-padded (zeros only before the first real token)")
-
-
-def check_sampling(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0) -> None:
-    if not temperature >= 0:
-        raise ValueError(f"temperature={temperature}; must be >= 0 (0 = greedy)")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-        raise ValueError(f"top_k={top_k!r}; must be an int >= 0 (0 = off)")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p={top_p}; must be in (0, 1] (1 = off)")
-    if not 0 <= min_p <= 1:
-        raise ValueError(f"min_p={min_p}; must be in [0, 1] (0 = off)")
-    if not repetition_penalty > 0:
-        raise ValueError(f"repetition_penalty={repetition_penalty}; must be > 0 (1 = off)")
 
 
 def eos_ids(eos_token_id, device) -> torch.Tensor | None:
@@ -74,14 +57,3 @@ def pad_id(model, pad_token_id, eos: torch.Tensor | None) -> int:
     if pad_token_id is None and eos is not None:
         pad_token_id = int(eos[0])
     return 0 if pad_token_id is None else int(pad_token_id)
-
-
-def check_beam(num_beams, num_return_sequences=1, early_stopping=False) -> None:
-    if isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1:
-        raise ValueError(f"num_beams={num_beams!r}; must be an int >= 1")
-    if not isinstance(num_return_sequences, int) or not 1 <= num_return_sequences <= num_beams:
-        raise ValueError(
-            f"num_return_sequences={num_return_sequences!r}; must be an int in [1, num_beams={num_beams}]"
-        )
-    if early_stopping not in (True, False, "never") or not isinstance(early_stopping, bool | str):
-        raise ValueError(f"early_stopping={early_stopping!r}; allowed: True, False, 'never'")

@@ -1,0 +1,109 @@
+"""Checks that need built objects, run after every object of a run is built and before any work (no data
+prepared, no weights drawn, nothing written): the last place a mistake is refused in one line.
+
+Each object is built once. The model is built on the meta device (shapes, no memory), checked against the
+memory it will train in, then given its memory and weights by :func:`materialize`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn as nn
+
+from lmlab.arguments import unknown_key
+from lmlab.config.resources import check_training_memory
+from lmlab.errors import ArgumentError, InputError, under
+
+if TYPE_CHECKING:  # Lightning is the caller's: this module only reads the objects it built
+    import lightning as L
+
+
+def check_strategy(strategy: str) -> None:
+    """``strategy`` names a Lightning strategy (before the Trainer is built, which would fail less clearly)."""
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    known = ["auto", *StrategyRegistry.available_strategies()]
+    if isinstance(strategy, str) and strategy not in known:
+        hint = str(unknown_key(strategy, None, known)).split("unknown key; ", 1)[1]
+        raise ArgumentError("strategy", strategy, f"not a Lightning strategy; {hint}")
+
+
+def check_run(model: nn.Module, datamodule: L.LightningDataModule, loss: nn.Module, callbacks: dict,
+              trainer: L.Trainer, resume: tuple[str, dict] | None = None) -> None:
+    """Everything about the run that needs its objects, each error under its config key. ``resume``: the path
+    of the checkpoint a run resumes from and its contents (its ``lmlab`` entry read, its weights not)."""
+    with under("data"):
+        datamodule.check_inputs()
+    sharded = trainer.num_devices if "FSDP" in type(trainer.strategy).__name__ else 1
+    check_training_memory(model, datamodule.batch_size, datamodule.block_size, trainer.strategy.root_device,
+                          sharded)
+    if resume is not None:
+        check_resume(*resume, model)
+    check_teacher(loss, model)
+    for name, callback in callbacks.items():
+        if hasattr(callback, "check_fit"):
+            with under(f"callbacks.{name}"):
+                callback.check_fit(trainer, model, datamodule)
+
+
+def materialize(model: nn.Module, device: torch.device | str = "cpu") -> nn.Module:
+    """A model built on the meta device, given memory on ``device`` and its initial weights."""
+    if any(p.is_meta for p in model.parameters()):
+        model.to_empty(device=device)
+        model.init_weights()
+    return model
+
+
+def check_resume(path: str, checkpoint: dict, model: nn.Module) -> None:
+    """A checkpoint holds this config's model, before any work: Lightning would fail only after the data is
+    prepared, and deep in load_state_dict."""
+    spec = checkpoint.get("lmlab", {}).get("model", {})
+    if spec.get("kind") == "gpt" and hasattr(model, "to_config_dict"):
+        theirs, ours = spec["config"], model.to_config_dict()
+        differs = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+        if differs:
+            shown = ", ".join(f"{k}={theirs.get(k)!r} (config: {ours.get(k)!r})" for k in differs[:4])
+            raise InputError(f"ckpt_path={path}: the checkpoint's model differs from this config's: {shown}; "
+                             "resume with the model settings it was trained with")
+
+
+def check_teacher(loss: nn.Module, model: nn.Module) -> None:
+    """A teacher's logits must index the student's vocabulary."""
+    teacher = getattr(loss, "teacher", None)
+    if teacher is None:
+        return
+    vocab, teacher_vocab = model.config.vocab_size, teacher.config.vocab_size
+    if vocab != teacher_vocab:
+        raise InputError(f"loss.teacher: was trained with a different tokenizer: its {teacher_vocab} output logits do "
+                         f"not match this model's {vocab} (data.vocab_size and data.corpus must match the teacher's "
+                         "run)")
+
+
+def check_teacher_tokenizer(loss: nn.Module, tokenizer) -> None:
+    """A teacher must share the student's tokenizer, or its logits index different tokens (known once the data's
+    tokenizer exists)."""
+    teacher_tokenizer = getattr(loss, "teacher_tokenizer", None)
+    if teacher_tokenizer is not None and teacher_tokenizer.backend_tokenizer.to_str() != \
+            tokenizer.backend_tokenizer.to_str():
+        raise InputError("loss.teacher: was trained with a different tokenizer than this run's data "
+                         "(data.corpus and data.vocab_size must match the teacher's run)")
+
+
+def check_dropout(model: nn.Module, datamodule: L.LightningDataModule) -> None:
+    """SimCSE's two views of a text differ only by dropout: the model must have some (a materialized model)."""
+    if getattr(datamodule, "pairs", None) == "simcse" and not dropout_differs(model):
+        raise InputError("data.pairs=simcse needs dropout (the two views of a text differ only by it): "
+                         "set model.dropout > 0, e.g. model.dropout=0.1 (HF models: their dropout fields)")
+
+
+@torch.no_grad()
+def dropout_differs(model: nn.Module) -> bool:
+    """Whether two training-mode forward passes of one input differ."""
+    was_training = model.training
+    model.train()
+    ids = torch.zeros(1, 4, dtype=torch.long)
+    first, second = (model(ids, output_hidden=True).hidden for _ in range(2))
+    model.train(was_training)
+    return not torch.equal(first, second)

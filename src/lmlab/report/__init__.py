@@ -1,0 +1,7 @@
+"""Reports of runs and sweeps from the files a run leaves (metrics.csv, config.yaml, run.json, status.json):
+read them (runs.py), plot them (plots.py), write one HTML page (page.py). `lmlab report` is the command."""
+
+from lmlab.report.page import write_report
+from lmlab.report.runs import Run, load_runs, read_metrics_csv
+
+__all__ = ["write_report", "load_runs", "read_metrics_csv", "Run"]
