@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmlab.arguments import PositiveInt
 from lmlab.models.activations import get_activation
 from lmlab.models.cache import KVCache
+from lmlab.models.mup import apply_mup_init, attention_scale, mup_rules, readout_multiplier
 from lmlab.models.output import CausalLMOutput
 
 
@@ -37,6 +40,11 @@ class GPTConfig:
     mlp: str = "standard"  # standard | swiglu
     activation: str = "gelu"
     tie_embeddings: bool = True
+    # μP (lmlab.models.mup): "mup" makes the best LR and init independent of n_embd; equal to "standard"
+    # at n_embd == mup_base_width
+    parametrization: Literal["standard", "mup"] = "standard"
+    mup_base_width: PositiveInt = 128
+    readout_zero_init: bool = False  # zero-initialise an untied lm_head (TP5's advice for μP)
 
     def __post_init__(self):
         self.n_kv_head = self.n_kv_head or self.n_head
@@ -50,6 +58,8 @@ class GPTConfig:
             raise ValueError(f"model.n_head={self.n_head} must be divisible by model.n_kv_head={self.n_kv_head}")
         if self.position == "rope" and (self.n_embd // self.n_head) % 2:
             raise ValueError("model.position=rope needs an even head dimension (n_embd / n_head)")
+        mup_rules(self.parametrization, self.mup_base_width, self.n_head, self.position, self.tie_embeddings,
+                  self.readout_zero_init)
 
 
 def _norm(config: GPTConfig) -> nn.Module:
@@ -81,6 +91,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(config.n_embd, config.n_embd + 2 * kv_dim, bias=config.bias)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
+        self.scale = attention_scale(config)  # None: SDPA's 1/sqrt(head_dim)
 
     def forward(self, x, rope=None, mask=None, cache: KVCache | None = None, cache_position=None):
         B, T, C = x.shape
@@ -99,6 +110,7 @@ class Attention(nn.Module):
             is_causal=mask is None and T > 1,  # one new token attends to the whole cache
             dropout_p=self.dropout if self.training else 0.0,
             enable_gqa=self.n_kv_head != self.n_head,
+            scale=self.scale,
         )
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
@@ -151,6 +163,11 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
             if name.endswith(("proj.weight", "down.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if config.parametrization == "mup":
+            apply_mup_init(self)
+        if config.readout_zero_init:
+            nn.init.zeros_(self.lm_head.weight)
+        self.readout_multiplier = readout_multiplier(config)  # None: logits unscaled
 
     @staticmethod
     def _init_weights(module):
@@ -227,7 +244,8 @@ class GPT(nn.Module):
         if cache is not None and not positioned:
             cache.advance(T)
         x = self.norm_f(x)
-        return CausalLMOutput(logits=self.lm_head(x), cache=cache, hidden=x if output_hidden else None)
+        logits = self.lm_head(x if self.readout_multiplier is None else x * self.readout_multiplier)
+        return CausalLMOutput(logits=logits, cache=cache, hidden=x if output_hidden else None)
 
     def to_config_dict(self) -> dict:
         return asdict(self.config)
