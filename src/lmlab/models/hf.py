@@ -48,8 +48,13 @@ class HFCausalLM(nn.Module):
 
     @classmethod
     def build(cls, architecture: str | None, pretrained: str | None, vocab_size: int,
-              trust_remote_code: bool = False, **overrides) -> HFCausalLM:
+              trust_remote_code: bool = False, parametrization: str = "standard", **overrides) -> HFCausalLM:
         """The ``model=hf`` entry point: pretrained weights if a path or name is given, else a fresh model."""
+        if parametrization != "standard":
+            from lmlab.arguments import ArgumentError
+
+            raise ArgumentError("parametrization", parametrization, "μP is implemented for lmlab's GPT only "
+                                "(model=gpt_tiny, gpt_small, llama_tiny); Hugging Face models take 'standard'")
         if pretrained:
             return cls.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
         if not architecture:

@@ -50,7 +50,7 @@ import torch
 import torch.nn as nn
 
 from lmlab.arguments import ArgumentError
-from lmlab.models.mup import KINDS, Role, is_mup, parameter_roles
+from lmlab.models.mup import KINDS, Role, parameter_roles
 
 ADAM_LIKE_TORCH = ("Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Adagrad", "RMSprop")
 
