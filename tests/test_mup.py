@@ -18,6 +18,7 @@ from lmlab.callbacks.group_lr import group_labels
 from lmlab.coord_check import HIDDEN_KINDS, coord_check, width_ratios, zipf_tokens
 from lmlab.models import GPT
 from lmlab.optim import SGD, WSD, AdamW, Lion, Muon, WarmupCosine, grouped
+from lmlab.optim.mup import check_optimizer
 
 TINY = dict(vocab_size=64, block_size=16, n_layer=2, n_head=4, n_embd=32)
 LLAMA = dict(TINY, n_kv_head=2, bias=False, position="rope", norm="rmsnorm", mlp="swiglu", tie_embeddings=False)
@@ -270,6 +271,13 @@ def test_an_optimizer_without_a_mup_rule_is_refused_before_it_is_built():
     with pytest.raises(ArgumentError, match=r"cls='torch.optim.Adafactor': has no μP learning-rate rule"):
         grouped(model, "torch.optim.Adafactor", lr=1e-3)
     grouped(gpt(0, **TINY), "torch.optim.Adafactor", lr=1e-3)  # a standard model: no rule needed
+    # what the config layer runs before anything is built
+    check_optimizer(AdamW)
+    check_optimizer(grouped, cls="torch.optim.AdamW")
+    with pytest.raises(ArgumentError, match=r"cls='torch.optim.Adafactor': has no μP learning-rate rule"):
+        check_optimizer(grouped, cls="torch.optim.Adafactor")
+    with pytest.raises(ArgumentError, match=r"_target_='torch.optim.Adafactor': has no μP"):
+        check_optimizer(torch.optim.Adafactor)
 
 
 def test_hf_models_refuse_mup():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn as nn
@@ -48,7 +48,8 @@ class HFCausalLM(nn.Module):
 
     @classmethod
     def build(cls, architecture: str | None, pretrained: str | None, vocab_size: int,
-              trust_remote_code: bool = False, parametrization: str = "standard", **overrides) -> HFCausalLM:
+              trust_remote_code: bool = False, parametrization: Literal["standard"] = "standard",
+              **overrides) -> HFCausalLM:
         """The ``model=hf`` entry point: pretrained weights if a path or name is given, else a fresh model."""
         if parametrization != "standard":
             from lmlab.arguments import ArgumentError

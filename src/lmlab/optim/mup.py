@@ -42,6 +42,7 @@ MuAdamW and MuSGD do (``weight_decay`` scaled inversely to the LR). The same rul
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
 from collections.abc import Callable
@@ -108,6 +109,21 @@ def lr_rule(optimizer_cls: type, name: str = "cls") -> Callable[[dict, dict], fl
         else optimizer_cls
     raise ArgumentError(name, shown, f"has no μP learning-rate rule, which a model with parametrization=mup "
                         f"needs; use one of: {known}")
+
+
+def check_optimizer(target: object, cls: str | type | None = None) -> None:
+    """Before any work (the config layer, when ``model.parametrization=mup``): the optimizer node's
+    ``_target_`` (an optimizer class, or ``lmlab.optim.grouped`` with its ``cls``) has a μP rule; an
+    ArgumentError naming ``_target_`` or ``cls`` otherwise."""
+    from lmlab.optim.param_groups import grouped
+
+    if target is grouped:
+        if isinstance(cls, str):
+            module, _, name = cls.rpartition(".")
+            cls = getattr(importlib.import_module(module), name, cls)
+        lr_rule(cls, name="cls")
+    else:
+        lr_rule(target, name="_target_")
 
 
 def apply_lr_rule(group: dict, rule: Callable[[dict, dict], float]) -> None:
