@@ -150,5 +150,5 @@ def plot(rows: list[dict], path: str) -> None:
             ax.tick_params(labelsize=7)
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=72)
     plt.close(fig)
