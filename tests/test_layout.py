@@ -30,7 +30,7 @@ LAYERS = [
     {"quantization"},
     {"checkpoint"},
     {"decoding", "losses", "optim", "data", "cost", "report", "loggers"},
-    {"compare", "config", "tasks"},
+    {"compare", "config", "tasks", "coord_check"},
     {"callbacks", "checkpoint_io"},
     {"module"},
     {"cli"},

@@ -76,7 +76,8 @@ class LitLM(LogitStats, L.LightningModule):
         step = trainer.global_step + 1  # Lightning writes step metrics after every log_every_n_steps-th step
         if trainer.log_every_n_steps and (step % trainer.log_every_n_steps == 0 or step == trainer.max_steps):
             self.log("train/tokens", float(self.tokens_seen), on_step=True)
-            self.log("train/lr", trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
+            group = trainer.optimizers[0].param_groups[0]  # the schedule's LR (μP groups scale their own)
+            self.log("train/lr", group["lr"] / group.get("lr_multiplier", 1.0), on_step=True)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self.task.validation_step(self.forward_fn, batch)

@@ -16,7 +16,7 @@ import torch
 
 from lmlab.arguments import NonNegative, NonNegativeInt, PositiveInt, checked
 from lmlab.config.nodes import Checked, check_group, check_node, check_options
-from lmlab.errors import ArgumentError, InputError
+from lmlab.errors import ArgumentError, InputError, under
 
 # in this order: a group before those that interpolate its keys, so an error names the key the user set
 GROUPS = ("data", "model", "trainer", "task", "loss", "optimizer", "sched", "logger", "decoding", "callbacks")
@@ -170,6 +170,11 @@ def check_across_groups(cfg: dict, checked: dict, multirun: bool) -> None:
                          f"samples.max_new_tokens must be at most the model's context ({context})")
     check_same_batches(checked)
     check_fused_clipping(checked["optimizer"], trainer)
+    if model.get("parametrization") == "mup":  # the optimizer applies μP's per-group learning rates
+        from lmlab.optim.mup import check_optimizer
+
+        with under("optimizer"):
+            check_optimizer(checked["optimizer"].target, cls=checked["optimizer"].get("cls"))
 
 
 def model_context(model: Checked) -> int | None:

@@ -22,13 +22,16 @@ from lmlab.arguments import Positive, PositiveInt, check_arguments
 from lmlab.errors import ArgumentError
 from lmlab.models.activations import Activation, ActivationName
 from lmlab.models.cache import KVCache
+from lmlab.models.mup import apply_mup_init, attention_scale, mup_rules, readout_multiplier
 from lmlab.models.output import CausalLMOutput
 
 Dropout = Annotated[float, at.Ge(0), at.Lt(1)]
 
 
-def shapes_fit(n_embd: int, n_head: int, n_kv_head: int | None, position: str) -> None:
-    """Heads split the width, key/value heads split the heads, RoPE rotates pairs of a head's dimensions."""
+def architecture_rules(n_embd: int, n_head: int, n_kv_head: int | None, position: str, parametrization: str,
+                       mup_base_width: int, tie_embeddings: bool, readout_zero_init: bool) -> None:
+    """Heads split the width, key/value heads split the heads, RoPE rotates pairs of a head's dimensions; μP's
+    settings fit the model (lmlab.models.mup)."""
     if n_embd % n_head:
         raise ArgumentError("n_embd", n_embd, "must be divisible by {n_head}", n_head=n_head)
     kv = n_kv_head or n_head
@@ -37,6 +40,7 @@ def shapes_fit(n_embd: int, n_head: int, n_kv_head: int | None, position: str) -
     if position == "rope" and (n_embd // n_head) % 2:
         raise ArgumentError("position", position, f"needs an even head dimension: {{n_embd}} / {{n_head}} = "
                             f"{n_embd // n_head}", n_embd=n_embd, n_head=n_head)
+    mup_rules(parametrization, mup_base_width, n_head, position, tie_embeddings, readout_zero_init)
 
 
 @dataclass
@@ -58,8 +62,13 @@ class GPTConfig:
     mlp: Literal["standard", "swiglu"] = "standard"
     activation: ActivationName = "gelu"
     tie_embeddings: bool = True
+    # μP (lmlab.models.mup): "mup" makes the best LR and init independent of n_embd; the same model as
+    # "standard" at n_embd == mup_base_width
+    parametrization: Literal["standard", "mup"] = "standard"
+    mup_base_width: PositiveInt = 128
+    readout_zero_init: bool = False  # zero-initialise an untied lm_head (TP5's advice for μP)
 
-    argument_rules = staticmethod(shapes_fit)
+    argument_rules = staticmethod(architecture_rules)
 
     def __post_init__(self):
         check_arguments(GPTConfig, asdict(self))
@@ -95,6 +104,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(config.n_embd, config.n_embd + 2 * kv_dim, bias=config.bias)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
+        self.scale = attention_scale(config)  # None: SDPA's 1/sqrt(head_dim)
 
     def forward(self, x, rope=None, mask=None, cache: KVCache | None = None, cache_position=None):
         B, T, C = x.shape
@@ -113,6 +123,7 @@ class Attention(nn.Module):
             is_causal=mask is None and T > 1,  # one new token attends to the whole cache
             dropout_p=self.dropout if self.training else 0.0,
             enable_gqa=self.n_kv_head != self.n_head,
+            scale=self.scale,
         )
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
@@ -152,7 +163,7 @@ class GPT(nn.Module):
     defaults and checks are GPT's."""
 
     __signature__ = inspect.signature(GPTConfig)
-    argument_rules = staticmethod(shapes_fit)
+    argument_rules = staticmethod(architecture_rules)
 
     def __init__(self, **fields):
         super().__init__()
@@ -165,20 +176,26 @@ class GPT(nn.Module):
             self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
             self.norm_f = _norm(config)
             self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.readout_multiplier = readout_multiplier(config)  # None: logits unscaled
         self.to_empty(device=device)
         self.init_weights()
 
     @torch.no_grad()
     def init_weights(self) -> None:
         """GPT-2's initialisation: N(0, 0.02) weights, zero biases, unit norms, residual projections scaled
-        by 1/sqrt(2 n_layer). The only random draw of a new model, so one built on the meta device and given
-        memory later (``to_empty``, then this) gets the same weights for the same seed."""
+        by 1/sqrt(2 n_layer); under μP, hidden matrices then rescaled (lmlab.models.mup). The only random draw
+        of a new model, so one built on the meta device and given memory later (``to_empty``, then this) gets
+        the same weights for the same seed."""
         if self.config.tie_embeddings:  # (again after to_empty, which gives each module its own tensor)
             self.lm_head.weight = self.wte.weight
         self.apply(self._init_module)
         for name, p in self.named_parameters():
             if name.endswith(("proj.weight", "down.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.config.n_layer))
+        if self.config.parametrization == "mup":
+            apply_mup_init(self)
+        if self.config.readout_zero_init:
+            nn.init.zeros_(self.lm_head.weight)
 
     @staticmethod
     def _init_module(module: nn.Module) -> None:
@@ -247,7 +264,8 @@ class GPT(nn.Module):
         if cache is not None and not placed:
             cache.advance(T)
         x = self.norm_f(x)
-        return CausalLMOutput(logits=self.lm_head(x), cache=cache, hidden=x if output_hidden else None)
+        logits = self.lm_head(x if self.readout_multiplier is None else x * self.readout_multiplier)
+        return CausalLMOutput(logits=logits, cache=cache, hidden=x if output_hidden else None)
 
     def _cached_positions(self, T: int, cache: KVCache | None) -> int:
         """Positions the cache already holds; an error if T more do not fit the context or the cache."""

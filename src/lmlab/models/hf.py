@@ -31,11 +31,16 @@ KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a st
          dict: "a mapping"}
 
 
-def check_build_arguments(architecture: str | None, pretrained: str | None, **overrides) -> None:
+def check_build_arguments(architecture: str | None, pretrained: str | None, parametrization: str,
+                          **overrides) -> None:
     """What ``HFCausalLM.build`` can build: a pretrained folder that holds a config (or a hub name), or a known
-    architecture whose config has every overridden field, each of its default's type."""
+    architecture whose config has every overridden field, each of its default's type; in the standard
+    parametrization (μP is lmlab's GPT's)."""
     from pathlib import Path
 
+    if parametrization != "standard":
+        raise ArgumentError("parametrization", parametrization, "μP is implemented for lmlab's GPT only "
+                            "(model=gpt_tiny, gpt_small, llama_tiny); Hugging Face models take 'standard'")
     if pretrained:
         path = Path(pretrained).expanduser()
         if pretrained.startswith(("/", "./", "../", "~")) and not path.exists():
@@ -113,7 +118,7 @@ class HFCausalLM(nn.Module):
     @classmethod
     @checked(rules=check_build_arguments)
     def build(cls, architecture: str | None = None, pretrained: str | None = None, vocab_size: PositiveInt = 4096,
-              trust_remote_code: bool = False, **overrides) -> HFCausalLM:
+              trust_remote_code: bool = False, parametrization: str = "standard", **overrides) -> HFCausalLM:
         """The ``model=hf`` entry point: pretrained weights if a path or name is given, else a fresh model of
         ``architecture`` whose config takes ``overrides`` (fields of that Hugging Face config)."""
         if pretrained:

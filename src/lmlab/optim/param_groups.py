@@ -6,6 +6,8 @@ import torch.nn as nn
 from torch.optim import Optimizer
 
 from lmlab.arguments import NonNegative, checked
+from lmlab.models.mup import is_mup
+from lmlab.optim.mup import mup_param_groups, torch_groups
 from lmlab.targets import locate
 
 
@@ -15,7 +17,12 @@ def _is_norm(module: nn.Module) -> bool:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices only: biases, norm scales and embedding tables (tied or not) get no decay."""
+    """Decay matrices only: biases, norm scales and embedding tables (tied or not) get no decay.
+
+    A μP model's groups are split further by kind and width (``lmlab.optim.mup.mup_param_groups``: hidden,
+    embedding, vector, readout, the same decay policy); the optimizer applies their LR multipliers."""
+    if is_mup(model):
+        return mup_param_groups(model, weight_decay)
     no_decay = set()
     for module in model.modules():
         if isinstance(module, nn.Embedding) or _is_norm(module):
@@ -45,6 +52,8 @@ def grouped(model: nn.Module, cls: str | type[Optimizer], weight_decay: NonNegat
     """A torch optimizer (class or dotted path, e.g. ``torch.optim.AdamW``) over ``param_groups(model)``.
 
     lmlab's own optimizers take the model directly; this gives any other optimizer the same contract
-    (``factory(model) -> optimizer``) and the same weight-decay policy."""
+    (``factory(model) -> optimizer``), the same weight-decay policy and, for a μP model, the same per-group
+    learning rates (an ArgumentError naming ``cls`` if it has no μP rule)."""
     cls = locate(cls, "cls") if isinstance(cls, str) else cls
-    return cls(param_groups(model, weight_decay), weight_decay=weight_decay, **kwargs)
+    groups = torch_groups(param_groups(model, weight_decay), cls, kwargs.get("lr"))
+    return cls(groups, weight_decay=weight_decay, **kwargs)

@@ -28,6 +28,7 @@ import torch.nn as nn
 from torch.optim import Optimizer
 
 from lmlab.numerics import at_least_float32_dtype
+from lmlab.optim.mup import apply_lr_rule, lr_rule
 from lmlab.optim.param_groups import param_groups
 
 
@@ -95,6 +96,12 @@ class SkippableOptimizer(Optimizer):
     @staticmethod
     def group_parameters(model: nn.Module, weight_decay: float) -> list[dict]:
         return param_groups(model, weight_decay)
+
+    def add_param_group(self, param_group: dict) -> None:
+        """torch's, then a μP group's LR multiplier (``lmlab.optim.mup``): an explicit lr = base x multiplier."""
+        super().add_param_group(param_group)
+        if "mup" in param_group:
+            apply_lr_rule(self.param_groups[-1], lr_rule(type(self), name="params"))
 
     def init_state(self, param: torch.Tensor, group: dict) -> dict:
         """New per-parameter state tensors (besides ``step``)."""
