@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from lmlab.errors import CheckpointError
+from lmlab.errors import CheckpointError, InputError
 
 # version of the ``lmlab`` entry; bump when its layout changes and keep reading the older ones
 FORMAT_VERSION = 1
@@ -120,11 +120,21 @@ def checkpoint_step(path: str | Path, field: str = "ckpt_path") -> int:
 def load_checkpoint(path: str | Path, map_location="cpu", field: str = "ckpt"):
     """(model in eval mode, tokenizer, raw checkpoint dict) from a checkpoint file or run directory.
 
-    A ``.safetensors`` file is a quantized checkpoint (``lmlab quantize``); its dict is the header metadata."""
+    A ``.safetensors`` file is a quantized checkpoint (``lmlab quantize``); its dict is the header metadata.
+    A Hugging Face folder of a Llama or GPT-2 model (config.json, no checkpoints/) becomes lmlab's own GPT
+    (:func:`lmlab.export.import_hf`); its dict holds the folder's config.json."""
     if str(path).endswith(".safetensors"):
         from lmlab.quantization.checkpoint import load_quantized
 
         return load_quantized(path, field)
+    folder = Path(path).expanduser()
+    if (folder / "config.json").is_file() and not (folder / "checkpoints").is_dir():
+        from lmlab.export import import_hf
+
+        try:
+            return import_hf(folder)
+        except InputError as e:
+            raise CheckpointError(f"{field}={folder}: {e}") from None
     path = resolve_checkpoint(path, field)
     ckpt = read_checkpoint(path, map_location, field)
     if not isinstance(ckpt.get("lmlab"), dict) or "state_dict" not in ckpt:

@@ -8,6 +8,7 @@ flash kernel can run, decoding passes a cache and, for padded batches, an attent
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass
 
@@ -15,9 +16,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmlab.arguments import ArgumentError, checked
+from lmlab.errors import InputError
 from lmlab.models.activations import get_activation
 from lmlab.models.cache import KVCache
 from lmlab.models.output import CausalLMOutput
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,6 +39,7 @@ class GPTConfig:
     position: str = "learned"  # learned | rope
     rope_theta: float = 10000.0
     norm: str = "layernorm"  # layernorm | rmsnorm
+    norm_eps: float | None = None  # None: 1e-5 for LayerNorm (torch's default), 1e-6 for RMSNorm
     mlp: str = "standard"  # standard | swiglu
     activation: str = "gelu"
     tie_embeddings: bool = True
@@ -52,10 +58,26 @@ class GPTConfig:
             raise ValueError("model.position=rope needs an even head dimension (n_embd / n_head)")
 
 
+DEFAULT_NORM_EPS = {"layernorm": 1e-5, "rmsnorm": 1e-6}
+
+
+def norm_eps(config: GPTConfig) -> float:
+    return DEFAULT_NORM_EPS[config.norm] if config.norm_eps is None else config.norm_eps
+
+
 def _norm(config: GPTConfig) -> nn.Module:
     if config.norm == "rmsnorm":
-        return nn.RMSNorm(config.n_embd, eps=1e-6)
-    return nn.LayerNorm(config.n_embd, bias=config.bias)
+        return nn.RMSNorm(config.n_embd, eps=norm_eps(config))
+    return nn.LayerNorm(config.n_embd, eps=norm_eps(config), bias=config.bias)
+
+
+def mlp_hidden_size(config: GPTConfig) -> int:
+    """The MLP's hidden width: ``mlp_ratio * n_embd``; a SwiGLU MLP takes 2/3 of it (rounded up to a multiple
+    of 256 from 384 on), which keeps the parameter count of the ungated MLP, as Llama does."""
+    hidden = int(config.mlp_ratio * config.n_embd)
+    if config.mlp != "swiglu":
+        return hidden
+    return 256 * math.ceil(2 * hidden / 3 / 256) if hidden >= 384 else int(2 * hidden / 3)
 
 
 def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,10 +128,9 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        hidden = int(config.mlp_ratio * config.n_embd)
+        hidden = mlp_hidden_size(config)
         self.gated = config.mlp == "swiglu"
-        if self.gated:  # keep the parameter count of a 4x MLP, as Llama does
-            hidden = 256 * math.ceil(2 * hidden / 3 / 256) if hidden >= 384 else int(2 * hidden / 3)
+        if self.gated:
             self.gate = nn.Linear(config.n_embd, hidden, bias=config.bias)
         self.up = nn.Linear(config.n_embd, hidden, bias=config.bias)
         self.down = nn.Linear(hidden, config.n_embd, bias=config.bias)
@@ -133,11 +154,34 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
-class GPT(nn.Module):
-    """Decoder-only transformer. ``GPT(**kwargs)`` takes the fields of :class:`GPTConfig`."""
+def _init_from_rules(init_from: str | None) -> None:
+    """The folder must hold a model lmlab's GPT computes: read its config.json (cheap) before any work."""
+    if init_from is None:
+        return
+    from lmlab.export.reader import pretrained_architecture
 
-    def __init__(self, **kwargs):
+    try:
+        pretrained_architecture(init_from)
+    except InputError as e:
+        raise ArgumentError("init_from", init_from, str(e)) from None
+
+
+class GPT(nn.Module):
+    """Decoder-only transformer. ``GPT(**kwargs)`` takes the fields of :class:`GPTConfig`.
+
+    ``init_from``: a Hugging Face folder of a Llama or GPT-2 model (``lmlab export`` writes one). Its
+    config.json fixes the architecture and its weights initialise the model. The folder wins over the
+    architecture arguments given with it (one warning lists those that differ): a model file has one
+    description, and weights that fit no other; ``dropout``, which the weights do not fix, stays the caller's.
+    The model trains and decodes with the folder's tokenizer (``data.tokenizer_from``), not one trained on the
+    corpus. Checkpoints store the resulting architecture, not the folder: they rebuild without it.
+    """
+
+    @checked(rules=_init_from_rules)
+    def __init__(self, init_from: str | None = None, **kwargs):
         super().__init__()
+        if init_from is not None:
+            kwargs = _pretrained_arguments(init_from, kwargs)
         self.config = config = GPTConfig(**kwargs)
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.position == "learned" else None
@@ -151,6 +195,10 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
             if name.endswith(("proj.weight", "down.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if init_from is not None:
+            from lmlab.export.reader import load_pretrained_weights
+
+            load_pretrained_weights(self, init_from)
 
     @staticmethod
     def _init_weights(module):
@@ -231,6 +279,20 @@ class GPT(nn.Module):
 
     def to_config_dict(self) -> dict:
         return asdict(self.config)
+
+
+def _pretrained_arguments(folder: str, given: dict) -> dict:
+    """The folder's architecture over the given arguments (differences logged in one line), dropout the caller's."""
+    from lmlab.export.architecture import NOT_ARCHITECTURE
+    from lmlab.export.reader import architecture_differences, pretrained_architecture
+
+    pretrained = pretrained_architecture(folder)
+    differences = architecture_differences(given, pretrained)
+    if differences:
+        listed = ", ".join(f"{k}={theirs!r} (not {ours!r})" for k, (ours, theirs) in differences.items())
+        log.warning("init_from=%s: its config.json sets %s", folder, listed)
+    kept = {k: given[k] for k in NOT_ARCHITECTURE if k in given}
+    return {**given, **pretrained, **kept}
 
 
 def decoding_mask(attention_mask, past: int, T: int, B: int, device) -> torch.Tensor:
