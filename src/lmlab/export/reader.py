@@ -43,13 +43,13 @@ def read_config(folder: str | Path) -> dict:
 
 def pretrained_architecture(folder: str | Path) -> dict:
     """lmlab GPT keyword arguments that compute the folder's model; UnmappableError naming the file and field."""
-    config = read_config(folder)
+    config, path = read_config(folder), Path(folder).expanduser() / "config.json"
     try:
         return gpt_config(config)
     except UnmappableError as e:
-        raise UnmappableError(f"{Path(folder).expanduser() / 'config.json'}: {e}") from None
-    except (KeyError, TypeError) as e:
-        raise InputError(f"{Path(folder).expanduser() / 'config.json'}: a field is missing or malformed ({e})") from None
+        raise UnmappableError(f"{path}: {e}") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"{path}: a field is missing or malformed ({type(e).__name__}: {e})") from None
 
 
 def architecture_differences(given: dict, pretrained: dict) -> dict:

@@ -23,18 +23,18 @@ import torch
 import torch.nn as nn
 
 from lmlab.arguments import ArgumentError
-from lmlab.errors import InputError
-from lmlab.export.architecture import CLASS_NAMES, LLAMA, hf_config
+from lmlab.export.architecture import CLASS_NAMES, GPT2, LLAMA, UnmappableError, hf_config
 from lmlab.export.weights import to_hf
 
+EMBEDDINGS = {LLAMA: "model.embed_tokens.weight", GPT2: "transformer.wte.weight"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ExportDtype = Literal["float32", "bfloat16", "float16"]
 
 
 def export_hf(model: nn.Module, tokenizer, out: str | Path, dtype: ExportDtype = "float32") -> Path:
     """Write ``model`` (lmlab's GPT, or a Hugging Face model inside lmlab) and ``tokenizer`` to the new folder
-    ``out``, weights in ``dtype``. UnmappableError for a model no Hugging Face class computes exactly,
-    InputError for a quantized model or an ``out`` that exists non-empty or cannot be written."""
+    ``out``, weights in ``dtype``. UnmappableError for a model no Hugging Face class computes exactly
+    (or a quantized one), ArgumentError for an ``out`` that exists non-empty or cannot be written."""
     from lmlab.quantization.convert import settings_of
 
     if dtype not in DTYPES:  # not @checked: that would read ``out: str | Path`` as a config string
@@ -42,7 +42,7 @@ def export_hf(model: nn.Module, tokenizer, out: str | Path, dtype: ExportDtype =
     check_out(out)
     settings = settings_of(model)
     if settings is not None:
-        raise InputError(
+        raise UnmappableError(
             f"a quantized model ({settings.mode}): transformers reads quantized weights only in its quantizers' "
             "formats (bitsandbytes, GPTQ, AWQ, compressed-tensors...), whose layouts differ from lmlab's; export the "
             "float checkpoint and quantize it with one of those")
@@ -79,7 +79,7 @@ def _hf_model(model: nn.Module, tokenizer, dtype: torch.dtype):
         state = {name: torch.empty(t.shape, dtype=dtype).copy_(t) for name, t in
                  to_hf(model.state_dict(), model.config, family).items()}
         if model.config.tie_embeddings:
-            state["lm_head.weight"] = state["model.embed_tokens.weight" if family == LLAMA else "transformer.wte.weight"]
+            state["lm_head.weight"] = state[EMBEDDINGS[family]]
         hf.load_state_dict(state, strict=True, assign=True)
         hf.tie_weights()
         hf.config.architectures = [CLASS_NAMES[family]]
