@@ -60,10 +60,13 @@ def build_tokenizer(spec: dict):
 
 
 def resolve_checkpoint(path: str | Path, field: str = "ckpt") -> Path:
-    """A .ckpt file, or a run directory (its checkpoints/best.ckpt, else checkpoints/last.ckpt).
+    """A .ckpt file, or a run directory (its checkpoints/best.ckpt, else checkpoints/last.ckpt), or a Hugging Face
+    model folder (returned as it is: :func:`load_checkpoint` reads it).
 
     ``field`` names the config field in errors."""
     path = Path(path).expanduser()
+    if is_hf_folder(path):
+        return path
     if path.is_dir():
         for name in ("best.ckpt", "last.ckpt"):
             if (path / "checkpoints" / name).is_file():
@@ -72,6 +75,12 @@ def resolve_checkpoint(path: str | Path, field: str = "ckpt") -> Path:
     if not path.is_file():
         raise CheckpointError(f"{field}={path} does not exist (give a .ckpt file or a run directory)")
     return path
+
+
+def is_hf_folder(path: str | Path) -> bool:
+    """A folder with a Hugging Face config.json and no lmlab checkpoints/ (a run directory has those)."""
+    path = Path(path).expanduser()
+    return (path / "config.json").is_file() and not (path / "checkpoints").is_dir()
 
 
 def read_checkpoint(path: str | Path, map_location="cpu", field: str = "ckpt", mmap: bool = False) -> dict:
@@ -127,14 +136,13 @@ def load_checkpoint(path: str | Path, map_location="cpu", field: str = "ckpt"):
         from lmlab.quantization.checkpoint import load_quantized
 
         return load_quantized(path, field)
-    folder = Path(path).expanduser()
-    if (folder / "config.json").is_file() and not (folder / "checkpoints").is_dir():
+    if is_hf_folder(path):
         from lmlab.export import import_hf
 
         try:
-            return import_hf(folder)
+            return import_hf(path)
         except InputError as e:
-            raise CheckpointError(f"{field}={folder}: {e}") from None
+            raise CheckpointError(f"{field}={path}: {e}") from None
     path = resolve_checkpoint(path, field)
     ckpt = read_checkpoint(path, map_location, field)
     if not isinstance(ckpt.get("lmlab"), dict) or "state_dict" not in ckpt:

@@ -1,4 +1,4 @@
-"""`lmlab <command> [args]`: train, generate, report, cost, quantize, export."""
+"""`lmlab <command> [args]`: train, generate, report, cost, quantize, export, eval."""
 
 import importlib
 import sys
@@ -12,6 +12,7 @@ COMMANDS = {
     "cost": "FLOPs, device-hours and money for a config, from measured throughput",
     "quantize": "int8/int4 weight-only checkpoint of a run, with a before/after table",
     "export": "a run as a Hugging Face folder (transformers, vLLM, TGI, lm-eval load it)",
+    "eval": "lm-evaluation-harness on an exported run; perplexity next to lmlab's own",
 }
 NO_CONF = ("report", "export")  # commands that read no config from conf/
 

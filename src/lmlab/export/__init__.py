@@ -8,8 +8,8 @@ What maps to what, and what is refused: :mod:`lmlab.export.architecture`.
 """
 
 from lmlab.export.architecture import UnmappableError, family_of, gpt_config, hf_config
-from lmlab.export.reader import import_hf, is_hf_folder, pretrained_architecture
+from lmlab.export.reader import import_hf, pretrained_architecture
 from lmlab.export.writer import DTYPES, export_hf
 
 __all__ = ["DTYPES", "UnmappableError", "export_hf", "family_of", "gpt_config", "hf_config", "import_hf",
-           "is_hf_folder", "pretrained_architecture"]
+           "pretrained_architecture"]

@@ -34,6 +34,8 @@ from lmlab.errors import InputError
 
 TASK_NAME = "lmlab_val"
 INSTALL = 'pip install "lm-eval[hf]>=0.4.13"'
+METRICS = {"word_perplexity": "weighted_perplexity", "byte_perplexity": "weighted_perplexity",
+           "bits_per_byte": "bits_per_byte"}  # lm-eval's metric -> its aggregation
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,7 @@ def write_task(folder: str | Path, documents: list[str], name: str = TASK_NAME) 
     folder.mkdir(parents=True, exist_ok=True)
     data = folder / f"{name}.jsonl"
     data.write_text("".join(json.dumps({"text": d}) + "\n" for d in documents))
+    metrics = [f"  - metric: {m}\n    aggregation: {a}\n    higher_is_better: false\n" for m, a in METRICS.items()]
     (folder / f"{name}.yaml").write_text(
         f"task: {name}\n"
         "dataset_path: json\n"
@@ -114,7 +117,7 @@ def write_task(folder: str | Path, documents: list[str], name: str = TASK_NAME) 
         "output_type: loglikelihood_rolling\n"
         'doc_to_text: ""\n'
         'doc_to_target: "{{text}}"\n'
-        "metric_list:\n  - metric: word_perplexity\n  - metric: byte_perplexity\n  - metric: bits_per_byte\n"
+        f"metric_list:\n{''.join(metrics)}"
         "metadata:\n  version: 1.0\n")
     return folder
 
@@ -128,7 +131,10 @@ def run_lm_eval(hf_folder: str | Path, tasks: list[str], include_path: str | Pat
         from lm_eval.tasks import TaskManager
     except ImportError as e:
         raise InputError(f"lm-evaluation-harness is not installed ({e.name}); {INSTALL}") from None
-    manager = TaskManager(include_path=str(include_path) if include_path else None)
+    local = {p.stem for p in Path(include_path).glob("*.yaml")} if include_path else set()
+    # lm-eval indexes its thousands of own task files unless told that only local tasks are wanted
+    manager = TaskManager(include_path=str(include_path) if include_path else None,
+                          include_defaults=not set(tasks) <= local)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise InputError(f"--tasks: lm-eval knows no task {', '.join(unknown)}")

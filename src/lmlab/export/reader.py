@@ -22,11 +22,6 @@ PREFIXES = {LLAMA: "model.", "gpt2": "transformer."}
 RECOMPUTED = (".rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")
 
 
-def is_hf_folder(path: str | Path) -> bool:
-    path = Path(path).expanduser()
-    return path.is_dir() and (path / "config.json").is_file()
-
-
 def read_config(folder: str | Path) -> dict:
     """config.json of a Hugging Face folder; InputError naming the file when it is missing or not JSON."""
     path = Path(folder).expanduser() / "config.json"
