@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lmlab.checkpoint import load_checkpoint, resolve_checkpoint
+from lmlab.cli.export import out_flag
 from lmlab.cli.quantize import run_datamodule
 from lmlab.cli.user_errors import one_line_errors
 from lmlab.errors import InputError
@@ -51,14 +52,16 @@ def evaluate_run(args: argparse.Namespace, console: Console) -> dict:
             raise InputError(f"--{flag.replace('_', '-')}={getattr(args, flag)} must be >= 1")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if args.hf_out:
-        check_out(args.hf_out)
+        with out_flag("--hf-out"):
+            check_out(args.hf_out)
     ckpt = resolve_checkpoint(args.checkpoint, field="checkpoint")
     model, tokenizer, _ = load_checkpoint(ckpt, field="checkpoint")
     datamodule = run_datamodule(ckpt) if TASK_NAME in tasks else None
     if TASK_NAME in tasks and datamodule is None:
         raise InputError(f"--tasks {TASK_NAME}: needs the run's config.yaml beside {ckpt} (its held-out documents)")
     with tempfile.TemporaryDirectory(prefix="lmlab-eval-") as scratch:
-        hf_folder = export_hf(model, tokenizer, args.hf_out or Path(scratch) / "hf")
+        with out_flag("--hf-out"):
+            hf_folder = export_hf(model, tokenizer, args.hf_out or Path(scratch) / "hf")
         documents = validation_documents(datamodule, args.documents) if datamodule is not None else []
         task_folder = write_task(Path(scratch) / "tasks", documents) if documents else None
         results = run_lm_eval(hf_folder, tasks, task_folder, args.batch_size, args.device)

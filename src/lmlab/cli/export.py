@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from lmlab.arguments import ArgumentError
 from lmlab.checkpoint import load_checkpoint
 from lmlab.cli.user_errors import one_line_errors
 from lmlab.errors import InputError
@@ -34,18 +37,31 @@ def export_run(args: argparse.Namespace) -> Path:
     from lmlab.export import UnmappableError, export_hf
     from lmlab.export.writer import check_out
 
-    check_out(args.out)  # before the checkpoint is read
+    with out_flag("--out"):
+        check_out(args.out)  # before the checkpoint is read
     model, tokenizer, _ = load_checkpoint(args.checkpoint, field="checkpoint")
     if tokenizer is None:
         raise InputError(f"checkpoint={args.checkpoint} holds no tokenizer; the Hugging Face folder needs one")
     try:
-        out = export_hf(model, tokenizer, args.out, args.dtype)
+        with out_flag("--out"):
+            out = export_hf(model, tokenizer, args.out, args.dtype)
     except UnmappableError as e:
         raise InputError(f"checkpoint={args.checkpoint}: {e}") from None
     size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
     print(f"wrote {out} ({size:.2f} MiB, {args.dtype}); load it with "
           f"AutoModelForCausalLM.from_pretrained({str(out)!r}) and AutoTokenizer.from_pretrained({str(out)!r})")
     return out
+
+
+@contextmanager
+def out_flag(flag: str) -> Iterator[None]:
+    """export_hf names its parameter ``out``; on the command line it is ``flag``."""
+    try:
+        yield
+    except ArgumentError as e:
+        if e.name != "out":
+            raise
+        raise InputError(f"{flag}={e.value}: {e.rule}") from None
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -1,0 +1,109 @@
+"""`lmlab export` and `lmlab eval` on real checkpoints: the folder transformers loads, one-line refusals (exit
+status 2) that leave no folder behind, and lm-eval's perplexity next to lmlab's on a run's held-out documents."""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import helpers
+import pytest
+import torch
+from omegaconf import OmegaConf
+from transformers import AutoModelForCausalLM
+
+from lmlab.checkpoint import model_spec, tokenizer_spec
+from lmlab.cli.eval import main as eval_main
+from lmlab.cli.export import main as export_main
+from lmlab.cli.main import main
+from lmlab.data import LMDataModule, TextFiles
+from lmlab.models import GPT
+from lmlab.quantization import quantize, save_quantized
+
+TINY = dict(block_size=32, n_layer=1, n_head=2, n_embd=32)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    with helpers.one_thread():
+        yield
+
+
+def write_checkpoint(path, model, tokenizer):
+    """A checkpoint as LitLM writes it: the model's spec and tokenizer under "lmlab", weights under "model."."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"lmlab": {"format_version": 1, "model": model_spec(model), "tokenizer": tokenizer_spec(tokenizer)},
+                "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(corpus_dir, cache_dir, tmp_path_factory):
+    """A run directory: config.yaml with its data node, checkpoints/best.ckpt of a GPT-2-style model, and (for
+    refusals) a checkpoint of a model no Hugging Face class computes and a quantized one."""
+    data = {"_target_": "lmlab.data.LMDataModule", "corpus": {"_target_": "lmlab.data.TextFiles",
+            "paths": str(corpus_dir)}, "vocab_size": 384, "block_size": 16, "batch_size": 4, "val_fraction": 0.2,
+            "cache_dir": str(cache_dir)}
+    datamodule = LMDataModule(TextFiles(str(corpus_dir)), **{k: v for k, v in data.items() if k not in
+                                                              ("_target_", "corpus")})
+    datamodule.prepare_data()
+    tokenizer = datamodule.tokenizer
+    folder = tmp_path_factory.mktemp("run")
+    OmegaConf.save({"data": data}, folder / "config.yaml")
+    torch.manual_seed(0)
+    model = GPT(vocab_size=384, **TINY)
+    write_checkpoint(folder / "checkpoints" / "best.ckpt", model, tokenizer)
+    write_checkpoint(folder / "other" / "rmsnorm.ckpt", GPT(vocab_size=384, norm="rmsnorm", **TINY), tokenizer)
+    save_quantized(quantize(copy.deepcopy(model), "int8"), folder / "other" / "int8.safetensors", tokenizer)
+    return folder
+
+
+def test_lmlab_export_writes_a_folder_transformers_loads(run, tmp_path, capsys):
+    out = export_main([str(run), "--format", "hf", "--out", str(tmp_path / "hf"), "--dtype", "bfloat16"])
+    assert out == tmp_path / "hf" and "wrote" in capsys.readouterr().out
+    hf = AutoModelForCausalLM.from_pretrained(out)
+    assert type(hf).__name__ == "GPT2LMHeadModel" and hf.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("case, error", [
+    ("no checkpoint", r"checkpoint=\S+: a run directory, but it has no checkpoints/best.ckpt"),
+    ("non-empty out", r"--out=\S+: exists and is not empty"),
+    ("unwritable out", r"--out=\S+: cannot be written \(Not a directory\)"),
+    ("unmappable", r"checkpoint=\S+rmsnorm.ckpt: position='learned', norm='rmsnorm': no Hugging Face class"),
+    ("quantized", r"checkpoint=\S+int8.safetensors: a quantized model \(int8\)"),
+])
+def test_lmlab_export_bad_input_is_one_line_and_leaves_no_folder(case, error, run, tmp_path, capsys):
+    source, out = str(run), tmp_path / "out"
+    if case == "no checkpoint":
+        source = str(tmp_path / "empty")
+        (tmp_path / "empty").mkdir()
+    elif case == "non-empty out":
+        out.mkdir()
+        (out / "mine.txt").write_text("keep")
+    elif case == "unwritable out":
+        (tmp_path / "a_file").write_text("")
+        out = tmp_path / "a_file" / "out"
+    elif case == "unmappable":
+        source = str(run / "other" / "rmsnorm.ckpt")
+    elif case == "quantized":
+        source = str(run / "other" / "int8.safetensors")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", source, "--format", "hf", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and re.search(error, err) and "\n" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing new, no hidden staging folder
+    if case == "non-empty out":
+        assert [p.name for p in out.iterdir()] == ["mine.txt"]
+
+
+def test_lmlab_eval_reports_lm_eval_next_to_lmlab_on_held_out_documents(run, tmp_path, capsys):
+    figures = eval_main([str(run), "--documents", "3", "--val-batches", "1", "--hf-out", str(tmp_path / "hf")])
+    theirs, ours = figures["lm_eval"]["lmlab_val"], figures["lmlab"]
+    assert theirs["sample_len"] == 3 and ours.tokens > 3 * TINY["block_size"]  # rolling windows were needed
+    assert theirs["byte_perplexity,none"] == pytest.approx(ours.perplexity("bytes"), rel=1e-5)
+    # untrained: every perplexity is near the vocabulary size per token, val/ppl (packed blocks) too
+    assert 0.5 * 384 < ours.perplexity("tokens") < 2 * 384 and 0.5 * 384 < figures["val_ppl"] < 2 * 384
+    shown = capsys.readouterr().out
+    assert "byte_perplexity" in shown and "token perplexity" in shown and "val/ppl" in shown
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
