@@ -1,4 +1,4 @@
-"""`lmlab eval <run dir or checkpoint> [--tasks lmlab_val,...] [--documents 64] [--hf-out DIR]`.
+"""`lmlab eval <run dir or checkpoint> [--tasks lmlab_val,...] [--documents 64] [--hf-out DIR] [--task-out DIR]`.
 
 Exports the run (as `lmlab export` does) and evaluates it with lm-evaluation-harness (`--model hf`). The task
 lmlab_val is local: rolling log-likelihood over the run's own held-out documents, written to a JSON-lines
@@ -36,6 +36,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--documents", type=int, default=64, help="lmlab_val: held-out documents scored")
     parser.add_argument("--val-batches", type=int, default=8, help="validation batches for lmlab's val/ppl")
     parser.add_argument("--hf-out", help="keep the exported folder here (default: a temporary one)")
+    parser.add_argument("--task-out", help="keep the local task (lmlab_val.yaml + .jsonl) here, for lm_eval "
+                        "--include_path (default: a temporary folder)")
     parser.add_argument("--batch-size", type=int, default=8, help="lm-eval batch size")
     parser.add_argument("--device", default="cpu", help="lm-eval device (cpu, cuda)")
     return parser.parse_args(argv)
@@ -63,7 +65,7 @@ def evaluate_run(args: argparse.Namespace, console: Console) -> dict:
         with out_flag("--hf-out"):
             hf_folder = export_hf(model, tokenizer, args.hf_out or Path(scratch) / "hf")
         documents = validation_documents(datamodule, args.documents) if datamodule is not None else []
-        task_folder = write_task(Path(scratch) / "tasks", documents) if documents else None
+        task_folder = write_task(args.task_out or Path(scratch) / "tasks", documents) if documents else None
         results = run_lm_eval(hf_folder, tasks, task_folder, args.batch_size, args.device)
     figures = {"lm_eval": results}
     if datamodule is not None:
