@@ -138,6 +138,22 @@ def test_export_then_import_is_the_identity(exported, tokenizer):
     assert (back.lm_head.weight is back.wte.weight) == model.config.tie_embeddings
 
 
+def test_import_reads_sharded_and_pytorch_bin_weights_as_transformers_writes_them(exported, tmp_path):
+    _, model, out = exported
+    hf = AutoModelForCausalLM.from_pretrained(out)
+    hf.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "config.json").write_text((out / "config.json").read_text())
+    (tmp_path / "pytorch_model.bin").rename(tmp_path / "bin" / "pytorch_model.bin")
+    ids = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(5))
+    for folder in (tmp_path / "sharded", tmp_path / "bin"):
+        back, _, _ = import_hf(folder)
+        with torch.no_grad():
+            assert torch.equal(back(ids).logits, model(ids).logits)
+
+
 def test_bfloat16_export_is_within_rounding_and_keeps_the_top_token(tokenizer, tmp_path):
     """bf16 keeps 8 significant bits: unit roundoff u = 2^-8. Weights, then each layer's normalised input,
     attention and MLP outputs are rounded, about 3 roundings per layer plus 2 for embedding and head, and to

@@ -4,6 +4,7 @@ status 2) that leave no folder behind, and lm-eval's perplexity next to lmlab's 
 from __future__ import annotations
 
 import copy
+import math
 import re
 
 import helpers
@@ -107,3 +108,34 @@ def test_lmlab_eval_reports_lm_eval_next_to_lmlab_on_held_out_documents(run, tmp
     shown = capsys.readouterr().out
     assert "byte_perplexity" in shown and "token perplexity" in shown and "val/ppl" in shown
     assert (tmp_path / "hf" / "model.safetensors").is_file()
+
+
+def test_fine_tuning_from_an_exported_folder_trains_and_checkpoints(run, tmp_path):
+    """GPT(init_from=...) and the data module's tokenizer_from through Lightning: the checkpoint stores the
+    folder's architecture and tokenizer, and rebuilds without the folder."""
+    import functools
+
+    import lightning as L
+
+    from lmlab.checkpoint import load_checkpoint
+    from lmlab.losses import LanguageModelingLoss
+    from lmlab.module import LitLM
+    from lmlab.optim import AdamW
+
+    folder = export_main([str(run), "--out", str(tmp_path / "hf")])
+    data = OmegaConf.load(run / "config.yaml").data
+    datamodule = LMDataModule(TextFiles(data.corpus.paths), block_size=16, batch_size=4, val_fraction=0.2,
+                              cache_dir=data.cache_dir, tokenizer_from=str(folder))
+    datamodule.prepare_data()
+    model = GPT(init_from=str(folder), n_layer=3)  # the folder's 1 layer wins
+    module = LitLM(model, LanguageModelingLoss(), functools.partial(AdamW, lr=1e-3),
+                   tokenizer=datamodule.load_tokenizer())
+    trainer = L.Trainer(max_steps=2, limit_val_batches=1, val_check_interval=2, logger=False, accelerator="cpu",
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                        default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=datamodule)
+    trainer.save_checkpoint(tmp_path / "tuned.ckpt")
+    folder.rename(tmp_path / "gone")
+    loaded, tokenizer, _ = load_checkpoint(tmp_path / "tuned.ckpt")
+    assert loaded.config.n_layer == 1 and tokenizer.encode("def f(): pass") == module.tokenizer.encode("def f(): pass")
+    assert 0.5 * 384 < math.exp(trainer.callback_metrics["val/loss"].item()) < 2 * 384
