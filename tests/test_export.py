@@ -154,6 +154,46 @@ def test_import_reads_sharded_and_pytorch_bin_weights_as_transformers_writes_the
             assert torch.equal(back(ids).logits, model(ids).logits)
 
 
+@pytest.mark.parametrize("family, config", [
+    ("gpt2", dict(activation_function="gelu_new", n_embd=32, n_layer=2, n_head=4, n_positions=32)),
+    ("llama", dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=1, rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=32)),
+    ("llama", dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
+                   tie_word_embeddings=True, attention_bias=True, mlp_bias=True, max_position_embeddings=32)),
+])
+def test_models_transformers_made_import_with_the_same_logits(family, config, tmp_path):
+    """Folders lmlab did not write (transformers' own defaults: gelu_new, eps 1e-5, odd MLP widths)."""
+    from transformers import AutoConfig
+
+    torch.manual_seed(0)
+    hf = AutoModelForCausalLM.from_config(AutoConfig.for_model(family, vocab_size=VOCAB, bos_token_id=0,
+                                                               eos_token_id=0, **config)).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    hf.save_pretrained(tmp_path)
+    model, tokenizer, _ = import_hf(tmp_path)
+    assert tokenizer is None  # the folder has no tokenizer files
+    ids = torch.randint(0, VOCAB, (2, 32), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        assert (model(ids).logits - hf(ids).logits).abs().max() < 1e-4
+
+
+def test_models_run_inside_lmlab_export_with_their_own_class(tokenizer, tmp_path):
+    from lmlab.models.hf import HFCausalLM
+
+    torch.manual_seed(0)
+    model = HFCausalLM.from_config("llama", vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                                   num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=32).eval()
+    export_hf(model, tokenizer, tmp_path / "hf", dtype="float16")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert loaded.dtype == torch.float16 and next(model.parameters()).dtype == torch.float32  # a copy was cast
+    ids = torch.randint(0, VOCAB, (1, 16), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        assert torch.allclose(loaded.float()(ids).logits, model(ids).logits, atol=1e-2)
+    assert AutoTokenizer.from_pretrained(tmp_path / "hf").encode(TEXTS[0]) == tokenizer.encode(TEXTS[0])
+
+
 def test_bfloat16_export_is_within_rounding_and_keeps_the_top_token(tokenizer, tmp_path):
     """bf16 keeps 8 significant bits: unit roundoff u = 2^-8. Weights, then each layer's normalised input,
     attention and MLP outputs are rounded, about 3 roundings per layer plus 2 for embedding and head, and to

@@ -91,6 +91,7 @@ def hf_config(config: GPTConfig, bos_token_id=None, eos_token_id=None, pad_token
             num_key_value_heads=config.n_kv_head, head_dim=config.n_embd // config.n_head, hidden_act="silu",
             max_position_embeddings=config.block_size, rms_norm_eps=norm_eps(config),
             rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
+            rope_theta=config.rope_theta,  # what transformers 4 reads (5 takes rope_parameters first)
             attention_bias=config.bias, mlp_bias=config.bias, attention_dropout=config.dropout,
             tie_word_embeddings=config.tie_embeddings, **tokens)
     return family, dict(

@@ -96,7 +96,7 @@ def _readable_by_older_readers(folder: Path, max_length: int | None) -> None:
     config = _read_json(folder / "config.json")
     rope = config.get("rope_parameters")
     if isinstance(rope, dict) and "rope_theta" in rope:
-        config.setdefault("rope_theta", rope["rope_theta"])
+        config["rope_theta"] = rope["rope_theta"]
         config.setdefault("rope_scaling", None)
     if "dtype" in config:
         config.setdefault("torch_dtype", config["dtype"])
