@@ -173,8 +173,8 @@ class GPT(nn.Module):
     config.json fixes the architecture and its weights initialise the model. The folder wins over the
     architecture arguments given with it (one warning lists those that differ): a model file has one
     description, and weights that fit no other; ``dropout``, which the weights do not fix, stays the caller's.
-    The model trains and decodes with the folder's tokenizer (``data.tokenizer_from``), not one trained on the
-    corpus. Checkpoints store the resulting architecture, not the folder: they rebuild without it.
+    The model trains and decodes with the folder's tokenizer (a data module's ``tokenizer_from``), not one
+    trained on the corpus. Checkpoints store the resulting architecture, not the folder: they rebuild without it.
     """
 
     @checked(rules=_init_from_rules)
