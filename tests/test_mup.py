@@ -13,9 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmlab.errors import ArgumentError
 from lmlab.callbacks.group_lr import group_labels
 from lmlab.coord_check import HIDDEN_KINDS, coord_check, width_ratios, zipf_tokens
+from lmlab.errors import ArgumentError
 from lmlab.models import GPT
 from lmlab.optim import SGD, WSD, AdamW, Lion, Muon, WarmupCosine, grouped
 from lmlab.optim.mup import check_optimizer

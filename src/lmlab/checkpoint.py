@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from lmlab.errors import CheckpointError, first_line
+from lmlab.errors import CheckpointError, InputError, first_line
 from lmlab.quantization.checkpoint import SAFETENSORS, load_quantized, read_quantized_header
 from lmlab.spec import build_model, build_tokenizer
 
@@ -24,10 +24,13 @@ FORMAT_VERSION = 1
 
 
 def resolve_checkpoint(path: str | Path, field: str = "ckpt") -> Path:
-    """A .ckpt file, or a run directory (its checkpoints/best.ckpt, else checkpoints/last.ckpt).
+    """A .ckpt file, or a run directory (its checkpoints/best.ckpt, else checkpoints/last.ckpt), or a Hugging Face
+    model folder (returned as it is: :func:`load_checkpoint` reads it).
 
     ``field``: the argument that gave the path, which errors name."""
     path = Path(path).expanduser()
+    if is_hf_folder(path):
+        return path
     if path.is_dir():
         for name in ("best.ckpt", "last.ckpt"):
             if (path / "checkpoints" / name).is_file():
@@ -38,11 +41,24 @@ def resolve_checkpoint(path: str | Path, field: str = "ckpt") -> Path:
     return path
 
 
+def is_hf_folder(path: str | Path) -> bool:
+    """A folder with a Hugging Face config.json and no lmlab checkpoints/ (a run directory has those)."""
+    path = Path(path).expanduser()
+    return (path / "config.json").is_file() and not (path / "checkpoints").is_dir()
+
+
 def check_checkpoint(path: str | Path, field: str = "ckpt") -> None:
     """That ``path`` names a checkpoint lmlab can load (its entries read safely, its weights not): a config's
     rules call this before any work."""
     if str(path).endswith(SAFETENSORS):
         read_quantized_header(path, field)
+    elif is_hf_folder(path):
+        from lmlab.models.pretrained import pretrained_architecture
+
+        try:
+            pretrained_architecture(path)
+        except InputError as e:
+            raise CheckpointError(field, path, str(e)) from None
     else:
         read_checkpoint(resolve_checkpoint(path, field), field=field, mmap=True)
 
@@ -82,9 +98,18 @@ def _corrupt(path, field: str, error: Exception) -> CheckpointError:
 def load_checkpoint(path: str | Path, map_location="cpu", field: str = "ckpt"):
     """(model in eval mode, tokenizer, raw checkpoint dict) from a checkpoint file or run directory.
 
-    A ``.safetensors`` file is a quantized checkpoint (``lmlab quantize``); its dict is the header metadata."""
+    A ``.safetensors`` file is a quantized checkpoint (``lmlab quantize``); its dict is the header metadata.
+    A Hugging Face folder of a Llama or GPT-2 model (config.json, no checkpoints/) becomes lmlab's own GPT
+    (:func:`lmlab.models.pretrained.import_hf`); its dict holds the folder's config.json."""
     if str(path).endswith(SAFETENSORS):
         return load_quantized(path, field)
+    if is_hf_folder(path):
+        from lmlab.models.pretrained import import_hf
+
+        try:
+            return import_hf(path)
+        except InputError as e:
+            raise CheckpointError(field, path, str(e)) from None
     path = resolve_checkpoint(path, field)
     ckpt = read_checkpoint(path, map_location, field)
     if not isinstance(ckpt.get("lmlab"), dict) or "state_dict" not in ckpt:

@@ -29,7 +29,7 @@ from lmlab.cli import build, compose
 from lmlab.cli.user_errors import one_line_errors
 from lmlab.config import check_group
 from lmlab.config.nodes import check_node, check_options
-from lmlab.config.rules import check_block_fits_context, lightning_trainer, world_size
+from lmlab.config.rules import check_block_fits_context, lightning_trainer, model_context, world_size
 from lmlab.cost import (
     CostProjection,
     format_quantity,
@@ -50,7 +50,7 @@ def check_config(cfg: DictConfig) -> None:
     check_node(OmegaConf.to_container(cfg.trainer, resolve=True), "trainer", "trainer", narrowed=lightning_trainer)
     data = {field: cfg.data.get(field) for field in ("batch_size", "block_size")}
     check_options(BatchShape, data, "data")
-    check_block_fits_context(model, data["block_size"])
+    check_block_fits_context(model_context(model), data["block_size"])
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""`lmlab <command> [args]`: train, generate, report, cost, quantize, mup."""
+"""`lmlab <command> [args]`: train, generate, report, cost, quantize, mup, export, eval."""
 
 import importlib
 import sys
@@ -12,7 +12,10 @@ COMMANDS = {
     "cost": "FLOPs, device-hours and money for a config, from measured throughput",
     "quantize": "int8/int4 weight-only checkpoint of a run, with a before/after table",
     "mup": "μP coordinate check: activations against width, standard vs mup (mup coord-check ...)",
+    "export": "a run as a Hugging Face folder (transformers, vLLM, TGI, lm-eval load it)",
+    "eval": "lm-evaluation-harness on an exported run; perplexity next to lmlab's own",
 }
+NO_CONF = ("report", "export")  # commands that read no config from conf/
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"usage: lmlab <command> [args]\n\ncommands:\n{lines}")
         raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
     command, rest = argv[0], argv[1:]
-    if command != "report":  # the others compose configs from conf/
+    if command not in NO_CONF:  # the others compose configs from conf/
         require_conf_dir()
     module = importlib.import_module(f"lmlab.cli.{command}")
     if command in ("train", "generate"):  # Hydra apps read sys.argv

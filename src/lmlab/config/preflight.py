@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 
 from lmlab.arguments import unknown_key
-from lmlab.config.resources import check_training_memory
+from lmlab.config.resources import check_training_memory, vocab_size_of
+from lmlab.config.rules import check_block_fits_context
 from lmlab.errors import ArgumentError, InputError, under
 
 if TYPE_CHECKING:  # Lightning is the caller's: this module only reads the objects it built
@@ -36,6 +37,8 @@ def check_run(model: nn.Module, datamodule: L.LightningDataModule, loss: nn.Modu
     of the checkpoint a run resumes from and its contents (its ``lmlab`` entry read, its weights not)."""
     with under("data"):
         datamodule.check_inputs()
+    check_tokenizer_fits(model, datamodule)
+    check_block_fits_context(model.max_seq_len, datamodule.block_size)  # the built model's: init_from's folder fixes it
     sharded = trainer.num_devices if "FSDP" in type(trainer.strategy).__name__ else 1
     check_training_memory(model, datamodule.batch_size, datamodule.block_size, trainer.strategy.root_device,
                           sharded)
@@ -46,6 +49,17 @@ def check_run(model: nn.Module, datamodule: L.LightningDataModule, loss: nn.Modu
         if hasattr(callback, "check_fit"):
             with under(f"callbacks.{name}"):
                 callback.check_fit(trainer, model, datamodule)
+
+
+def check_tokenizer_fits(model: nn.Module, datamodule: L.LightningDataModule) -> None:
+    """A pretrained tokenizer (``data.tokenizer_from``) gives ids the model's embedding must index."""
+    if getattr(datamodule, "tokenizer_from", None) is None:
+        return
+    n_ids, vocab = len(datamodule.prepare_tokenizer()), vocab_size_of(model)
+    if n_ids > vocab:
+        raise InputError(f"data.tokenizer_from={datamodule.tokenizer_from}: its tokenizer has {n_ids} ids, more "
+                         f"than model.vocab_size={vocab}; set data.vocab_size (model.vocab_size follows it) to at "
+                         f"least {n_ids}, or model.init_from to the same folder")
 
 
 def materialize(model: nn.Module, device: torch.device | str = "cpu") -> nn.Module:

@@ -22,7 +22,7 @@ LOGIT_BYTES = 4 * 2  # fp32 logits and their gradient
 def training_memory(model: nn.Module, batch_size: int, block_size: int) -> tuple[int, int]:
     """(parameters, bytes) of the lower-bound estimate in the module docstring."""
     n_params = sum(p.numel() for p in model.parameters())
-    vocab = _vocab_size(model)
+    vocab = vocab_size_of(model)
     return n_params, n_params * BYTES_PER_PARAM + batch_size * block_size * vocab * LOGIT_BYTES
 
 
@@ -52,15 +52,15 @@ def check_training_memory(model: nn.Module, batch_size: int, block_size: int, de
         return
     logits = needed - params_bytes // sharded_over
     raise InputError(
-        f"model: {n_params / 1e9:.2f}B parameters (model.*, data.vocab_size={_vocab_size(model)}) do not fit: "
+        f"model: {n_params / 1e9:.2f}B parameters (model.*, data.vocab_size={vocab_size_of(model)}) do not fit: "
         f"training needs at least {needed / 1e9:.1f} GB ({BYTES_PER_PARAM} bytes per parameter for weights, "
         f"gradients and Adam state, plus {logits / 1e9:.1f} GB for one batch of logits, data.batch_size x "
-        f"data.block_size x vocabulary x 8 bytes = {batch_size} x {block_size} x {_vocab_size(model)} x 8), more "
+        f"data.block_size x vocabulary x 8 bytes = {batch_size} x {block_size} x {vocab_size_of(model)} x 8), more "
         f"than the {available[0] / 1e9:.1f} GB of {available[1]}; use a smaller model, data.vocab_size or "
         "data.batch_size")
 
 
-def _vocab_size(model: nn.Module) -> int:
+def vocab_size_of(model: nn.Module) -> int:
     config = getattr(model, "config", None)
     vocab = getattr(config, "vocab_size", None)
     if vocab is None:

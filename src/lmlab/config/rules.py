@@ -157,12 +157,15 @@ def check_across_groups(cfg: dict, checked: dict, multirun: bool) -> None:
             raise InputError("trainer.strategy=ddp re-executes the command line, which would re-run the whole "
                              "multirun; use trainer=ddp_spawn in sweeps (or a SLURM launcher, "
                              "hydra/launcher=slurm_gpu, whose srun starts the ranks)")
+    if model.get("init_from") is not None and data.get("tokenizer_from") is None:
+        raise InputError(f"model.init_from={model.get('init_from')}: the pretrained weights index the folder's "
+                         "tokenizer, not a BPE trained on this corpus; set data.tokenizer_from to the same folder")
     vocab = model.get("vocab_size")
-    if vocab is not None and vocab < data.get("vocab_size"):
+    if vocab is not None and data.get("tokenizer_from") is None and vocab < data.get("vocab_size"):
         raise InputError(f"model.vocab_size={vocab}: must be at least data.vocab_size={data.get('vocab_size')} "
                          "(the tokenizer's ids index the model's embedding)")
-    check_block_fits_context(model, data.get("block_size"))
     context = model_context(model)
+    check_block_fits_context(context, data.get("block_size"))
     samples = cfg["samples"]
     prompt = min(SAMPLE_PROMPT_TOKENS, data.get("block_size"))
     if context is not None and samples["num_prompts"] and prompt + samples["max_new_tokens"] > context:
@@ -182,8 +185,7 @@ def model_context(model: Checked) -> int | None:
     return model.get("max_position_embeddings") or model.get("n_positions") or model.get("block_size")
 
 
-def check_block_fits_context(model: Checked, block_size: int) -> None:
-    context = model_context(model)
+def check_block_fits_context(context: int | None, block_size: int) -> None:
     if context is not None and block_size > context:
         raise InputError(f"data.block_size={block_size}: must be at most the model's context ({context}: "
                          "model.block_size or model.max_position_embeddings)")

@@ -33,7 +33,9 @@ class CorpusDataModule(L.LightningDataModule):
     """What lmlab's DataModules share: a corpus, its cached tokenizer, batch settings checked before any
     work, and a training order that resumes mid-epoch. ``seed`` fixes the order of training batches;
     ``split_seed`` fixes which documents are held out, and is separate so runs with different seeds are
-    compared on the same validation documents."""
+    compared on the same validation documents. ``tokenizer_from``: a Hugging Face folder (a pretrained model's,
+    as ``model.init_from``) whose tokenizer encodes the corpus instead of a BPE trained on it; ``vocab_size``
+    is then not used (the tokenizer fixes the ids)."""
 
     @checked
     def __init__(
@@ -48,6 +50,7 @@ class CorpusDataModule(L.LightningDataModule):
         seed: int = 1234,
         split_seed: int = 0,
         global_batch_size: PositiveInt | None = None,
+        tokenizer_from: str | None = None,
     ):
         super().__init__()
         self.corpus = corpus
@@ -61,12 +64,17 @@ class CorpusDataModule(L.LightningDataModule):
         self.cache_dir = Path(os.path.expanduser(cache_dir))
         self.seed = seed
         self.split_seed = split_seed
+        self.tokenizer_from = tokenizer_from
         self._tokenizer: PreTrainedTokenizerFast | None = None
 
     def check_inputs(self) -> None:
         """What can be refused before any preparation (cheap: file sizes, one read of each file): unusable
         files, a vocabulary larger than the corpus can give, a corpus too small for one batch. Files were
         checked already when their tokenizer is cached (its key covers every file's size and time)."""
+        if self.tokenizer_from is not None:
+            self._pretrained_tokenizer()  # a folder without a usable tokenizer fails here, before any work
+            self.corpus.check()
+            return
         size = self.corpus.size()
         if size is not None:
             n_bytes, n_documents = size
@@ -86,8 +94,27 @@ class CorpusDataModule(L.LightningDataModule):
     def _check_size_estimate(self, n_bytes: int, n_documents: int) -> None:
         """Subclasses refuse a corpus whose size in bytes already shows it too small (exact check after encoding)."""
 
+    def prepare_tokenizer(self) -> PreTrainedTokenizerFast:
+        """The tokenizer of ``tokenizer_from``, or the corpus's BPE (trained and cached unless cached already)."""
+        if self.tokenizer_from is not None:
+            return self._pretrained_tokenizer()
+        return cached_tokenizer(self.corpus, self.vocab_size, self.cache_dir)
+
+    def _pretrained_tokenizer(self) -> PreTrainedTokenizerFast:
+        from lmlab.models.pretrained import read_tokenizer
+
+        tokenizer = read_tokenizer(self.tokenizer_from)
+        if tokenizer is None or tokenizer.eos_token_id is None:
+            what = "no tokenizer files" if tokenizer is None else "a tokenizer without an EOS token"
+            raise ArgumentError("tokenizer_from", self.tokenizer_from,
+                                f"has {what}; documents are packed with EOS between them")
+        return tokenizer
+
     def load_tokenizer(self) -> PreTrainedTokenizerFast:
-        """The cached tokenizer; works in any process once ``prepare_data`` has run on this node."""
+        """The cached tokenizer (or ``tokenizer_from``'s); works in any process once ``prepare_data`` has run on
+        this node."""
+        if self.tokenizer_from is not None:
+            return self._pretrained_tokenizer()
         folder = tokenizer_cache_dir(self.corpus, self.vocab_size, self.cache_dir)
         if not folder.is_dir():
             raise RuntimeError(f"no tokenizer cached at {folder}; call prepare_data() first")
@@ -150,7 +177,7 @@ class LMDataModule(CorpusDataModule):
 
     def prepare_data(self) -> None:
         """Train the tokenizer and encode the corpus, unless both are cached already."""
-        self._tokenizer = cached_tokenizer(self.corpus, self.vocab_size, self.cache_dir)
+        self._tokenizer = self.prepare_tokenizer()
         pack_corpus(self.corpus, self._tokenizer, self.cache_dir, self.val_fraction, self.split_seed)
 
     def setup(self, stage: str | None = None) -> None:

@@ -33,7 +33,7 @@ from lmlab.data.cache import cache_key
 from lmlab.data.corpus import Corpus
 from lmlab.data.datamodule import CorpusDataModule
 from lmlab.data.packing import split_documents, token_dtype
-from lmlab.data.tokenizer import cached_tokenizer, tokenizer_fingerprint
+from lmlab.data.tokenizer import tokenizer_fingerprint
 from lmlab.errors import ArgumentError
 
 if TYPE_CHECKING:  # transformers is imported where a tokenizer is made (lmlab.data.tokenizer)
@@ -229,7 +229,7 @@ class CodePairsDataModule(CorpusDataModule):
 
     def prepare_data(self) -> None:
         """Train (or load) the corpus tokenizer, then extract and encode the pairs unless cached."""
-        self._tokenizer = cached_tokenizer(self.corpus, self.vocab_size, self.cache_dir)
+        self._tokenizer = self.prepare_tokenizer()
         folder = self._pairs_folder()
         if not folder.is_dir():
             log.info("extracting docstring/code pairs from %r into %s", self.corpus, folder)

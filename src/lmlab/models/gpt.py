@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Annotated, Literal
 
 import annotated_types as at
@@ -18,8 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmlab.arguments import Positive, PositiveInt, check_arguments
-from lmlab.errors import ArgumentError
+from lmlab.arguments import Positive, PositiveInt, check_arguments, run_rules
+from lmlab.errors import ArgumentError, InputError
 from lmlab.models.activations import Activation, ActivationName
 from lmlab.models.cache import KVCache
 from lmlab.models.mup import apply_mup_init, attention_scale, mup_rules, readout_multiplier
@@ -59,6 +60,7 @@ class GPTConfig:
     position: Literal["learned", "rope"] = "learned"
     rope_theta: Positive = 10000.0
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    norm_eps: Positive | None = None  # None: 1e-5 for LayerNorm (torch's default), 1e-6 for RMSNorm
     mlp: Literal["standard", "swiglu"] = "standard"
     activation: ActivationName = "gelu"
     tie_embeddings: bool = True
@@ -75,10 +77,26 @@ class GPTConfig:
         self.n_kv_head = self.n_kv_head or self.n_head
 
 
+DEFAULT_NORM_EPS = {"layernorm": 1e-5, "rmsnorm": 1e-6}
+
+
+def norm_eps(config: GPTConfig) -> float:
+    return DEFAULT_NORM_EPS[config.norm] if config.norm_eps is None else config.norm_eps
+
+
 def _norm(config: GPTConfig) -> nn.Module:
     if config.norm == "rmsnorm":
-        return nn.RMSNorm(config.n_embd, eps=1e-6)
-    return nn.LayerNorm(config.n_embd, bias=config.bias)
+        return nn.RMSNorm(config.n_embd, eps=norm_eps(config))
+    return nn.LayerNorm(config.n_embd, eps=norm_eps(config), bias=config.bias)
+
+
+def mlp_hidden_size(config: GPTConfig) -> int:
+    """The MLP's hidden width: ``mlp_ratio * n_embd``; a SwiGLU MLP takes 2/3 of it (rounded up to a multiple
+    of 256 from 384 on), which keeps the parameter count of the ungated MLP, as Llama does."""
+    hidden = int(config.mlp_ratio * config.n_embd)
+    if config.mlp != "swiglu":
+        return hidden
+    return 256 * math.ceil(2 * hidden / 3 / 256) if hidden >= 384 else int(2 * hidden / 3)
 
 
 def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,10 +149,9 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        hidden = int(config.mlp_ratio * config.n_embd)
+        hidden = mlp_hidden_size(config)
         self.gated = config.mlp == "swiglu"
-        if self.gated:  # keep the parameter count of a 4x MLP, as Llama does
-            hidden = 256 * math.ceil(2 * hidden / 3 / 256) if hidden >= 384 else int(2 * hidden / 3)
+        if self.gated:
             self.gate = nn.Linear(config.n_embd, hidden, bias=config.bias)
         self.up = nn.Linear(config.n_embd, hidden, bias=config.bias)
         self.down = nn.Linear(hidden, config.n_embd, bias=config.bias)
@@ -158,16 +175,44 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
+def gpt_rules(init_from: str | None, **fields) -> None:
+    """The architecture's rules; a pretrained folder must hold a model lmlab's GPT computes (its config.json
+    read, cheap, before any work): its architecture is then the one checked."""
+    if init_from is not None:
+        from lmlab.models.pretrained import pretrained_architecture
+
+        try:
+            fields = {**fields, **pretrained_architecture(init_from)}
+        except InputError as e:
+            raise ArgumentError("init_from", Path(init_from), str(e)) from None
+    run_rules(GPTConfig, fields)
+
+
 class GPT(nn.Module):
-    """Decoder-only transformer. ``GPT(**fields)`` takes the fields of :class:`GPTConfig`: its signature,
-    defaults and checks are GPT's."""
+    """Decoder-only transformer. ``GPT(**fields)`` takes the fields of :class:`GPTConfig` (its signature,
+    defaults and checks are GPT's), and ``init_from``.
 
-    __signature__ = inspect.signature(GPTConfig)
-    argument_rules = staticmethod(architecture_rules)
+    ``init_from``: a Hugging Face folder of a Llama or GPT-2 model (``lmlab export`` writes one). Its
+    config.json fixes the architecture and its weights initialise the model. The folder wins over the
+    architecture fields given with it (one warning lists those that differ): weights fit no other architecture;
+    ``dropout``, which the weights do not fix, stays the caller's. The model trains and decodes with the
+    folder's tokenizer (a data module's ``tokenizer_from``). Checkpoints store the resulting architecture, not
+    the folder: they rebuild without it.
+    """
 
-    def __init__(self, **fields):
+    __signature__ = inspect.signature(GPTConfig).replace(parameters=[
+        inspect.Parameter("init_from", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="str | None"),
+        *(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in inspect.signature(GPTConfig).parameters.values())])
+    argument_rules = staticmethod(gpt_rules)
+
+    def __init__(self, init_from: str | None = None, **fields):
         super().__init__()
+        if init_from is not None:
+            from lmlab.models.pretrained import with_pretrained_architecture
+
+            fields = with_pretrained_architecture(init_from, fields)
         self.config = config = GPTConfig(**fields)
+        self.init_from = init_from
         device = torch.get_default_device()  # meta inside `with torch.device("meta")`: shapes only
         with torch.device("meta"):  # the layers' own initialisation would draw weights init_weights redraws
             self.wte = nn.Embedding(config.vocab_size, config.n_embd)
@@ -183,9 +228,9 @@ class GPT(nn.Module):
     @torch.no_grad()
     def init_weights(self) -> None:
         """GPT-2's initialisation: N(0, 0.02) weights, zero biases, unit norms, residual projections scaled
-        by 1/sqrt(2 n_layer); under μP, hidden matrices then rescaled (lmlab.models.mup). The only random draw
-        of a new model, so one built on the meta device and given memory later (``to_empty``, then this) gets
-        the same weights for the same seed."""
+        by 1/sqrt(2 n_layer); under μP, hidden matrices then rescaled (lmlab.models.mup); with ``init_from``,
+        the folder's weights. The only random draw of a new model, so one built on the meta device and given
+        memory later (``to_empty``, then this) gets the same weights for the same seed."""
         if self.config.tie_embeddings:  # (again after to_empty, which gives each module its own tensor)
             self.lm_head.weight = self.wte.weight
         self.apply(self._init_module)
@@ -196,6 +241,10 @@ class GPT(nn.Module):
             apply_mup_init(self)
         if self.config.readout_zero_init:
             nn.init.zeros_(self.lm_head.weight)
+        if self.init_from is not None and not self.wte.weight.is_meta:
+            from lmlab.models.pretrained import load_pretrained_weights
+
+            load_pretrained_weights(self, self.init_from)
 
     @staticmethod
     def _init_module(module: nn.Module) -> None:

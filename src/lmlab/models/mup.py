@@ -35,7 +35,7 @@ The residual projections keep their depth factor 1/sqrt(2 n_layer) (depth is not
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -130,3 +130,24 @@ def apply_mup_init(model: nn.Module) -> None:
     for p, role in parameter_roles(model).values():
         if role.kind == "hidden":
             p.mul_(1.0 / math.sqrt(role.fan_in))
+
+
+def as_standard(state: dict[str, torch.Tensor], config) -> tuple[dict[str, torch.Tensor], object]:
+    """The weights and config of a standard-parametrization GPT computing what this μP one computes (any other
+    model is returned as it is): the logits' 1/m folded into ``lm_head`` (untied from the embedding, which keeps
+    its own scale) and the attention scale into the query rows (q.k * s = (q * s sqrt(d)) . k / sqrt(d); RoPE is
+    linear, so the rotation commutes). What other tools run is the standard forward (lmlab.export)."""
+    if config.parametrization != "mup":
+        return state, config
+    state, changes = dict(state), {"parametrization": "standard", "readout_zero_init": False}
+    multiplier = readout_multiplier(config)
+    if multiplier != 1.0:
+        state["lm_head.weight"] = state["lm_head.weight"] * multiplier
+        changes["tie_embeddings"] = False
+    query_factor = attention_scale(config) * math.sqrt(config.n_embd // config.n_head)
+    if query_factor != 1.0:
+        for name in [n for n in state if ".attn.qkv." in n]:
+            scaled = state[name].clone()
+            scaled[: config.n_embd] *= query_factor
+            state[name] = scaled
+    return state, replace(config, **changes)
