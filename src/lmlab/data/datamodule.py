@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from lmlab.arguments import checked
+from lmlab.data.audit import Dedup, load_audit
 from lmlab.data.blocks import TokenBlocks
 from lmlab.data.corpus import Corpus
 from lmlab.data.packing import PackedCorpus, pack_corpus, packed_cache_dir
@@ -152,7 +154,13 @@ class LMDataModule(CorpusDataModule):
     """Language-model data: blocks of ``block_size + 1`` tokens from a corpus, split by document.
 
     Batches are LongTensors ``x`` of shape ``[batch_size, block_size + 1]``: inputs ``x[:, :-1]``, targets
-    ``x[:, 1:]``. Arguments as :class:`CorpusDataModule`.
+    ``x[:, 1:]``. ``kwargs``: :class:`CorpusDataModule`'s.
+
+    ``dedup``: ``exact`` (default) removes all but one document of each group with the same normalised text
+    before the split, ``near`` also of each cluster of near duplicates (Jaccard >= 0.8 over 5-word shingles),
+    ``none`` keeps every document. ``decontaminate`` (default true) moves validation documents that share a
+    13-gram of words with training to training, so validation loss is measured on text the model has not seen.
+    What both did is in :meth:`audit` (:mod:`lmlab.data.audit`).
     """
 
     # set by setup()
@@ -160,17 +168,32 @@ class LMDataModule(CorpusDataModule):
     train_blocks: TokenBlocks | None = None
     val_blocks: TokenBlocks | None = None
 
+    @checked
+    def __init__(self, corpus: Corpus, dedup: Dedup = "exact", decontaminate: bool = True, **kwargs):
+        super().__init__(corpus, **kwargs)
+        self.dedup = dedup
+        self.decontaminate = decontaminate
+
+    def _packed_folder(self) -> Path:
+        return packed_cache_dir(self.corpus, self.tokenizer, self.cache_dir, self.val_fraction, self.split_seed,
+                                self.dedup, self.decontaminate)
+
     def prepare_data(self) -> None:
         """Train the tokenizer and encode the corpus, unless both are cached already."""
         self._tokenizer = cached_tokenizer(self.corpus, self.vocab_size, self.cache_dir)
-        pack_corpus(self.corpus, self._tokenizer, self.cache_dir, self.val_fraction, self.split_seed)
+        pack_corpus(self.corpus, self._tokenizer, self.cache_dir, self.val_fraction, self.split_seed, self.dedup,
+                    self.decontaminate)
+
+    def audit(self) -> dict:
+        """The data audit of this corpus and split (duplicates, contamination, quality; :mod:`lmlab.data.audit`),
+        stored with the packed tokens: prepares them when they are not cached yet."""
+        self.prepare_data()
+        return load_audit(self._packed_folder())
 
     def setup(self, stage: str | None = None) -> None:
         if self.packed is not None:
             return
-        folder = packed_cache_dir(
-            self.corpus, self.tokenizer, self.cache_dir, self.val_fraction, self.split_seed
-        )
+        folder = self._packed_folder()
         if not folder.is_dir():
             raise RuntimeError(f"no packed tokens cached at {folder}; call prepare_data() first")
         packed = PackedCorpus.load(folder)
