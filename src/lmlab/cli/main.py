@@ -1,4 +1,4 @@
-"""`lmlab <command> [args]`: train, generate, report, cost, quantize."""
+"""`lmlab <command> [args]`: train, generate, report, cost, quantize, data."""
 
 import importlib
 import sys
@@ -11,6 +11,7 @@ COMMANDS = {
     "report": "HTML report of a run or sweep from its metrics.csv",
     "cost": "FLOPs, device-hours and money for a config, from measured throughput",
     "quantize": "int8/int4 weight-only checkpoint of a run, with a before/after table",
+    "data": "data audit: duplicates, train/validation contamination, quality (lmlab data audit [overrides])",
 }
 
 

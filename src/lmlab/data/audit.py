@@ -31,6 +31,7 @@ import time
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -106,8 +107,8 @@ def audit_documents(
     tokenizer: PreTrainedTokenizerFast,
     val_fraction: float,
     split_seed: int,
-    dedup: Dedup = "exact",
-    decontaminate_val: bool = True,
+    dedup: Dedup,
+    decontaminate_val: bool,
     near_threshold: float = NEAR_THRESHOLD,
 ) -> tuple[dict, Selection]:
     """The audit (a JSON-ready dict) of ``documents`` (id, text) with ``lengths`` tokens each (EOS included),
@@ -168,9 +169,54 @@ def _covered_token_count(texts, words, flagged, covered_words, tokenizer) -> int
                for d, e in zip(flagged, encodings, strict=True))
 
 
-def save_audit(report: dict, folder) -> None:
+def save_audit(report: dict, folder: Path) -> None:
     (folder / AUDIT_FILE).write_text(json.dumps(report, indent=1))
 
 
-def load_audit(folder) -> dict:
+def load_audit(folder: Path) -> dict:
     return json.loads((folder / AUDIT_FILE).read_text())
+
+
+def _removable(groups: list[list]) -> int:
+    return sum(len(g) - 1 for g in groups)
+
+
+def summary_line(report: dict) -> str:
+    """The audit in one console line."""
+    split, quality = report["split"], report["quality"]
+    failing = ", ".join(f"{rule} {count}" for rule, count in quality.items() if count) or "none"
+    return (f"data audit: {report['documents']} documents; exact duplicates {len(report['exact_duplicates'])} groups "
+            f"({_removable(report['exact_duplicates'])} copies), near duplicates {len(report['near_duplicates'])} "
+            f"clusters ({_removable(report['near_duplicates'])} copies); dedup={report['settings']['dedup']} dropped "
+            f"{len(report['dropped'])}; split {len(split['train'])} train / {len(split['val'])} val documents, "
+            f"{len(report['decontaminated'])} moved to train; {len(report['val_overlap'])} val documents share a "
+            f"{NGRAM_WORDS}-gram with train ({report['val_overlap_token_fraction']:.1%} of val tokens); "
+            f"Gopher rules failed: {failing}")
+
+
+def summary_table(report: dict):
+    """The audit as a ``rich`` table: one row per finding, with its count and what it means."""
+    from rich.table import Table
+
+    settings, split, tokens = report["settings"], report["split"], report["split_tokens"]
+    table = Table(title=f"data audit: {report['documents']} documents, {report['tokens']:,} tokens")
+    for column, justify in (("finding", "left"), ("count", "right"), ("rule", "left")):
+        table.add_column(column, justify=justify)
+    rows = [
+        ("exact duplicate groups", len(report["exact_duplicates"]),
+         f"same text after NFC and whitespace collapsing ({_removable(report['exact_duplicates'])} copies)"),
+        ("near duplicate clusters", len(report["near_duplicates"]),
+         f"Jaccard >= {settings['near_threshold']} over {settings['shingle_words']}-word shingles "
+         f"({_removable(report['near_duplicates'])} copies)"),
+        ("dropped before the split", len(report["dropped"]), f"dedup={settings['dedup']}"),
+        ("train documents", len(split["train"]), f"{sum(tokens['train']):,} tokens"),
+        ("val documents", len(split["val"]), f"{sum(tokens['val']):,} tokens (val_fraction="
+                                              f"{settings['val_fraction']}, split_seed={settings['split_seed']})"),
+        ("moved from val to train", len(report["decontaminated"]), f"decontaminate={str(settings['decontaminate']).lower()}"),
+        ("val documents overlapping train", len(report["val_overlap"]),
+         f"share a {settings['overlap_words']}-gram of words: {report['val_overlap_token_fraction']:.2%} of val tokens"),
+    ]
+    rows += [(f"Gopher: {rule}", count, report["quality_rules"][rule]) for rule, count in report["quality"].items()]
+    for finding, count, rule in rows:
+        table.add_row(finding, str(count), rule)
+    return table
