@@ -41,6 +41,7 @@ def audit_config(overrides: list[str]) -> dict:
     if not isinstance(datamodule, LMDataModule):
         raise InputError(f"data._target_={cfg.data._target_}: the audit describes the language-model split of "
                          "lmlab.data.LMDataModule (data=stdlib_code, text_files or hf_dataset)")
+    datamodule.corpus.check()  # unusable files first: an audit of a binary corpus names them
     datamodule.check_inputs()
     return datamodule.audit()
 

@@ -132,7 +132,7 @@ def _write_packed(
         n_tokens=int(ends[-1]),
         val_start=int(val_start),
         eos_id=int(eos_id),
-        n_documents=len(lengths),
+        n_documents=len(order),
         n_val_documents=int(np.sum(ends > val_start)),
     )
     fields = {k: v for k, v in asdict(meta).items() if k != "folder"}
