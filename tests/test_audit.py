@@ -13,7 +13,7 @@ import pytest
 
 from lmlab.cli.main import main
 from lmlab.data import LMDataModule, TextFiles
-from lmlab.data.contamination import WORD, NGRAM_WORDS
+from lmlab.data.contamination import NGRAM_WORDS, WORD
 from lmlab.data.minhash import minhash_signatures
 from lmlab.data.ngrams import shingles, split_words
 from lmlab.data.packing import PackedCorpus

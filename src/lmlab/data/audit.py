@@ -212,9 +212,11 @@ def summary_table(report: dict):
         ("train documents", len(split["train"]), f"{sum(tokens['train']):,} tokens"),
         ("val documents", len(split["val"]), f"{sum(tokens['val']):,} tokens (val_fraction="
                                               f"{settings['val_fraction']}, split_seed={settings['split_seed']})"),
-        ("moved from val to train", len(report["decontaminated"]), f"decontaminate={str(settings['decontaminate']).lower()}"),
+        ("moved from val to train", len(report["decontaminated"]),
+         f"decontaminate={str(settings['decontaminate']).lower()}"),
         ("val documents overlapping train", len(report["val_overlap"]),
-         f"share a {settings['overlap_words']}-gram of words: {report['val_overlap_token_fraction']:.2%} of val tokens"),
+         f"share a {settings['overlap_words']}-gram of words: "
+         f"{report['val_overlap_token_fraction']:.2%} of val tokens"),
     ]
     rows += [(f"Gopher: {rule}", count, report["quality_rules"][rule]) for rule, count in report["quality"].items()]
     for finding, count, rule in rows:
