@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lmlab.arguments import ArgumentError
 from lmlab.cli.main import main
 from lmlab.data import LMDataModule, TextFiles
 from lmlab.data.contamination import NGRAM_WORDS, WORD
@@ -285,3 +286,8 @@ def test_cli_bad_corpus_is_one_line(tmp_path, kind, capsys):
     lines = stderr.strip().splitlines()
     named = corpus / "a.txt" if kind == "binary" else corpus
     assert len(lines) == 1 and str(named) in lines[0] and ("binary" if kind == "binary" else "empty") in lines[0]
+
+
+def test_dedup_is_checked_by_its_annotation(planted):
+    with pytest.raises(ArgumentError, match="dedup='fuzzy': must be one of 'none', 'exact', 'near'"):
+        LMDataModule(TextFiles(str(planted["folder"])), dedup="fuzzy")
