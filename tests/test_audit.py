@@ -291,3 +291,16 @@ def test_cli_bad_corpus_is_one_line(tmp_path, kind, capsys):
 def test_dedup_is_checked_by_its_annotation(planted):
     with pytest.raises(ArgumentError, match="dedup='fuzzy': must be one of 'none', 'exact', 'near'"):
         LMDataModule(TextFiles(str(planted["folder"])), dedup="fuzzy")
+
+
+def test_decontaminate_refuses_to_empty_validation(tmp_path):
+    """Every file starts with the same licence header: all validation documents overlap training."""
+    rng = np.random.default_rng(3)
+    header = "# Copyright (C) 2001 Example Software Foundation. Licensed under the same terms as the rest.\n"
+    for i in range(8):
+        (tmp_path / f"f{i}.py").write_text(header + " ".join(f"w{j}" for j in rng.integers(0, 500, 300)))
+    dm = LMDataModule(TextFiles(str(tmp_path)), vocab_size=300, val_fraction=0.25, decontaminate=True,
+                      cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ArgumentError, match=r"decontaminate=true: every one of the 2 validation documents .* "
+                                            r"larger val_fraction=0.25 or decontaminate=false"):
+        dm.prepare_data()

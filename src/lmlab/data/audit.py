@@ -36,11 +36,11 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from lmlab.arguments import ArgumentError
 from lmlab.data.contamination import NGRAM_WORDS, covered_tokens, decontaminate, overlaps
 from lmlab.data.minhash import components, similar_pairs
 from lmlab.data.ngrams import shingles, split_words
 from lmlab.data.quality import RULES, quality_failures
-from lmlab.errors import InputError
 
 if TYPE_CHECKING:  # transformers is imported where a tokenizer is made (lmlab.data.tokenizer)
     from transformers import PreTrainedTokenizerFast
@@ -128,10 +128,10 @@ def audit_documents(
     if decontaminate_val and not one_document:
         moved = decontaminate(words, train, val)
         if len(moved) == len(val):
-            raise InputError(
-                f"decontaminate=true: every one of the {len(val)} validation documents shares a {NGRAM_WORDS}-gram "
-                "with training (directly or through another), so none is left to validate on; use a larger "
-                "val_fraction or decontaminate=false")
+            raise ArgumentError(
+                "decontaminate", True, f"every one of the {len(val)} validation documents shares a {NGRAM_WORDS}-gram "
+                "with training (directly or through another), so none would be left to validate on; use a larger "
+                "{val_fraction} or decontaminate=false", val_fraction=val_fraction)
         train = np.concatenate([train, np.array(moved, dtype=np.int64)])
         val = val[~np.isin(val, moved)]
         val_start = int(lengths[train].sum())
