@@ -61,3 +61,9 @@ def test_optim_step_smoke(benchmark):
     out = benchmark("optim_step").main(["--smoke"])
     assert {"torch_adamw_foreach", "lmlab_adamw", "lmlab_adamw_skip_flag", "lmlab_adam"} <= set(out["ms_per_step"])
     assert all(ms > 0 for ms in out["ms_per_step"].values()) and out["ratio_to_torch_adamw_foreach"]["lmlab_adamw"] > 0
+
+
+def test_data_audit_smoke(benchmark):
+    out = benchmark("data_audit").main(["--smoke"])
+    assert out["signatures_per_s"]["lmlab_numpy"] > 0 and out["lmlab_lsh_recall_at_0.8"] >= 0.95
+    assert all(error < 0.06 for error in out["mean_abs_jaccard_error"].values())

@@ -118,6 +118,7 @@ BAD_CONFIG = {
         (["logger=wandb", "logger.wandb.mode=cloud"], r"logger\.wandb\.mode='cloud': must be one of 'auto'"),
         (["trainer.precision=17"], r"trainer\.precision=17: must be null or one of '32-true'"),
         (["trainer.strategy=dp"], r"trainer\.strategy='dp': not a Lightning strategy; did you mean ddp\?"),
+        (["data.dedup=fuzzy"], r"data\.dedup='fuzzy': must be one of 'none', 'exact', 'near'"),
         (["callbacks.stability.policy=abort"], r"callbacks\.stability\.policy='abort': must be one of 'log'"),
         (["model=hf", "model.architecture=lama"], r"model\.architecture='lama': not a Hugging Face .*llama\?"),
         (["model=hf", "model.pretrained=/nonexistent/model"], r"model\.pretrained=/nonexistent/model: does not exist"),
@@ -129,6 +130,8 @@ BAD_CONFIG = {
         (["+trainer.max_step=4"], r"trainer\.max_step=4: unknown key; did you mean trainer\.max_steps\?"),
         (["+decoding.max_new_tokens=4"], r"decoding\.max_new_tokens=4: unknown key"),
         (["+model.n_layers=2"], r"model\.n_layers=2: unknown key; did you mean model\.n_layer\?"),
+        (["+data.dedupe=near"], r"data\.dedupe='near': unknown key; did you mean data\.dedup\?"),
+        (["loss=contrastive", "+data.vocab_sise=3"], r"data\.vocab_sise=3: unknown key; did you mean data\.vocab_size\?"),
         (["model=hf", "+model.num_hiden_layers=2"], r"model\.num_hiden_layers=2: not a field of the llama config; "
                                                     r"did you mean model\.num_hidden_layers\?"),
     ],

@@ -29,8 +29,8 @@ LAYERS = [
     {"spec"},
     {"quantization"},
     {"checkpoint"},
-    {"decoding", "losses", "optim", "data", "cost", "report", "loggers"},
-    {"compare", "config", "tasks", "coord_check", "export"},
+    {"decoding", "losses", "optim", "data", "cost", "loggers"},
+    {"compare", "config", "tasks", "coord_check", "export", "report"},
     {"callbacks", "checkpoint_io"},
     {"module"},
     {"cli"},
@@ -173,3 +173,14 @@ def test_train_reads_as_compose_check_build_fit_summarize():
     from lmlab.cli.train import train
 
     assert len(inspect.getsource(train).splitlines()) <= 60
+
+
+def test_a_checked_init_taking_kwargs_hands_them_to_its_parent():
+    """What lets lmlab.arguments.parameters read a @checked subclass's ``**kwargs`` as its parent's parameters."""
+    for path in source_files():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and node.name == "__init__" and node.args.kwarg is not None and \
+                    any(ast.unparse(d).startswith("checked") for d in node.decorator_list):
+                source, kwargs = ast.unparse(node), node.args.kwarg.arg
+                assert "super().__init__(" in source and f"**{kwargs})" in source, \
+                    f"{path.relative_to(SRC)}: a @checked __init__(**{kwargs}) must pass them to super().__init__"

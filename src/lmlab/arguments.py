@@ -96,8 +96,21 @@ def parameters(target: Any) -> dict[str, inspect.Parameter]:
     function = inspect.unwrap(target.__init__ if inspect.isclass(target) else target)
     namespace = getattr(function, "__globals__", {})
     receiver = _receiver(signature)
-    return {name: p.replace(annotation=_resolve(p.annotation, namespace))
-            for name, p in signature.parameters.items() if p.kind is not p.VAR_POSITIONAL and name != receiver}
+    params = {name: p.replace(annotation=_resolve(p.annotation, namespace))
+              for name, p in signature.parameters.items() if p.kind is not p.VAR_POSITIONAL and name != receiver}
+    return _with_inherited(target, params) if inspect.isclass(target) else params
+
+
+def _with_inherited(cls: type, params: dict[str, inspect.Parameter]) -> dict[str, inspect.Parameter]:
+    """A ``@checked`` ``__init__(self, own..., **kwargs)`` hands ``kwargs`` to ``super().__init__`` (a rule of
+    this code base, tests/test_layout.py), so the parent's parameters replace ``**kwargs``: an unknown key is
+    refused by the subclass too. Other ``**kwargs`` (other libraries') go anywhere, and stay open."""
+    init = vars(cls).get("__init__")
+    if not hasattr(init, "argument_rules") or not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return params
+    parent = next(base for base in cls.__mro__[1:] if "__init__" in vars(base))
+    own = {name: p for name, p in params.items() if p.kind is not p.VAR_KEYWORD}
+    return {**own, **{name: p for name, p in parameters(parent).items() if name not in own}}
 
 
 def _receiver(signature: inspect.Signature) -> str | None:

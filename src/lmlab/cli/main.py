@@ -1,4 +1,4 @@
-"""`lmlab <command> [args]`: train, generate, report, cost, quantize, mup, export, eval."""
+"""`lmlab <command> [args]`: train, generate, report, cost, quantize, mup, export, eval, data."""
 
 import importlib
 import sys
@@ -14,6 +14,7 @@ COMMANDS = {
     "mup": "μP coordinate check: activations against width, standard vs mup (mup coord-check ...)",
     "export": "a run as a Hugging Face folder (transformers, vLLM, TGI, lm-eval load it)",
     "eval": "lm-evaluation-harness on an exported run; perplexity next to lmlab's own",
+    "data": "data audit: duplicates, train/validation contamination, quality (lmlab data audit [overrides])",
 }
 NO_CONF = ("report", "export")  # commands that read no config from conf/
 

@@ -8,6 +8,7 @@ fail runs before any data is prepared, any weight is drawn or any file is writte
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from lmlab.atomic import atomic_write_text
 from lmlab.callbacks.progress import progress_bar
 from lmlab.checkpoint import read_checkpoint
 from lmlab.checkpoint_io import SafeCheckpointIO
@@ -80,6 +82,7 @@ def train(cfg: DictConfig) -> float | None:
         with under("data"):
             run.datamodule.prepare_data()
             run.datamodule.setup("fit")
+            record_data_audit(run.datamodule, run_dir, run.loggers)
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # encoding is done; DataLoader workers fork
         tokenizer = run.datamodule.load_tokenizer()
         preflight.check_teacher_tokenizer(run.loss, tokenizer)
@@ -149,6 +152,24 @@ def describe_to_wandb(loggers: list, cfg: DictConfig, info: dict) -> None:
     for logger in wandb_loggers(loggers):
         logger.experiment.config.update({**OmegaConf.to_container(cfg, resolve=True), "run": info},
                                         allow_val_change=True)
+
+
+def record_data_audit(datamodule: L.LightningDataModule, run_dir: Path, loggers: list) -> None:
+    """The audit of the split this run trains on (lmlab.data.audit; stored with the packed tokens): one line in
+    the log, data_audit.json in the run directory, its counts in the W&B summary and its table in W&B."""
+    if not hasattr(datamodule, "audit") or rank_zero_only.rank != 0:
+        return
+    from lmlab.data.audit import audit_metrics, summary_line
+
+    report = datamodule.audit()
+    log.info(summary_line(report))
+    atomic_write_text(run_dir / "data_audit.json", json.dumps(report, indent=1))
+    for logger in wandb_loggers(loggers):
+        import wandb
+
+        logger.experiment.summary.update(audit_metrics(report))
+        rows = [[key.removeprefix("data/"), value] for key, value in audit_metrics(report).items()]
+        logger.experiment.log({"data/audit": wandb.Table(columns=["finding", "count"], data=rows)}, commit=False)
 
 
 def build_trainer(cfg: DictConfig, callbacks: list, loggers: list, run_dir: Path) -> L.Trainer:

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lmlab.arguments import Fraction, NonNegativeInt, PositiveInt, checked
+from lmlab.data.audit import Dedup, load_audit
 from lmlab.data.blocks import TokenBlocks
 from lmlab.data.corpus import Corpus
 from lmlab.data.packing import PackedCorpus, pack_corpus, packed_cache_dir
@@ -165,7 +166,14 @@ class LMDataModule(CorpusDataModule):
     """Language-model data: blocks of ``block_size + 1`` tokens from a corpus, split by document.
 
     Batches are LongTensors ``x`` of shape ``[batch_size, block_size + 1]``: inputs ``x[:, :-1]``, targets
-    ``x[:, 1:]``. Arguments as :class:`CorpusDataModule`.
+    ``x[:, 1:]``. ``kwargs``: :class:`CorpusDataModule`'s.
+
+    ``dedup`` (before the split): ``near`` keeps one document of each cluster of near duplicates (Jaccard >= 0.8
+    over 5-word shingles, exact copies included), ``exact`` one of each group of equal normalised texts, ``none``
+    every document. ``decontaminate=true`` moves validation documents that share a 13-gram of words with
+    training to training (off by default: on code, shared licence headers flag half of the stdlib's validation
+    files and can flag all of a small corpus's; the audit reports the overlap every run). What both did, and the
+    rest of the data audit, is :meth:`audit` (:mod:`lmlab.data.audit`).
     """
 
     batches = "blocks"  # what a batch is (lmlab.tasks)
@@ -175,17 +183,32 @@ class LMDataModule(CorpusDataModule):
     train_blocks: TokenBlocks | None = None
     val_blocks: TokenBlocks | None = None
 
+    @checked
+    def __init__(self, corpus: Corpus, dedup: Dedup = "near", decontaminate: bool = False, **kwargs):
+        super().__init__(corpus, **kwargs)
+        self.dedup = dedup
+        self.decontaminate = decontaminate
+
+    def _packed_folder(self) -> Path:
+        return packed_cache_dir(self.corpus, self.tokenizer, self.cache_dir, self.val_fraction, self.split_seed,
+                                self.dedup, self.decontaminate)
+
     def prepare_data(self) -> None:
         """Train the tokenizer and encode the corpus, unless both are cached already."""
         self._tokenizer = self.prepare_tokenizer()
-        pack_corpus(self.corpus, self._tokenizer, self.cache_dir, self.val_fraction, self.split_seed)
+        pack_corpus(self.corpus, self._tokenizer, self.cache_dir, self.val_fraction, self.split_seed, self.dedup,
+                    self.decontaminate)
+
+    def audit(self) -> dict:
+        """The data audit of this corpus and split (duplicates, contamination, quality; :mod:`lmlab.data.audit`),
+        stored with the packed tokens: prepares them when they are not cached yet."""
+        self.prepare_data()
+        return load_audit(self._packed_folder())
 
     def setup(self, stage: str | None = None) -> None:
         if self.packed is not None:
             return
-        folder = packed_cache_dir(
-            self.corpus, self.tokenizer, self.cache_dir, self.val_fraction, self.split_seed
-        )
+        folder = self._packed_folder()
         if not folder.is_dir():
             raise RuntimeError(f"no packed tokens cached at {folder}; call prepare_data() first")
         packed = PackedCorpus.load(folder)

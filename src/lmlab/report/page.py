@@ -99,6 +99,11 @@ def render_html(path: Path, runs: list[Run], pngs: dict[str, bytes], only: list[
             + " · ".join(f"<b>{html.escape(str(k))}</b> {html.escape(str(v))}" for k, v in run_json.items())
             + "</p>"
         )
+    if len(runs) == 1 and (runs[0].path / "data_audit.json").is_file():
+        from lmlab.data.audit import summary_line
+
+        audit = json.loads((runs[0].path / "data_audit.json").read_text())
+        info += f'<p class=info id="data-audit">{html.escape(summary_line(audit))}</p>'
     failed = len(rows) - len(runs)
     kind = (
         "sweep of {} runs{}, ranked by {} ({})".format(
