@@ -131,7 +131,8 @@ BAD_CONFIG = {
         (["+decoding.max_new_tokens=4"], r"decoding\.max_new_tokens=4: unknown key"),
         (["+model.n_layers=2"], r"model\.n_layers=2: unknown key; did you mean model\.n_layer\?"),
         (["+data.dedupe=near"], r"data\.dedupe='near': unknown key; did you mean data\.dedup\?"),
-        (["loss=contrastive", "+data.vocab_sise=3"], r"data\.vocab_sise=3: unknown key; did you mean data\.vocab_size\?"),
+        (["loss=contrastive", "+data.vocab_sise=3"], r"data\.vocab_sise=3: unknown key; did you mean "
+                                                     r"data\.vocab_size\?"),
         (["model=hf", "+model.num_hiden_layers=2"], r"model\.num_hiden_layers=2: not a field of the llama config; "
                                                     r"did you mean model\.num_hidden_layers\?"),
     ],
