@@ -1,4 +1,4 @@
-"""`lmlab <command> [args]`: train, generate, report, cost, quantize."""
+"""`lmlab <command> [args]`: train, generate, report, cost, quantize, scaling."""
 
 import importlib
 import sys
@@ -11,6 +11,7 @@ COMMANDS = {
     "report": "HTML report of a run or sweep from its metrics.csv",
     "cost": "FLOPs, device-hours and money for a config, from measured throughput",
     "quantize": "int8/int4 weight-only checkpoint of a run, with a before/after table",
+    "scaling": "fit scaling laws to a sweep (lmlab scaling fit) and plan a compute-optimal run",
 }
 
 
@@ -21,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"usage: lmlab <command> [args]\n\ncommands:\n{lines}")
         raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
     command, rest = argv[0], argv[1:]
-    if command != "report":  # the others compose configs from conf/
+    if command not in ("report", "scaling"):  # the others compose configs from conf/
         require_conf_dir()
     module = importlib.import_module(f"lmlab.cli.{command}")
     if command in ("train", "generate"):  # Hydra apps read sys.argv
