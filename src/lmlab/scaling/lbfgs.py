@@ -39,47 +39,60 @@ def minimize(objective: Objective, x0: torch.Tensor, max_iter: int = 500, memory
     A problem stops when its largest gradient component is at most ``gtol``, or when an iteration lowers
     its objective by at most ``ftol`` x |f| (relative: the objectives here are sums of tiny Huber terms,
     where an absolute tolerance would stop far from the minimum).
+
+    Runs on one intra-op thread (restored afterwards): the tensors are many and small, and two threads
+    made a 300-point fit 8x slower on an idle 2-core machine.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _minimize(objective, x0, max_iter, memory, gtol, ftol, c1, max_backtracks)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _minimize(objective, x0, max_iter, memory, gtol, ftol, c1, max_backtracks) -> BatchResult:
     x = x0.clone()
     n, p = x.shape
     everyone = torch.arange(n, device=x.device)
     value, grad = objective(x, everyone)
-    s_hist = x.new_zeros(memory, n, p)
-    y_hist = x.new_zeros(memory, n, p)
-    rho = x.new_zeros(memory, n)  # 1 / (s·y); 0 marks an empty slot
-    slot = torch.zeros(n, dtype=torch.long, device=x.device)  # where each problem stores its next pair
-    stored = torch.zeros(n, dtype=torch.long, device=x.device)
+    # the curvature pairs, newest at slot head - 1: every unfinished problem adds one pair per iteration (an
+    # empty one, rho = 0, when it keeps none), and a finished problem never reads its slots again
+    s_hist, y_hist, rho = x.new_zeros(memory, n, p), x.new_zeros(memory, n, p), x.new_zeros(memory, n)
+    gamma = torch.ones_like(value)  # H0 = gamma I, from the newest pair kept
+    fresh = torch.ones_like(value, dtype=torch.bool)  # no pair kept since the start (or a restart)
     iterations = torch.zeros(n, dtype=torch.long, device=x.device)
     converged = grad.abs().amax(1) <= gtol
     active = ~converged
+    head = 0
 
     for _ in range(max_iter):
         rows = active.nonzero().squeeze(1)
         if rows.numel() == 0:
             break
         g = grad[rows]
-        direction = -_inverse_hessian_times(g, s_hist[:, rows], y_hist[:, rows], rho[:, rows], slot[rows])
+        order = [(head - 1 - j) % memory for j in range(memory)]  # newest first
+        pairs = [(s_hist[j, rows], y_hist[j, rows], rho[j, rows]) for j in order]
+        direction = -_two_loop(g, pairs, gamma[rows])
         slope = (g * direction).sum(1)
         uphill = slope >= 0  # cannot happen with a positive definite estimate, but rounding: restart from -g
         if uphill.any():
             direction[uphill] = -g[uphill]
             slope[uphill] = -(g[uphill] ** 2).sum(1)
             rho[:, rows[uphill]] = 0
-            stored[rows[uphill]] = 0
-        first = stored[rows] == 0
-        step = torch.ones_like(slope)
-        step[first] = torch.clamp(1.0 / g[first].abs().sum(1), max=1.0)
+            fresh[rows[uphill]] = True
+        step = torch.where(fresh[rows], torch.clamp(1.0 / g.abs().sum(1), max=1.0), torch.ones_like(slope))
 
         new_x, new_value, new_grad, accepted = _backtrack(objective, x[rows], value[rows], g, slope, direction,
                                                           step, rows, c1, max_backtracks)
-        s, y = new_x - x[rows], new_grad - grad[rows]
+        s, y = new_x - x[rows], new_grad - g
         curvature = (s * y).sum(1)
         keep = accepted & (curvature > 1e-12 * s.norm(dim=1) * y.norm(dim=1))
-        if keep.any():
-            k, at = rows[keep], slot[rows[keep]]
-            s_hist[at, k], y_hist[at, k], rho[at, k] = s[keep], y[keep], 1.0 / curvature[keep]
-            slot[k] = (slot[k] + 1) % memory
-            stored[k] = torch.clamp(stored[k] + 1, max=memory)
+        s_hist[head, rows], y_hist[head, rows] = s, y
+        rho[head, rows] = torch.where(keep, 1.0 / curvature, torch.zeros_like(curvature))
+        gamma[rows] = torch.where(keep, curvature / (y * y).sum(1).clamp_min(1e-300), gamma[rows])
+        fresh[rows] &= ~keep
+        head = (head + 1) % memory
 
         decrease = value[rows] - new_value
         x[rows], value[rows], grad[rows] = new_x, new_value, new_grad
@@ -90,29 +103,19 @@ def minimize(objective: Objective, x0: torch.Tensor, max_iter: int = 500, memory
     return BatchResult(x, value, iterations, converged)
 
 
-def _inverse_hessian_times(g: torch.Tensor, s: torch.Tensor, y: torch.Tensor, rho: torch.Tensor,
-                           slot: torch.Tensor) -> torch.Tensor:
-    """H·g by the two-loop recursion, each row with its own history (s, y [m, k, p], rho [m, k]; empty
-    slots have rho = 0 and contribute nothing); H0 = γI with γ = s·y / y·y of the newest pair."""
-    memory = s.shape[0]
+def _two_loop(g: torch.Tensor, pairs: list, gamma: torch.Tensor) -> torch.Tensor:
+    """H·g by the two-loop recursion over ``pairs`` (s, y, rho), newest first; empty pairs (rho = 0)
+    contribute nothing; H0 = gamma I."""
     q = g.clone()
-    order = [(slot - 1 - j) % memory for j in range(memory)]  # newest first, per row
     alphas = []
-    cols = torch.arange(g.shape[0], device=g.device)
-    for at in order:
-        s_j, y_j, rho_j = s[at, cols], y[at, cols], rho[at, cols]
-        alpha = rho_j * (s_j * q).sum(1)
-        q -= alpha[:, None] * y_j
+    for s, y, rho in pairs:
+        alpha = rho * (s * q).sum(1)
+        q -= alpha[:, None] * y
         alphas.append(alpha)
-    newest = order[0]
-    s_new, y_new, rho_new = s[newest, cols], y[newest, cols], rho[newest, cols]
-    yy = (y_new * y_new).sum(1)
-    gamma = torch.where(rho_new > 0, (s_new * y_new).sum(1) / yy.clamp_min(1e-300), torch.ones_like(yy))
     r = gamma[:, None] * q
-    for at, alpha in zip(reversed(order), reversed(alphas), strict=True):
-        s_j, y_j, rho_j = s[at, cols], y[at, cols], rho[at, cols]
-        beta = rho_j * (y_j * r).sum(1)
-        r += (alpha - beta)[:, None] * s_j
+    for (s, y, rho), alpha in zip(reversed(pairs), reversed(alphas), strict=True):
+        beta = rho * (y * r).sum(1)
+        r += (alpha - beta)[:, None] * s
     return r
 
 
