@@ -51,7 +51,7 @@ def parser() -> argparse.ArgumentParser:
     machine.add_argument("--devices", type=int, default=1, help="devices training together (default 1)")
     fit.add_argument("--predict", metavar="PATH", help="runs (or a CSV) left out of the fit: their measured loss "
                                                        "against the prediction and its interval")
-    fit.add_argument("--resamples", type=int, default=400, help="bootstrap resamples (default 400)")
+    fit.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
     fit.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
     fit.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
     fit.add_argument("--json", metavar="FILE", help="write the result as one JSON object")

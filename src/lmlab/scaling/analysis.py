@@ -59,7 +59,7 @@ def _percentiles(values, level: float) -> tuple[float, float]:
 
 
 @checked
-def run_study(points: Points, huber_delta: Positive = HUBER_DELTA, resamples: PositiveInt = 400,
+def run_study(points: Points, huber_delta: Positive = HUBER_DELTA, resamples: PositiveInt = 1000,
               level: Fraction = 0.95, seed: int = 0) -> Study:
     """Approach 3 from the paper's grid with a seeded bootstrap of ``resamples``, and approach 2."""
     if len(points) < len(PARAMETERS):

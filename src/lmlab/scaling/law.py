@@ -187,7 +187,7 @@ class Bootstrap:
 
 
 @checked
-def bootstrap_law(params, tokens, loss, fit: LawFit, resamples: PositiveInt = 400, level: Fraction = 0.95,
+def bootstrap_law(params, tokens, loss, fit: LawFit, resamples: PositiveInt = 1000, level: Fraction = 0.95,
                   starts_per_resample: PositiveInt = 8, seed: int = 0, huber_delta: Positive = HUBER_DELTA
                   ) -> Bootstrap:
     """Percentile bootstrap: ``resamples`` resamples of the points with replacement (seeded), each refitted

@@ -8,9 +8,11 @@ is that of a few hundred tensor operations instead of a few hundred thousand sma
 stay independent: nothing about one row (history, step, convergence) depends on another, so each row
 follows the iterates L-BFGS would follow for it alone (the tests compare rows with scipy's L-BFGS-B).
 
-The line search is backtracking on the Armijo condition, starting from the unit step (the first
-iteration from a step of at most 1 / ‖g‖₁, as torch.optim.LBFGS does); a pair (s, y) whose curvature
-s·y is not positive is not stored, which keeps the inverse-Hessian estimate positive definite.
+The line search finds a step meeting the strong Wolfe conditions (sufficient decrease c1 = 1e-4, curvature
+c2 = 0.9) by bracketing and zooming with cubic interpolation (Nocedal & Wright, algorithms 3.5-3.6, as
+torch.optim.LBFGS's ``strong_wolfe``), from the unit step (the first iteration from 1 / ‖g‖₁). A pair
+(s, y) whose curvature s·y is not positive is not stored, which keeps the inverse-Hessian estimate positive
+definite.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ class BatchResult:
 
 
 def minimize(objective: Objective, x0: torch.Tensor, max_iter: int = 500, memory: int = 10,
-             gtol: float = 1e-9, ftol: float = 1e-10, c1: float = 1e-4, max_backtracks: int = 40) -> BatchResult:
+             gtol: float = 1e-9, ftol: float = 1e-10, c1: float = 1e-4, c2: float = 0.9,
+             max_line_search: int = 25) -> BatchResult:
     """Minimise every row of ``x0`` [n, p] independently.
 
     A problem stops when its largest gradient component is at most ``gtol``, or when an iteration lowers
@@ -46,12 +49,12 @@ def minimize(objective: Objective, x0: torch.Tensor, max_iter: int = 500, memory
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _minimize(objective, x0, max_iter, memory, gtol, ftol, c1, max_backtracks)
+        return _minimize(objective, x0, max_iter, memory, gtol, ftol, c1, c2, max_line_search)
     finally:
         torch.set_num_threads(threads)
 
 
-def _minimize(objective, x0, max_iter, memory, gtol, ftol, c1, max_backtracks) -> BatchResult:
+def _minimize(objective, x0, max_iter, memory, gtol, ftol, c1, c2, max_line_search) -> BatchResult:
     x = x0.clone()
     n, p = x.shape
     everyone = torch.arange(n, device=x.device)
@@ -83,8 +86,8 @@ def _minimize(objective, x0, max_iter, memory, gtol, ftol, c1, max_backtracks) -
             fresh[rows[uphill]] = True
         step = torch.where(fresh[rows], torch.clamp(1.0 / g.abs().sum(1), max=1.0), torch.ones_like(slope))
 
-        new_x, new_value, new_grad, accepted = _backtrack(objective, x[rows], value[rows], g, slope, direction,
-                                                          step, rows, c1, max_backtracks)
+        new_x, new_value, new_grad, accepted = _strong_wolfe(objective, x[rows], value[rows], g, slope, direction,
+                                                             step, rows, c1, c2, max_line_search)
         s, y = new_x - x[rows], new_grad - g
         curvature = (s * y).sum(1)
         keep = accepted & (curvature > 1e-12 * s.norm(dim=1) * y.norm(dim=1))
@@ -119,22 +122,110 @@ def _two_loop(g: torch.Tensor, pairs: list, gamma: torch.Tensor) -> torch.Tensor
     return r
 
 
-def _backtrack(objective: Objective, x: torch.Tensor, value: torch.Tensor, grad: torch.Tensor, slope: torch.Tensor,
-               direction: torch.Tensor, step: torch.Tensor, rows: torch.Tensor, c1: float, max_backtracks: int):
-    """Per row, the first of step, step/2, step/4 ... that meets the Armijo condition; rows where none
-    does keep their point (accepted = False)."""
-    new_x, new_value, new_grad = x.clone(), value.clone(), grad.clone()
-    accepted = torch.zeros_like(value, dtype=torch.bool)
-    trying = torch.arange(x.shape[0], device=x.device)
-    for _ in range(max_backtracks):
-        trial = x[trying] + step[trying, None] * direction[trying]
-        f, g = objective(trial, rows[trying])
-        ok = f <= value[trying] + c1 * step[trying] * slope[trying]
-        good = trying[ok]
-        new_x[good], new_value[good], new_grad[good] = trial[ok], f[ok], g[ok]
-        accepted[good] = True
-        trying = trying[~ok]
-        if trying.numel() == 0:
+def _cubic_minimum(t1, f1, d1, t2, f2, d2, low, high):
+    """The minimiser of the cubic through (t, f, df/dt) at t1 and t2, clipped to [low, high]; the middle of
+    [low, high] where the cubic has none."""
+    theta = d1 + d2 - 3 * (f1 - f2) / (t1 - t2)
+    square = theta**2 - d1 * d2
+    root = square.clamp(min=0).sqrt()
+    ascending = t1 <= t2
+    at = torch.where(ascending, t2 - (t2 - t1) * ((d2 + root - theta) / (d2 - d1 + 2 * root)),
+                     t1 - (t1 - t2) * ((d1 + root - theta) / (d1 - d2 + 2 * root)))
+    middle = (low + high) / 2
+    return torch.where((square >= 0) & torch.isfinite(at), torch.minimum(torch.maximum(at, low), high), middle)
+
+
+def _strong_wolfe(objective: Objective, x: torch.Tensor, f0: torch.Tensor, g0: torch.Tensor, slope0: torch.Tensor,
+                  direction: torch.Tensor, step: torch.Tensor, rows: torch.Tensor, c1: float, c2: float,
+                  max_evaluations: int, tolerance_change: float = 1e-9):
+    """Per row, a step along ``direction`` meeting the strong Wolfe conditions; returns (x, f, g, accepted)
+    at the best step found (accepted = False where it is no lower than the start)."""
+    k = x.shape[0]
+    scale = direction.abs().amax(1)
+    t = step.clone()
+    prev_t, prev_f, prev_g, prev_slope = torch.zeros_like(t), f0.clone(), g0.clone(), slope0.clone()
+    # the bracket of the zoom phase: "low" has the lower objective
+    low_t, low_f, low_g, low_slope = prev_t.clone(), f0.clone(), g0.clone(), slope0.clone()
+    high_t, high_f, high_g, high_slope = prev_t.clone(), f0.clone(), g0.clone(), slope0.clone()
+    zooming = torch.zeros(k, dtype=torch.bool, device=x.device)
+    searching = torch.ones_like(zooming)
+    stuck = torch.zeros_like(zooming)  # the zoom made too little progress last time
+    out_t, out_f, out_g = torch.zeros_like(t), f0.clone(), g0.clone()
+
+    def finish(mask, t_, f_, g_):
+        out_t[mask], out_f[mask], out_g[mask] = t_[mask], f_[mask], g_[mask]
+        searching[mask] = False
+
+    for evaluation in range(max_evaluations):
+        # the zoom's next trial: cubic between the bracket ends, kept 10% of the bracket from its ends
+        z = searching & zooming
+        if z.any():
+            width = (high_t - low_t).abs()
+            tiny = z & (width * scale < tolerance_change)
+            finish(tiny, low_t, low_f, low_g)
+            z &= ~tiny
+            lo, hi = torch.minimum(low_t, high_t), torch.maximum(low_t, high_t)
+            trial = _cubic_minimum(low_t, low_f, low_slope, high_t, high_f, high_slope, lo, hi)
+            eps = 0.1 * (hi - lo)
+            near_end = torch.minimum(hi - trial, trial - lo) < eps
+            move = near_end & (stuck | (trial >= hi) | (trial <= lo))
+            moved = torch.where((trial - hi).abs() < (trial - lo).abs(), hi - eps, lo + eps)
+            t = torch.where(z, torch.where(move, moved, trial), t)
+            stuck = torch.where(z, near_end & ~move, stuck)
+        todo = searching.nonzero().squeeze(1)
+        if todo.numel() == 0:
             break
-        step[trying] *= 0.5
-    return new_x, new_value, new_grad, accepted
+        f, g = objective(x[todo] + t[todo, None] * direction[todo], rows[todo])
+        new_f, new_g = f0.clone(), g0.clone()
+        new_f[todo], new_g[todo] = f, g
+        new_slope = (new_g * direction).sum(1)
+        armijo_fails = new_f > f0 + c1 * t * slope0
+        curvature_ok = new_slope.abs() <= -c2 * slope0
+
+        # bracketing: a bracket is found, the step is good, or the step grows (cubic extrapolation)
+        b = searching & ~zooming
+        to_bracket = b & (armijo_fails | ((evaluation > 1) & (new_f >= prev_f)) | (~curvature_ok & (new_slope >= 0)))
+        finish(b & ~to_bracket & curvature_ok, t, new_f, new_g)
+        prev_lower = prev_f <= new_f
+        for mask, (lt, lf, lg, ls), (ht, hf, hg, hs) in (
+                (to_bracket & prev_lower, (prev_t, prev_f, prev_g, prev_slope), (t, new_f, new_g, new_slope)),
+                (to_bracket & ~prev_lower, (t, new_f, new_g, new_slope), (prev_t, prev_f, prev_g, prev_slope))):
+            low_t[mask], low_f[mask], low_g[mask], low_slope[mask] = lt[mask], lf[mask], lg[mask], ls[mask]
+            high_t[mask], high_f[mask], high_g[mask], high_slope[mask] = ht[mask], hf[mask], hg[mask], hs[mask]
+        zooming |= to_bracket
+        grow = b & searching & ~to_bracket
+        grown = _cubic_minimum(prev_t, prev_f, prev_slope, t, new_f, new_slope, t + 0.01 * (t - prev_t), 10 * t)
+        prev_t, prev_f, prev_slope = (torch.where(grow, new, old) for new, old in
+                                      ((t, prev_t), (new_f, prev_f), (new_slope, prev_slope)))
+        prev_g[grow] = new_g[grow]
+        t = torch.where(grow, grown, t)
+
+        # zoom: the trial replaces an end of the bracket
+        above = z & (armijo_fails | (new_f >= low_f))
+        high_t[above], high_f[above], high_g[above], high_slope[above] = \
+            t[above], new_f[above], new_g[above], new_slope[above]
+        swap = above & (high_f < low_f)
+        _swap(swap, (low_t, high_t), (low_f, high_f), (low_g, high_g), (low_slope, high_slope))
+        below = z & ~above
+        done = below & curvature_ok
+        reverse = below & ~curvature_ok & (new_slope * (high_t - low_t) >= 0)
+        high_t[reverse], high_f[reverse], high_g[reverse], high_slope[reverse] = \
+            low_t[reverse], low_f[reverse], low_g[reverse], low_slope[reverse]
+        low_t[below], low_f[below], low_g[below], low_slope[below] = \
+            t[below], new_f[below], new_g[below], new_slope[below]
+        finish(done, low_t, low_f, low_g)
+
+    # out of evaluations: a growing step's last point if it is lower than the start, the zoom's low end
+    growing = searching & ~zooming
+    finish(growing & (prev_f < f0), prev_t, prev_f, prev_g)
+    finish(searching & zooming, low_t, low_f, low_g)
+    finish(searching, torch.zeros_like(t), f0, g0)
+    accepted = out_f < f0
+    return x + out_t[:, None] * direction, out_f, out_g, accepted
+
+
+def _swap(mask: torch.Tensor, *pairs) -> None:
+    for a, b in pairs:
+        a_masked = a[mask].clone()
+        a[mask] = b[mask]
+        b[mask] = a_masked
