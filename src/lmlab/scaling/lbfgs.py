@@ -139,93 +139,74 @@ def _strong_wolfe(objective: Objective, x: torch.Tensor, f0: torch.Tensor, g0: t
                   direction: torch.Tensor, step: torch.Tensor, rows: torch.Tensor, c1: float, c2: float,
                   max_evaluations: int, tolerance_change: float = 1e-9):
     """Per row, a step along ``direction`` meeting the strong Wolfe conditions; returns (x, f, g, accepted)
-    at the best step found (accepted = False where it is no lower than the start)."""
-    k = x.shape[0]
+    at the best step found (accepted = False where it is no lower than the start).
+
+    Every row runs the same state machine (grow the step until a bracket is found, then zoom into it);
+    its state is a tuple (t, f, g, df/dt) per point kept, updated by masks without indexing."""
     scale = direction.abs().amax(1)
-    t = step.clone()
-    prev_t, prev_f, prev_g, prev_slope = torch.zeros_like(t), f0.clone(), g0.clone(), slope0.clone()
-    # the bracket of the zoom phase: "low" has the lower objective
-    low_t, low_f, low_g, low_slope = prev_t.clone(), f0.clone(), g0.clone(), slope0.clone()
-    high_t, high_f, high_g, high_slope = prev_t.clone(), f0.clone(), g0.clone(), slope0.clone()
-    zooming = torch.zeros(k, dtype=torch.bool, device=x.device)
+    start = (torch.zeros_like(step), f0, g0, slope0)
+    prev = low = high = out = start  # the last point of the growing phase; the zoom's bracket; the result
+    t = step
+    zooming = torch.zeros_like(step, dtype=torch.bool)
     searching = torch.ones_like(zooming)
     stuck = torch.zeros_like(zooming)  # the zoom made too little progress last time
-    out_t, out_f, out_g = torch.zeros_like(t), f0.clone(), g0.clone()
-
-    def finish(mask, t_, f_, g_):
-        out_t[mask], out_f[mask], out_g[mask] = t_[mask], f_[mask], g_[mask]
-        searching[mask] = False
 
     for evaluation in range(max_evaluations):
-        # the zoom's next trial: cubic between the bracket ends, kept 10% of the bracket from its ends
-        z = searching & zooming
-        if z.any():
-            width = (high_t - low_t).abs()
-            tiny = z & (width * scale < tolerance_change)
-            finish(tiny, low_t, low_f, low_g)
-            z &= ~tiny
-            lo, hi = torch.minimum(low_t, high_t), torch.maximum(low_t, high_t)
-            trial = _cubic_minimum(low_t, low_f, low_slope, high_t, high_f, high_slope, lo, hi)
+        zoom = searching & zooming  # the zoom's next trial: cubic between the bracket ends, 10% from its ends
+        if zoom.any():
+            tiny = zoom & ((high[0] - low[0]).abs() * scale < tolerance_change)
+            out, searching, zoom = _pick(tiny, low, out), searching & ~tiny, zoom & ~tiny
+            lo, hi = torch.minimum(low[0], high[0]), torch.maximum(low[0], high[0])
+            trial = _cubic_minimum(low[0], low[1], low[3], high[0], high[1], high[3], lo, hi)
             eps = 0.1 * (hi - lo)
             near_end = torch.minimum(hi - trial, trial - lo) < eps
             move = near_end & (stuck | (trial >= hi) | (trial <= lo))
             moved = torch.where((trial - hi).abs() < (trial - lo).abs(), hi - eps, lo + eps)
-            t = torch.where(z, torch.where(move, moved, trial), t)
-            stuck = torch.where(z, near_end & ~move, stuck)
+            t = torch.where(zoom, torch.where(move, moved, trial), t)
+            stuck = torch.where(zoom, near_end & ~move, stuck)
         todo = searching.nonzero().squeeze(1)
         if todo.numel() == 0:
             break
         f, g = objective(x[todo] + t[todo, None] * direction[todo], rows[todo])
-        new_f, new_g = f0.clone(), g0.clone()
-        new_f[todo], new_g[todo] = f, g
-        new_slope = (new_g * direction).sum(1)
+        new_f, new_g = f0.index_copy(0, todo, f), g0.index_copy(0, todo, g)
+        new = (t, new_f, new_g, (new_g * direction).sum(1))
         armijo_fails = new_f > f0 + c1 * t * slope0
-        curvature_ok = new_slope.abs() <= -c2 * slope0
+        curvature_ok = new[3].abs() <= -c2 * slope0
 
-        # bracketing: a bracket is found, the step is good, or the step grows (cubic extrapolation)
-        b = searching & ~zooming
-        to_bracket = b & (armijo_fails | ((evaluation > 1) & (new_f >= prev_f)) | (~curvature_ok & (new_slope >= 0)))
-        finish(b & ~to_bracket & curvature_ok, t, new_f, new_g)
-        prev_lower = prev_f <= new_f
-        for mask, (lt, lf, lg, ls), (ht, hf, hg, hs) in (
-                (to_bracket & prev_lower, (prev_t, prev_f, prev_g, prev_slope), (t, new_f, new_g, new_slope)),
-                (to_bracket & ~prev_lower, (t, new_f, new_g, new_slope), (prev_t, prev_f, prev_g, prev_slope))):
-            low_t[mask], low_f[mask], low_g[mask], low_slope[mask] = lt[mask], lf[mask], lg[mask], ls[mask]
-            high_t[mask], high_f[mask], high_g[mask], high_slope[mask] = ht[mask], hf[mask], hg[mask], hs[mask]
-        zooming |= to_bracket
-        grow = b & searching & ~to_bracket
-        grown = _cubic_minimum(prev_t, prev_f, prev_slope, t, new_f, new_slope, t + 0.01 * (t - prev_t), 10 * t)
-        prev_t, prev_f, prev_slope = (torch.where(grow, new, old) for new, old in
-                                      ((t, prev_t), (new_f, prev_f), (new_slope, prev_slope)))
-        prev_g[grow] = new_g[grow]
-        t = torch.where(grow, grown, t)
+        # growing: a bracket is found, the step is good, or the step grows (cubic extrapolation)
+        grow = searching & ~zooming
+        bracketed = grow & (armijo_fails | ((evaluation > 1) & (new_f >= prev[1])) | (~curvature_ok & (new[3] >= 0)))
+        good = grow & ~bracketed & curvature_ok
+        out, searching = _pick(good, new, out), searching & ~good
+        prev_lower = prev[1] <= new_f
+        low = _pick(bracketed, _pick(prev_lower, prev, new), low)
+        high = _pick(bracketed, _pick(prev_lower, new, prev), high)
+        zooming = zooming | bracketed
+        grow = grow & ~bracketed & ~good
+        grown = _cubic_minimum(prev[0], prev[1], prev[3], t, new_f, new[3], t + 0.01 * (t - prev[0]), 10 * t)
+        prev = _pick(grow, new, prev)
 
         # zoom: the trial replaces an end of the bracket
-        above = z & (armijo_fails | (new_f >= low_f))
-        high_t[above], high_f[above], high_g[above], high_slope[above] = \
-            t[above], new_f[above], new_g[above], new_slope[above]
-        swap = above & (high_f < low_f)
-        _swap(swap, (low_t, high_t), (low_f, high_f), (low_g, high_g), (low_slope, high_slope))
-        below = z & ~above
+        above = zoom & (armijo_fails | (new_f >= low[1]))
+        high = _pick(above, new, high)
+        swap = above & (high[1] < low[1])
+        low, high = _pick(swap, high, low), _pick(swap, low, high)
+        below = zoom & ~above
+        reverse = below & ~curvature_ok & (new[3] * (high[0] - low[0]) >= 0)
+        high = _pick(reverse, low, high)
+        low = _pick(below, new, low)
         done = below & curvature_ok
-        reverse = below & ~curvature_ok & (new_slope * (high_t - low_t) >= 0)
-        high_t[reverse], high_f[reverse], high_g[reverse], high_slope[reverse] = \
-            low_t[reverse], low_f[reverse], low_g[reverse], low_slope[reverse]
-        low_t[below], low_f[below], low_g[below], low_slope[below] = \
-            t[below], new_f[below], new_g[below], new_slope[below]
-        finish(done, low_t, low_f, low_g)
+        out, searching = _pick(done, new, out), searching & ~done
+        t = torch.where(grow, grown, t)
 
     # out of evaluations: a growing step's last point if it is lower than the start, the zoom's low end
     growing = searching & ~zooming
-    finish(growing & (prev_f < f0), prev_t, prev_f, prev_g)
-    finish(searching & zooming, low_t, low_f, low_g)
-    finish(searching, torch.zeros_like(t), f0, g0)
-    accepted = out_f < f0
-    return x + out_t[:, None] * direction, out_f, out_g, accepted
+    out = _pick(growing & (prev[1] < f0), prev, out)
+    out = _pick(searching & zooming, low, out)
+    accepted = out[1] < f0
+    return x + out[0][:, None] * direction, out[1], out[2], accepted
 
 
-def _swap(mask: torch.Tensor, *pairs) -> None:
-    for a, b in pairs:
-        a_masked = a[mask].clone()
-        a[mask] = b[mask]
-        b[mask] = a_masked
+def _pick(mask: torch.Tensor, a: tuple, b: tuple) -> tuple:
+    """The state ``a`` where ``mask`` holds, ``b`` elsewhere (states: (t, f, g [k, p], slope))."""
+    return tuple(torch.where(mask[:, None] if x.dim() == 2 else mask, x, y) for x, y in zip(a, b, strict=True))
