@@ -61,3 +61,9 @@ def test_optim_step_smoke(benchmark):
     out = benchmark("optim_step").main(["--smoke"])
     assert {"torch_adamw_foreach", "lmlab_adamw", "lmlab_adamw_skip_flag", "lmlab_adam"} <= set(out["ms_per_step"])
     assert all(ms > 0 for ms in out["ms_per_step"].values()) and out["ratio_to_torch_adamw_foreach"]["lmlab_adamw"] > 0
+
+
+def test_scaling_fit_smoke(benchmark):
+    out = benchmark("scaling_fit").main(["--smoke"])
+    assert out["starts"] == 60 and out["scipy_starts"] == 3 and out["batched_seconds"] > 0
+    assert out["sample_best_objective"]["batched"] <= out["sample_best_objective"]["scipy"] * (1 + 1e-9)

@@ -26,6 +26,20 @@ FLAGS = {"flops": "--budget-flops", "hours": "--budget-hours", "dollars": "--bud
          "resamples": "--resamples", "level": "--level", "seed": "--seed"}
 
 
+def positive(kind=float):
+    """An argparse type: a number > 0."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{text}: must be a number > 0")
+        return value
+
+    return parse
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="lmlab scaling", description="Scaling laws: fit a sweep, plan a budget.")
     commands = top.add_subparsers(dest="command", required=True)
@@ -37,21 +51,21 @@ def parser() -> argparse.ArgumentParser:
                      help="N counts every parameter (default; C = 6 N D holds for it) or leaves out the "
                           "embedding tables (Kaplan et al.)")
     budget = fit.add_argument_group("budget (when several are given, the smallest in FLOPs binds)")
-    budget.add_argument("--budget-flops", type=float, metavar="C", help="training compute in FLOPs")
-    budget.add_argument("--budget-hours", type=float, metavar="H", help="wall-clock hours on --devices devices")
-    budget.add_argument("--budget-dollars", type=float, metavar="$", help="money, at --price per device-hour")
+    budget.add_argument("--budget-flops", type=positive(), metavar="C", help="training compute in FLOPs")
+    budget.add_argument("--budget-hours", type=positive(), metavar="H", help="wall-clock hours on --devices devices")
+    budget.add_argument("--budget-dollars", type=positive(), metavar="$", help="money, at --price per device-hour")
     machine = fit.add_argument_group("throughput and price for hours and money")
     machine.add_argument("--gpu", help="a GPU of lmlab.cost.PEAK_FLOPS (h100, a100, l4...); default: this machine")
     machine.add_argument("--precision", choices=("bf16", "fp16", "tf32", "fp32"), default="bf16",
                          help="matmul precision of a GPU's peak (CPU: fp32)")
-    machine.add_argument("--mfu", type=float, help="fraction of the peak that training reaches; default: the "
+    machine.add_argument("--mfu", type=positive(), help="fraction of the peak that training reaches; default: the "
                                                    "median perf/mfu of the runs (needed with --gpu or a CSV)")
-    machine.add_argument("--price", type=float, help="money per device-hour; default: the runs' "
+    machine.add_argument("--price", type=positive(), help="money per device-hour; default: the runs' "
                                                      "callbacks.throughput.price_per_device_hour")
-    machine.add_argument("--devices", type=int, default=1, help="devices training together (default 1)")
+    machine.add_argument("--devices", type=positive(int), default=1, help="devices training together (default 1)")
     fit.add_argument("--predict", metavar="PATH", help="runs (or a CSV) left out of the fit: their measured loss "
                                                        "against the prediction and its interval")
-    fit.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    fit.add_argument("--resamples", type=positive(int), default=1000, help="bootstrap resamples (default 1000)")
     fit.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
     fit.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
     fit.add_argument("--json", metavar="FILE", help="write the result as one JSON object")
@@ -70,22 +84,14 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def fit(args: argparse.Namespace) -> dict:
-    import torch
-
     from lmlab.scaling.analysis import run_study, study_json
     from lmlab.scaling.points import read_points
 
-    # the fit's tensors are [starts, points]: a second intra-op thread gains little and, on a busy machine,
-    # waits for the other core (measured several times slower); one thread, restored afterwards
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        points = read_points(args.path, args.params)
-        predicted = read_points(args.predict, args.params) if args.predict else None
-        study = run_study(points, resamples=args.resamples, level=args.level, seed=args.seed)
-    finally:
-        torch.set_num_threads(threads)
-    result = study_json(study, plan_budget(args), predicted)
+    points = read_points(args.path, args.params)
+    predicted = read_points(args.predict, args.params) if args.predict else None
+    budget = plan_budget(args)  # before the fit: a mistake in the budget's flags costs no time
+    study = run_study(points, resamples=args.resamples, level=args.level, seed=args.seed)
+    result = study_json(study, budget, predicted)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))
@@ -96,24 +102,28 @@ def fit(args: argparse.Namespace) -> dict:
 
 
 def plan_budget(args: argparse.Namespace) -> dict | None:
-    """The budget in FLOPs and how it was reached, or None without a budget."""
-    from lmlab.scaling.budget import budget_flops, throughput_for
+    """The budget in FLOPs (the smallest of those given) and how it was reached; None without a budget."""
+    from lmlab.scaling.budget import throughput_for
 
-    if args.budget_flops is None and args.budget_hours is None and args.budget_dollars is None:
+    given = {"flops": args.budget_flops, "hours": args.budget_hours, "dollars": args.budget_dollars}
+    given = {key: value for key, value in given.items() if value is not None}
+    if not given:
         return None
-    info = {}
-    throughput = None
-    if args.budget_hours is not None or args.budget_dollars is not None:
+    buys, info = {}, {}
+    if "flops" in given:
+        buys["flops"] = given["flops"]
+    if "hours" in given or "dollars" in given:
         path = Path(args.path)
         throughput = throughput_for(gpu=args.gpu, precision=args.precision, mfu=args.mfu, devices=args.devices,
                                     price_per_device_hour=args.price, runs=str(path) if path.is_dir() else None)
-        info = {"peak_flops": throughput.peak_flops, "mfu": throughput.mfu, "devices": throughput.devices,
-                "price_per_device_hour": throughput.price_per_device_hour, "device": args.gpu or "this machine"}
-    flops, buys = budget_flops(flops=args.budget_flops, hours=args.budget_hours, dollars=args.budget_dollars,
-                               throughput=throughput)
-    given = {"flops": args.budget_flops, "hours": args.budget_hours, "dollars": args.budget_dollars}
-    return {"flops": flops, "binding": min(buys, key=buys.get), "given": {k: v for k, v in given.items() if v},
-            "flops_of_each": buys, **info}
+        if "hours" in given:
+            buys["hours"] = throughput.flops_in(given["hours"])
+        if "dollars" in given:
+            buys["dollars"] = throughput.flops_for(given["dollars"])
+        info = {"device": args.gpu or "this machine", "peak_flops": throughput.peak_flops, "mfu": throughput.mfu,
+                "devices": throughput.devices, "price_per_device_hour": throughput.price_per_device_hour}
+    binding = min(buys, key=buys.get)
+    return {"flops": buys[binding], "binding": binding, "given": given, "flops_of_each": buys, **info}
 
 
 def write_pngs(study, args: argparse.Namespace, predicted) -> None:
@@ -143,6 +153,8 @@ def summary(result: dict) -> str:
              f"{fit['seconds']['fit']:.1f} s, {fit['resamples']} bootstrap resamples in "
              f"{fit['seconds']['bootstrap']:.1f} s",
              f"approach 3: L(N, D) = E + A / N^alpha + B / D^beta, {fit['level']:.0%} intervals"]
+    if fit["left_out"]:
+        lines.insert(1, f"left out {len(fit['left_out'])} unfinished runs: {', '.join(fit['left_out'])}")
     for name in ("E", "A", "B", "alpha", "beta"):
         low, high = result["ci"][name]
         lines.append(f"  {name:<6} {result[name]:10.4g}   [{low:.4g}, {high:.4g}]")

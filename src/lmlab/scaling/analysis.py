@@ -3,11 +3,11 @@ predict (a compute-optimal plan for a budget, the loss of runs left out of the f
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from lmlab.arguments import Fraction, Positive, PositiveInt, checked
 from lmlab.errors import InputError
@@ -100,11 +100,22 @@ def study_json(study: Study, budget: dict | None = None, predicted: Points | Non
         out["predictions"] = prediction_rows(study, predicted)
     fit = study.fit
     out["fit"] = {"params_counted": study.points.params_kind, "points": len(study.points),
-                  "source": study.points.source,
+                  "source": study.points.source, "left_out": study.points.left_out,
                   "huber_delta": study.huber_delta, "starts": len(fit.ends), "converged_starts": fit.converged,
                   "objective": fit.objective, "resamples": len(study.bootstrap.laws), "level": study.bootstrap.level,
-                  "seconds": study.seconds, "threads": torch.get_num_threads()}
-    return out
+                  "seconds": study.seconds}
+    return _finite(out)
+
+
+def _finite(value):
+    """JSON has no infinity: a bound beyond every float (a degenerate resample) becomes null."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def prediction_rows(study: Study, points: Points) -> list[dict]:

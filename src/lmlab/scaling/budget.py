@@ -1,4 +1,4 @@
-"""A compute budget in FLOPs, from hours or money, in the units of `lmlab cost` (:mod:`lmlab.cost`).
+"""What hours or money buy in training FLOPs, in the units of `lmlab cost` (:mod:`lmlab.cost`).
 
 Sustained training FLOP/s = devices x peak FLOP/s of one device x MFU. The peak is that of a named GPU
 (the table `lmlab cost` uses) or of this machine (its GPU, or on CPU a measured matmul); the MFU is given,
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from lmlab.arguments import ArgumentError, Fraction, NonNegative, Positive, PositiveInt, checked
+from lmlab.arguments import ArgumentError, Fraction, Positive, PositiveInt, checked
 
 SECONDS_PER_HOUR = 3600.0
 Precision = Literal["bf16", "fp16", "tf32", "fp32"]  # the dtype columns of lmlab.cost.PEAK_FLOPS
@@ -31,38 +31,22 @@ class Throughput:
     def flops_per_second(self) -> float:
         return self.devices * self.peak_flops * self.mfu
 
+    @checked
+    def flops_in(self, hours: Positive) -> float:
+        """FLOPs trained in ``hours`` of wall-clock time on all devices."""
+        return hours * SECONDS_PER_HOUR * self.flops_per_second
 
-def _budget_rules(flops, hours, dollars, throughput) -> None:
-    if flops is None and hours is None and dollars is None:
-        raise ArgumentError("", None, "give a budget: {flops}, {hours} or {dollars}", flops=..., hours=...,
-                            dollars=...)
-    if (hours is not None or dollars is not None) and throughput is None:
-        raise ArgumentError("throughput", None, "is needed to convert {hours} or {dollars} to FLOPs", hours=hours,
-                            dollars=dollars)
-    if dollars is not None and throughput.price_per_device_hour is None:
-        raise ArgumentError("dollars", dollars, "needs the price of a device-hour")
-
-
-@checked(rules=_budget_rules)
-def budget_flops(flops: Positive | None = None, hours: Positive | None = None, dollars: Positive | None = None,
-                 throughput: Throughput | None = None) -> tuple[float, dict]:
-    """(FLOPs, what each given budget buys in FLOPs): a budget in hours is wall-clock time on
-    ``throughput.devices`` devices, one in money buys device-hours at the price; when several are given,
-    the smallest binds."""
-    buys = {}
-    if flops is not None:
-        buys["flops"] = flops
-    if hours is not None:
-        buys["hours"] = hours * SECONDS_PER_HOUR * throughput.flops_per_second
-    if dollars is not None:
-        device_hours = dollars / throughput.price_per_device_hour
-        buys["dollars"] = device_hours / throughput.devices * SECONDS_PER_HOUR * throughput.flops_per_second
-    return min(buys.values()), buys
+    @checked
+    def flops_for(self, dollars: Positive) -> float:
+        """FLOPs that ``dollars`` buy: device-hours at the price, spread over the devices."""
+        if self.price_per_device_hour is None:
+            raise ArgumentError("dollars", dollars, "needs the price of a device-hour")
+        return self.flops_in(dollars / self.price_per_device_hour / self.devices)
 
 
 @checked
 def throughput_for(gpu: str | None = None, precision: Precision = "bf16", mfu: Fraction | None = None,
-                   devices: PositiveInt = 1, price_per_device_hour: NonNegative | None = None,
+                   devices: PositiveInt = 1, price_per_device_hour: Positive | None = None,
                    runs: str | None = None) -> Throughput:
     """The throughput a budget in hours or money buys: ``gpu`` names a device of :data:`lmlab.cost.PEAK_FLOPS`
     (None: this machine, at ``precision`` on a GPU and float32 on CPU); ``mfu`` and the price default to
@@ -107,6 +91,6 @@ def measured_in_runs(path: Path) -> tuple[float | None, float | None]:
         if (run / "config.yaml").is_file():
             price = OmegaConf.select(OmegaConf.load(run / "config.yaml"),
                                      "callbacks.throughput.price_per_device_hour")
-            if isinstance(price, int | float):
+            if isinstance(price, int | float) and price > 0:
                 prices.append(float(price))
     return (statistics.median(mfus) if mfus else None), (statistics.median(prices) if prices else None)

@@ -14,7 +14,7 @@ only a little, so its minimum lies near one of the full fit's local minima: each
 the full fit's best distinct end points (``starts_per_resample``) rather than from all 4,500 grid
 points, and all resamples run as one batch (a resample is a vector of integer weights on the points).
 
-The compute-optimal allocation under C = 6 N D (appendix D.2, eq. 4):
+The compute-optimal allocation under C = 6 N D (section 3.3, eq. 4):
 N_opt = G (C/6)^a, D_opt = G⁻¹ (C/6)^b with G = (αA / (βB))^(1/(α+β)), a = β/(α+β), b = α/(α+β).
 """
 
@@ -55,38 +55,58 @@ class Allocation:
 
 @dataclass(frozen=True)
 class ScalingLaw:
-    E: float
-    A: float
-    B: float
+    """L(N, D) = E + A / N^alpha + B / D^beta, held as the fit's own variables (log E, log A, log B, alpha,
+    beta): a degenerate fit of a few points (a bootstrap resample) may have an A or B beyond any float,
+    with a finite A / N^alpha. ``ScalingLaw.of(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)``."""
+
+    log_E: float
+    log_A: float
+    log_B: float
     alpha: float
     beta: float
 
     @classmethod
+    def of(cls, E: float, A: float, B: float, alpha: float, beta: float) -> ScalingLaw:
+        return cls(math.log(E), math.log(A), math.log(B), alpha, beta)
+
+    @classmethod
     def from_variables(cls, x) -> ScalingLaw:
-        """From the fit's variables (a, b, e, alpha, beta)."""
+        """From the fit's variables (a, b, e, alpha, beta) = (log A, log B, log E, alpha, beta)."""
         a, b, e, alpha, beta = (float(v) for v in x)
-        return cls(E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=alpha, beta=beta)
+        return cls(log_E=e, log_A=a, log_B=b, alpha=alpha, beta=beta)
+
+    E = property(lambda self: _exp(self.log_E))
+    A = property(lambda self: _exp(self.log_A))
+    B = property(lambda self: _exp(self.log_B))
 
     def loss(self, params, tokens) -> np.ndarray:
-        params, tokens = np.asarray(params, dtype=float), np.asarray(tokens, dtype=float)
-        return self.E + self.A / params**self.alpha + self.B / tokens**self.beta
+        log_n, log_d = np.log(np.asarray(params, dtype=float)), np.log(np.asarray(tokens, dtype=float))
+        return np.exp(self.log_E) + np.exp(self.log_A - self.alpha * log_n) + np.exp(self.log_B - self.beta * log_d)
 
     @property
     def exponents(self) -> tuple[float, float]:
         """(a, b): N_opt ∝ C^a, D_opt ∝ C^b."""
         return self.beta / (self.alpha + self.beta), self.alpha / (self.alpha + self.beta)
 
-    def optimal(self, flops: float) -> Allocation:
-        """The (N, D) with 6 N D = flops that minimises the law's loss."""
+    def optimal_params(self, flops) -> np.ndarray:
+        """N_opt for each budget in ``flops`` (any array shape)."""
         if self.alpha <= 0 or self.beta <= 0:
             raise InputError(f"the fitted law has alpha={self.alpha:.3g}, beta={self.beta:.3g}: the loss does not "
                              "fall with both model size and data over these points, so no compute-optimal split "
                              "exists (a sweep over more sizes and budgets may fix it)")
-        a, b = self.exponents
-        g = (self.alpha * self.A / (self.beta * self.B)) ** (1 / (self.alpha + self.beta))
-        params = g * (flops / 6) ** a
+        log_g = (math.log(self.alpha) + self.log_A - math.log(self.beta) - self.log_B) / (self.alpha + self.beta)
+        return np.exp(log_g + self.exponents[0] * np.log(np.asarray(flops, dtype=float) / 6))
+
+    @checked
+    def optimal(self, flops: Positive) -> Allocation:
+        """The (N, D) with 6 N D = flops that minimises the law's loss."""
+        params = float(self.optimal_params(flops))
         tokens = flops / (6 * params)
         return Allocation(flops, params, tokens, float(self.loss(params, tokens)))
+
+
+def _exp(x: float) -> float:
+    return math.exp(x) if x < 709 else math.inf
 
 
 def grid_starts() -> torch.Tensor:

@@ -34,8 +34,8 @@ class BatchResult:
     converged: torch.Tensor  # [n] bool: stopped by a tolerance, not by max_iter or a failed line search
 
 
-def minimize(objective: Objective, x0: torch.Tensor, max_iter: int = 500, memory: int = 10,
-             gtol: float = 1e-9, ftol: float = 1e-10, c1: float = 1e-4, c2: float = 0.9,
+def minimize(objective: Objective, x0: torch.Tensor, max_iter: int = 1000, memory: int = 10,
+             gtol: float = 1e-10, ftol: float = 1e-12, c1: float = 1e-4, c2: float = 0.9,
              max_line_search: int = 25) -> BatchResult:
     """Minimise every row of ``x0`` [n, p] independently.
 

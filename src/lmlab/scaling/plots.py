@@ -91,15 +91,14 @@ def plot_frontier(study: Study, budget_flops: float | None = None):
                     label=f"approach 2: ∝ C^{power_law.exponent:.3f}")
         if law_ok:
             exponent = study.law.exponents[0 if key == "params" else 1]
-            ax.plot(flops, [getattr(study.law.optimal(c), key) for c in flops], "-", color="C3",
-                    label=f"approach 3: ∝ C^{exponent:.3f}")
+            ax.plot(flops, _optimal(study.law, flops, key), "-", color="C3", label=f"approach 3: ∝ C^{exponent:.3f}")
             if usable:
-                band = np.array([[getattr(law.optimal(c), key) for c in flops] for law in usable])
+                band = np.array([_optimal(law, flops, key) for law in usable])
                 tail = (1 - level) / 2
                 ax.fill_between(flops, *np.quantile(band, [tail, 1 - tail], axis=0), color="C3", alpha=0.15,
                                 label=f"approach 3: {level:.0%} bootstrap")
             if budget_flops:
-                ax.plot(budget_flops, getattr(study.law.optimal(budget_flops), key), "*", ms=16, color="C3",
+                ax.plot(budget_flops, _optimal(study.law, budget_flops, key), "*", ms=16, color="C3",
                         mec="black", label=f"plan for {_budget(budget_flops)}")
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -109,6 +108,11 @@ def plot_frontier(study: Study, budget_flops: float | None = None):
     axes[0].set_title("compute-optimal model size")
     axes[1].set_title("compute-optimal training tokens")
     return fig
+
+
+def _optimal(law, flops, key: str) -> np.ndarray:
+    params = law.optimal_params(flops)
+    return params if key == "params" else np.asarray(flops) / (6 * params)
 
 
 def plot_residuals(study: Study, predicted: Points | None = None):

@@ -15,14 +15,14 @@ from __future__ import annotations
 import csv
 import json
 import math
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from lmlab.arguments import ArgumentError, describe
 from lmlab.errors import InputError
-from lmlab.scaling.params import PARAMS_KINDS, ParamsKind
+from lmlab.scaling.params import ParamsKind
 
 LOSS_METRIC = "val/loss"
 PARAMS_COLUMN = {"total": "params", "non_embedding": "non_embedding_params"}
@@ -37,20 +37,17 @@ class Points:
     names: list[str]  # where each point comes from (a job directory, a CSV row)
     params_kind: ParamsKind
     source: str
+    left_out: list[str] = field(default_factory=list)  # runs that are not points yet, and why
 
     def __len__(self) -> int:
         return len(self.loss)
 
-    def subset(self, keep: np.ndarray) -> Points:
-        keep = np.asarray(keep)
-        return Points(self.params[keep], self.tokens[keep], self.loss[keep], self.flops[keep],
-                      [n for n, k in zip(self.names, keep, strict=True) if k], self.params_kind, self.source)
-
 
 def read_points(path: str | Path, params: ParamsKind = "total") -> Points:
     """Points from a CSV file, a multirun directory of scaling runs, or one run directory."""
-    if params not in PARAMS_KINDS:
-        raise InputError(f"params={params!r}: must be one of {', '.join(PARAMS_KINDS)}")
+    # not @checked: lmlab.arguments would refuse a Path (not a config value) for `path`
+    if params not in PARAMS_COLUMN:
+        raise ArgumentError("params", params, f"must be {describe(ParamsKind)}")
     path = Path(path)
     if path.is_file():
         return read_csv(path, params)
@@ -120,11 +117,9 @@ def read_runs(path: Path, params: ParamsKind = "total") -> Points:
     if not points:
         found = "; ".join(unfinished[:5]) + (f"; ... ({len(unfinished)} in all)" if len(unfinished) > 5 else "")
         raise InputError(f"{path}: no finished run" + (f": {found}" if found else " (no run directories in it)"))
-    if unfinished:
-        warnings.warn(f"{path}: left out {len(unfinished)} unfinished runs: {', '.join(unfinished)}", stacklevel=2)
     n, tokens, flops, loss, names = zip(*points, strict=True)
     return Points(np.array(n, dtype=float), np.array(tokens, dtype=float), np.array(loss), np.array(flops, dtype=float),
-                  list(names), params, str(path))
+                  list(names), params, str(path), unfinished)
 
 
 def _unfinished(run: Path) -> str | None:
