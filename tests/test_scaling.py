@@ -74,7 +74,7 @@ def test_huber_fit_stays_put_where_least_squares_moves():
     assert abs(squares.beta / TRUE.beta - 1) > 0.2 and abs(squares.E / TRUE.E - 1) > 0.2, squares
 
 
-def test_batched_lbfgs_reaches_what_scipy_lbfgsb_reaches_start_by_start():
+def test_batched_lbfgs_reaches_what_scipy_lbfgsb_reaches_start_by_start(one_thread):
     """From the paper's grid points nearest the law, every start ends where scipy's L-BFGS-B (run alone, to
     tight tolerances) ends; over 30 other grid starts the best end is the same."""
     from scipy.optimize import minimize
@@ -289,6 +289,29 @@ def test_cli_writes_the_issue_json_plots_and_predictions(tmp_path, capsys):
     assert "compute-optimal for C = 1e+22 FLOPs" in printed and "approach 2: N_opt ∝ C^" in printed
 
 
+def test_cli_on_runs_fits_the_chosen_jobs_predicts_the_others_and_prices_the_budget(tmp_path):
+    """A multirun of four budgets: the fit reads three (--only), predicts the fourth's runs (--predict, shell
+    glob), and converts hours and money with the MFU the runs measured (median of their perf/mfu: 0.25) and
+    the price they were configured with (2.0 per device-hour): $1 buys half an hour."""
+    from lmlab.cli.scaling import main
+
+    points = isoflop_points(sizes=5, spread=4.0, noise=0.002)
+    for i, (n, d, c, loss) in enumerate(zip(points.params, points.tokens, points.flops, points.loss, strict=True)):
+        make_run(tmp_path / "sweep", f"C{c:.3g}_L{i % 5}", int(n), int(d), float(c), float(loss))
+    sweep = tmp_path / "sweep"
+    out = main(["fit", str(sweep), "--only", "C1e+18_*", "--only", "C1e+19_*", "--only", "C1e+20_*",
+                "--predict", *map(str, sorted(sweep.glob("C1e+21_*"))), "--budget-hours", "1",
+                "--budget-dollars", "1", "--resamples", "50"])
+    assert out["fit"]["points"] == 15 and len(out["approach2"]["budgets"]) == 3
+    assert [row["name"] for row in out["predictions"]] == [f"C1e+21_L{i}" for i in range(5)]
+    assert all(abs(row["error"]) < 0.02 for row in out["predictions"])  # 10x beyond the fitted budgets
+    budget = out["budget"]
+    assert budget["mfu"] == pytest.approx(0.25) and budget["price_per_device_hour"] == 2.0
+    assert budget["flops_of_each"]["dollars"] == pytest.approx(budget["flops_of_each"]["hours"] / 2)
+    assert budget["binding"] == "dollars" and out["optimal"]["flops"] == budget["flops_of_each"]["dollars"]
+    assert budget["flops_of_each"]["hours"] == pytest.approx(3600 * budget["peak_flops"] * 0.25)
+
+
 def test_cli_budget_in_hours_names_the_missing_flag(tmp_path, capsys):
     from lmlab.cli.scaling import main
 
@@ -349,5 +372,5 @@ def test_a_scaling_point_that_does_not_describe_its_run_stops_it(make_cfg):
 
 def test_the_sweep_file_names_its_commands():
     header = (ROOT / "sweeps" / "scaling.yaml").read_text()
-    assert "python train.py -m sweep=scaling callbacks.scaling.flops=3e12 model.n_layer=2,3,4,5,6" in header
+    assert "python train.py -m sweep=scaling callbacks.scaling.flops=4.64e12 model.n_layer=2,3,4,5,6" in header
     assert "lmlab scaling fit logs/scaling/isoflop" in header

@@ -63,8 +63,11 @@ def parser() -> argparse.ArgumentParser:
     machine.add_argument("--price", type=positive(), help="money per device-hour; default: the runs' "
                                                      "callbacks.throughput.price_per_device_hour")
     machine.add_argument("--devices", type=positive(int), default=1, help="devices training together (default 1)")
-    fit.add_argument("--predict", metavar="PATH", help="runs (or a CSV) left out of the fit: their measured loss "
-                                                       "against the prediction and its interval")
+    fit.add_argument("--only", action="append", metavar="GLOB", help="fit only the jobs of PATH whose directory "
+                                                                     "matches (repeatable), e.g. 'C1e+12_*'")
+    fit.add_argument("--predict", nargs="+", metavar="PATH", help="runs (or CSVs) left out of the fit: their "
+                                                                  "measured loss against the prediction and its "
+                                                                  "interval")
     fit.add_argument("--resamples", type=positive(int), default=1000, help="bootstrap resamples (default 1000)")
     fit.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
     fit.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
@@ -85,10 +88,10 @@ def main(argv: list[str] | None = None) -> dict:
 
 def fit(args: argparse.Namespace) -> dict:
     from lmlab.scaling.analysis import run_study, study_json
-    from lmlab.scaling.points import read_points
+    from lmlab.scaling.points import join_points, read_points
 
-    points = read_points(args.path, args.params)
-    predicted = read_points(args.predict, args.params) if args.predict else None
+    points = read_points(args.path, args.params, args.only)
+    predicted = join_points([read_points(path, args.params) for path in args.predict]) if args.predict else None
     budget = plan_budget(args)  # before the fit: a mistake in the budget's flags costs no time
     study = run_study(points, resamples=args.resamples, level=args.level, seed=args.seed)
     result = study_json(study, budget, predicted)

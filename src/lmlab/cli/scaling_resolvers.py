@@ -4,6 +4,7 @@
     ${lmlab.scaling.non_embedding_params:${model}}   the same without embedding tables
     ${lmlab.scaling.steps:C,N,B,T}                   optimizer steps for D = C / (6 N) tokens at B x T tokens per step
     ${lmlab.scaling.product:a,b,...}                 a x b x ... (a width from a depth, tokens from steps)
+    ${lmlab.scaling.short:C}                         1e+12 for 1000000000000.0 (job directory names)
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ def product(*factors: int) -> int:
     return out
 
 
+def short(number: float) -> str:
+    return f"{number:.3g}"
+
+
 for _name, _resolver in (("params", params), ("non_embedding_params", non_embedding_params), ("steps", steps),
-                         ("product", product)):
+                         ("product", product), ("short", short)):
     OmegaConf.register_new_resolver(f"lmlab.scaling.{_name}", _resolver, replace=True)

@@ -13,6 +13,7 @@ Bad input is one :class:`~lmlab.errors.InputError` line naming the file, the row
 from __future__ import annotations
 
 import csv
+import fnmatch
 import json
 import math
 from dataclasses import dataclass, field
@@ -43,8 +44,9 @@ class Points:
         return len(self.loss)
 
 
-def read_points(path: str | Path, params: ParamsKind = "total") -> Points:
-    """Points from a CSV file, a multirun directory of scaling runs, or one run directory."""
+def read_points(path: str | Path, params: ParamsKind = "total", only: list[str] | None = None) -> Points:
+    """Points from a CSV file, a multirun directory of scaling runs, or one run directory; ``only``: globs of
+    the job directory names to read (default: every job)."""
     # not @checked: lmlab.arguments would refuse a Path (not a config value) for `path`
     if params not in PARAMS_COLUMN:
         raise ArgumentError("params", params, f"must be {describe(ParamsKind)}")
@@ -52,7 +54,7 @@ def read_points(path: str | Path, params: ParamsKind = "total") -> Points:
     if path.is_file():
         return read_csv(path, params)
     if path.is_dir():
-        return read_runs(path, params)
+        return read_runs(path, params, only)
     raise InputError(f"{path}: no such file or directory")
 
 
@@ -104,9 +106,10 @@ def _positive(cell, path: Path, line: int, column: str) -> float:
 # ---- run directories ------------------------------------------------------------------------------
 
 
-def read_runs(path: Path, params: ParamsKind = "total") -> Points:
+def read_runs(path: Path, params: ParamsKind = "total", only: list[str] | None = None) -> Points:
     """Every finished scaling run under ``path`` (itself a run, or a multirun directory of them)."""
-    runs = [path] if (path / "config.yaml").is_file() else sorted(d for d in path.iterdir() if d.is_dir())
+    runs = [path] if (path / "config.yaml").is_file() else sorted(
+        d for d in path.iterdir() if d.is_dir() and (not only or any(fnmatch.fnmatchcase(d.name, g) for g in only)))
     points, unfinished = [], []
     for run in runs:
         reason = _unfinished(run)
@@ -116,10 +119,20 @@ def read_runs(path: Path, params: ParamsKind = "total") -> Points:
         points.append(_run_point(run, params))
     if not points:
         found = "; ".join(unfinished[:5]) + (f"; ... ({len(unfinished)} in all)" if len(unfinished) > 5 else "")
-        raise InputError(f"{path}: no finished run" + (f": {found}" if found else " (no run directories in it)"))
+        none = f" (no run directories in it{' matching ' + ' or '.join(only) if only else ''})"
+        raise InputError(f"{path}: no finished run" + (f": {found}" if found else none))
     n, tokens, flops, loss, names = zip(*points, strict=True)
     return Points(np.array(n, dtype=float), np.array(tokens, dtype=float), np.array(loss), np.array(flops, dtype=float),
                   list(names), params, str(path), unfinished)
+
+
+def join_points(parts: list[Points]) -> Points:
+    """One set of the points of several sources (each counting N the same way)."""
+    if len(parts) == 1:
+        return parts[0]
+    return Points(*(np.concatenate([getattr(p, key) for p in parts]) for key in ("params", "tokens", "loss", "flops")),
+                  [name for p in parts for name in p.names], parts[0].params_kind, ", ".join(p.source for p in parts),
+                  [name for p in parts for name in p.left_out])
 
 
 def _unfinished(run: Path) -> str | None:
