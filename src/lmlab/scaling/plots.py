@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from lmlab.scaling.analysis import Study, run_study
+from lmlab.scaling.isoflop import fit_isoflops
 from lmlab.scaling.points import Points
 
 PARAMS_LABEL = {"total": "parameters N", "non_embedding": "non-embedding parameters N"}
@@ -64,6 +65,10 @@ def plot_isoflops(study: Study, predicted: Points | None = None):
                     color=color if profile.used else "none")
     if predicted is not None:
         ax.plot(predicted.params, predicted.loss, "D", color="crimson", mec="black", label="left out of the fit")
+        held_out = fit_isoflops(predicted.flops, predicted.params, predicted.tokens, predicted.loss).profiles
+        for profile in (p for p in held_out if p.tokens_relation is not None):  # the law's prediction along them
+            grid = np.geomspace(profile.params[0] / 1.5, profile.params[-1] * 1.5, 100)
+            ax.plot(grid, study.law.loss(grid, profile.tokens_at(grid)), "--", color="crimson", lw=1)
     ax.set_xscale("log")
     ax.set_xlabel(PARAMS_LABEL[study.points.params_kind])
     ax.set_ylabel("validation loss (nats)")

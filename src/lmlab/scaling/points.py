@@ -109,7 +109,8 @@ def _positive(cell, path: Path, line: int, column: str) -> float:
 def read_runs(path: Path, params: ParamsKind = "total", only: list[str] | None = None) -> Points:
     """Every finished scaling run under ``path`` (itself a run, or a multirun directory of them)."""
     runs = [path] if (path / "config.yaml").is_file() else sorted(
-        d for d in path.iterdir() if d.is_dir() and (not only or any(fnmatch.fnmatchcase(d.name, g) for g in only)))
+        d for d in path.iterdir() if d.is_dir() and not d.name.startswith(".")  # .submitit, .hydra
+        and (not only or any(fnmatch.fnmatchcase(d.name, g) for g in only)))
     points, unfinished = [], []
     for run in runs:
         reason = _unfinished(run)
