@@ -5,14 +5,16 @@ A scaling-law fit minimises the same 5-parameter objective from thousands of sta
 for every bootstrap resample). One ``scipy.optimize.minimize`` call per start spends its time in Python;
 here every iteration evaluates the objective of all unfinished problems in one batched call, so the cost
 is that of a few hundred tensor operations instead of a few hundred thousand small ones. The problems
-stay independent: nothing about one row (history, step, convergence) depends on another, so each row
-follows the iterates L-BFGS would follow for it alone (the tests compare rows with scipy's L-BFGS-B).
+stay independent: nothing about one row (history, step, convergence) depends on another, so a row's
+iterates are those this algorithm takes on its problem alone. (tests/test_scaling.py checks rows against
+scipy's L-BFGS-B from the same starts: the same minimum from the grid points near the law, the same best
+end over a sample of the grid; from far starts the two line searches may lead to different local minima.)
 
 The line search finds a step meeting the strong Wolfe conditions (sufficient decrease c1 = 1e-4, curvature
 c2 = 0.9) by bracketing and zooming with cubic interpolation (Nocedal & Wright, algorithms 3.5-3.6, as
 torch.optim.LBFGS's ``strong_wolfe``), from the unit step (the first iteration from 1 / ‖g‖₁). A pair
-(s, y) whose curvature s·y is not positive is not stored, which keeps the inverse-Hessian estimate positive
-definite.
+(s, y) whose curvature s·y is not positive is not used, which keeps the inverse-Hessian estimate positive
+definite (its slot stays empty, so such a row remembers one pair fewer for a while).
 """
 
 from __future__ import annotations
