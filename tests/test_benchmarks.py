@@ -67,3 +67,9 @@ def test_data_audit_smoke(benchmark):
     out = benchmark("data_audit").main(["--smoke"])
     assert out["signatures_per_s"]["lmlab_numpy"] > 0 and out["lmlab_lsh_recall_at_0.8"] >= 0.95
     assert all(error < 0.06 for error in out["mean_abs_jaccard_error"].values())
+
+
+def test_scaling_fit_smoke(benchmark):
+    out = benchmark("scaling_fit").main(["--smoke"])
+    assert out["starts"] == 60 and out["scipy_starts"] == 3 and out["batched_seconds"] > 0
+    assert all(value > 0 for value in out["sample_best_objective"].values())

@@ -72,5 +72,6 @@ def build(node: Any, **kwargs) -> Any:
         raise
 
 
-# the lmlab:// config source of sweeps/ and the ${lmlab.run_name:} resolvers of conf/logger/wandb.yaml
-from lmlab.cli import run_names, sweep_source  # noqa: E402,F401
+# the lmlab:// config source of sweeps/, the ${lmlab.run_name:} resolvers of conf/logger/wandb.yaml and the
+# ${lmlab.scaling.*:} resolvers of sweeps/scaling.yaml
+from lmlab.cli import run_names, scaling_resolvers, sweep_source  # noqa: E402,F401

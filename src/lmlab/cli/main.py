@@ -1,4 +1,4 @@
-"""`lmlab <command> [args]`: train, generate, report, cost, quantize, mup, export, eval, data."""
+"""`lmlab <command> [args]`: train, generate, report, cost, quantize, mup, export, eval, data, scaling."""
 
 import importlib
 import sys
@@ -15,8 +15,9 @@ COMMANDS = {
     "export": "a run as a Hugging Face folder (transformers, vLLM, TGI, lm-eval load it)",
     "eval": "lm-evaluation-harness on an exported run; perplexity next to lmlab's own",
     "data": "data audit: duplicates, train/validation contamination, quality (lmlab data audit [overrides])",
+    "scaling": "fit scaling laws to a sweep (lmlab scaling fit) and plan a compute-optimal run",
 }
-NO_CONF = ("report", "export")  # commands that read no config from conf/
+NO_CONF = ("report", "export", "scaling")  # commands that read no config from conf/
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import base64
 import html
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from lmlab.errors import InputError, first_line
 from lmlab.report.labels import differing_overrides, override_key, short_override
 from lmlab.report.plots import PLOTS, plot_objective, png
 from lmlab.report.runs import Run, jobs_without_metrics, load_runs, sweep_objective
@@ -74,7 +76,24 @@ def figures(path: Path, runs: list[Run]) -> dict[str, bytes]:
     plots = {name: plot(runs) for name, plot in PLOTS.items()}
     if len(runs) > 1:
         plots |= plot_objective(runs, metric, maximize)
+    plots |= scaling_plots(path, runs)
     return {name: png(fig) for name, fig in plots.items() if fig is not None}
+
+
+def scaling_plots(path: Path, runs: list[Run]) -> dict:
+    """A scaling sweep's (sweeps/scaling.yaml: its jobs record callbacks.scaling) IsoFLOP profiles, compute-optimal
+    frontier and fit residuals, as `lmlab scaling fit --png-dir` draws them; none while it has too few points."""
+    if len(runs) < 2 or not any("callbacks.scaling.flops" in run.config for run in runs):
+        return {}
+    from lmlab.scaling.plots import figures as scaling_figures
+    from lmlab.scaling.points import read_points
+
+    try:
+        points = read_points(path, only=[run.name for run in runs])
+        return {f"scaling_{name}": fig for name, fig in scaling_figures(points).items()}
+    except InputError as e:  # fewer points than a fit needs: the page still shows the runs
+        warnings.warn(f"report: no scaling plots ({first_line(e)})", stacklevel=2)
+        return {}
 
 
 def render_html(path: Path, runs: list[Run], pngs: dict[str, bytes], only: list[str] | None = None) -> str:
