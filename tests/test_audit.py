@@ -5,6 +5,7 @@ of each rule; dedup and decontaminate checked on the packed split; the CLI's JSO
 from __future__ import annotations
 
 import json
+import math
 from itertools import combinations
 from pathlib import Path
 
@@ -318,3 +319,25 @@ def test_a_training_run_records_the_audit_of_the_split_it_trained_on(trained_run
     assert audit["settings"]["dedup"] == "near" and audit["documents"] >= len(audit["split"]["train"]) > 0
     page = Path(write_report(trained_run, out=trained_run.parent / "report.html")).read_text()
     assert f'id="data-audit">{html.escape(summary_line(audit))}</p>' in page
+
+
+def test_per_document_loss_splits_a_runs_validation_loss_by_the_audit(trained_run, capsys):
+    """experiments/data_quality/per_document_loss.py: the overlapping and clean documents' losses average to the
+    whole validation loss (weighted by their tokens), as do the covered and uncovered tokens'."""
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "experiments" / "data_quality" / "per_document_loss.py"
+    spec = importlib.util.spec_from_file_location("per_document_loss", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    [run] = script.main([str(trained_run)])["runs"]
+    audit = json.loads((trained_run / "data_audit.json").read_text())
+    assert run["val_documents"] == len(audit["split"]["val"]) and run["overlap_documents"] == len(audit["val_overlap"])
+    assert run["val_tokens"] == sum(audit["split_tokens"]["val"]) - 1  # every token but the first is predicted
+    n_overlap, n = run["tokens_overlap_documents"], run["val_tokens"]
+    parts = [(run["loss_overlap_documents"] or 0.0, n_overlap), (run["loss_clean_documents"] or 0.0, n - n_overlap)]
+    assert sum(loss * count for loss, count in parts) / n == pytest.approx(run["loss"], rel=1e-9)
+    assert 0 < run["loss"] < 2 * math.log(384)
+    covered = audit["val_overlap_token_fraction"] * sum(audit["split_tokens"]["val"])  # the audit's own count
+    assert abs(run["covered_tokens"] - covered) <= 1  # (the first validation token is not scored)
+    assert "clean validation documents common to every run" in capsys.readouterr().out

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from lmlab.data.contamination import NGRAM_WORDS, covered_tokens, decontaminate, overlaps
+from lmlab.data.contamination import NGRAM_WORDS, covered_token_mask, decontaminate, overlaps
 from lmlab.data.minhash import components, similar_pairs
 from lmlab.data.ngrams import shingles, split_words
 from lmlab.data.quality import RULES, quality_failures
@@ -165,7 +165,7 @@ def _covered_token_count(texts, words, flagged, covered_words, tokenizer) -> int
     if not flagged:
         return 0
     encodings = tokenizer.backend_tokenizer.encode_batch([texts[d] for d in flagged], add_special_tokens=False)
-    return sum(covered_tokens(texts[d], covered_words[words.starts[d] : words.starts[d + 1]], e.offsets)
+    return sum(int(covered_token_mask(texts[d], covered_words[words.starts[d] : words.starts[d + 1]], e.offsets).sum())
                for d, e in zip(flagged, encodings, strict=True))
 
 

@@ -74,11 +74,12 @@ def decontaminate(words: Words, train: Sequence[int], val: Sequence[int], n: int
         reference = np.sort(np.concatenate([reference, hashes[np.isin(document, newly)]]))
 
 
-def covered_tokens(text: str, covered_words: np.ndarray, token_offsets: Sequence[tuple[int, int]]) -> int:
-    """How many of ``text``'s tokens (their character ``token_offsets``) have a character inside a run of covered
+def covered_token_mask(text: str, covered_words: np.ndarray, token_offsets: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Which of ``text``'s tokens (their character ``token_offsets``) have a character inside a run of covered
     words (``covered_words``: a bool per word of ``text.split()``)."""
-    if not covered_words.any() or not len(token_offsets):
-        return 0
+    tokens = np.asarray(token_offsets, dtype=np.int64).reshape(-1, 2)
+    if not covered_words.any() or not len(tokens):
+        return np.zeros(len(tokens), dtype=bool)
     spans = np.array([m.span() for m in WORD.finditer(text)], dtype=np.int64)
     if len(spans) != len(covered_words):
         raise AssertionError(f"{len(spans)} regex words against {len(covered_words)} from str.split()")
@@ -86,8 +87,6 @@ def covered_tokens(text: str, covered_words: np.ndarray, token_offsets: Sequence
     first = np.flatnonzero(flags[1:-1] & ~flags[:-2])
     last = np.flatnonzero(flags[1:-1] & ~flags[2:])
     range_starts, range_ends = spans[first, 0], spans[last, 1]
-    tokens = np.asarray(token_offsets, dtype=np.int64)
     # the last covered range starting before a token's end covers the token when it ends after the token's start
     candidate = np.searchsorted(range_starts, tokens[:, 1], side="left") - 1
-    inside = (candidate >= 0) & (range_ends[np.maximum(candidate, 0)] > tokens[:, 0])
-    return int(inside.sum())
+    return (candidate >= 0) & (range_ends[np.maximum(candidate, 0)] > tokens[:, 0])
