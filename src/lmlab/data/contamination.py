@@ -29,6 +29,13 @@ def _ngrams_of(words: Words, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return hashes, positions, words.document_of()[positions]
 
 
+def _members(words: Words, documents: Sequence[int]) -> np.ndarray:
+    """A bool per document of ``words``: True for ``documents``."""
+    mask = np.zeros(words.n_documents, dtype=bool)
+    mask[list(documents)] = True
+    return mask
+
+
 def _shared(hashes: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Which of ``hashes`` are in the sorted array ``reference`` (repeats allowed)."""
     if not len(reference):
@@ -42,12 +49,8 @@ def overlaps(words: Words, train: Sequence[int], val: Sequence[int], n: int = NG
     """(validation documents sharing an n-gram with a training document, in ``val``'s order; a bool per word of
     ``words``: True for validation words inside a shared n-gram)."""
     hashes, positions, document = _ngrams_of(words, n)
-    is_train = np.zeros(words.n_documents, dtype=bool)
-    is_train[list(train)] = True
-    is_val = np.zeros(words.n_documents, dtype=bool)
-    is_val[list(val)] = True
-    reference = np.sort(hashes[is_train[document]])
-    in_val = is_val[document]
+    reference = np.sort(hashes[_members(words, train)[document]])
+    in_val = _members(words, val)[document]
     hit = _shared(hashes[in_val], reference)
     flagged = set(document[in_val][hit].tolist())
     return [d for d in val if d in flagged], covered(positions[in_val][hit], n, len(words.hashes))
@@ -57,11 +60,8 @@ def decontaminate(words: Words, train: Sequence[int], val: Sequence[int], n: int
     """The validation documents to move to training so that no remaining one shares an n-gram with training:
     the overlapping ones, then those that overlap the moved ones, until none does (in ``val``'s order)."""
     hashes, _, document = _ngrams_of(words, n)
-    is_train = np.zeros(words.n_documents, dtype=bool)
-    is_train[list(train)] = True
-    remaining = np.zeros(words.n_documents, dtype=bool)
-    remaining[list(val)] = True
-    reference = np.sort(hashes[is_train[document]])
+    remaining = _members(words, val)
+    reference = np.sort(hashes[_members(words, train)[document]])
     moved = np.zeros(words.n_documents, dtype=bool)
     while True:
         candidates = remaining[document]
