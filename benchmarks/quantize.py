@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from lmlab.checkpoint import load_checkpoint, resolve_checkpoint
-from lmlab.cli.quantize import run_datamodule
 from lmlab.compare import compare_models
+from lmlab.data.saved import run_datamodule
 from lmlab.devices import resolve_device, synchronize
 from lmlab.quantization import quantize
 from lmlab.quantization.int8 import packed_kernel_applies, quantize_int8
