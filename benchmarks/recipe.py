@@ -152,6 +152,16 @@ def figures(out: dict, run: dict) -> dict:
                 val_loss=round(val[-1], 4) if val else None)
 
 
+def parse_settings(pairs: list[str]) -> dict:
+    settings = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if key not in RECIPE:
+            raise SystemExit(f"--set {pair}: unknown key; keys: {', '.join(RECIPE)}")
+        settings[key] = type(RECIPE[key])(value)
+    return settings
+
+
 def run_variant(variant: str, recipe: dict, corpus: Path, cache_dir: Path, tmp: Path) -> dict:
     run_dir = Path(tempfile.mkdtemp(prefix=f"{variant}_", dir=tmp)) / "run"
     if variant == "plain":
@@ -166,12 +176,18 @@ def main(argv: list[str] | None, result: dict) -> None:
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--cache-dir", default=os.environ.get("LMLAB_CACHE", "~/.cache/lmlab"),
                         help="the corpus file and lmlab's token cache (paths.cache_dir)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help=f"recipe settings changed on both sides, e.g. max_iters=300 (keys: {', '.join(RECIPE)})")
+    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of every run (default: torch's own choice)")
     parser.add_argument("--smoke", action="store_true", help="20 steps on 60 KB, no warm-up: checks the benchmark runs")
     args = parser.parse_args(argv)
-    recipe = {**RECIPE, **(SMOKE if args.smoke else {})}
+    recipe = {**RECIPE, **(SMOKE if args.smoke else {}), **parse_settings(args.set)}
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the children's torch threads
     cache_dir = Path(args.cache_dir).expanduser()
     corpus = recipe_corpus(60_000 if args.smoke else SHAKESPEARE_BYTES, cache_dir / "benchmarks")
-    result.update(device_info(), benchmark="recipe", recipe=recipe, corpus=str(corpus), repeats=args.repeats,
+    result.update(device_info(), benchmark="recipe", recipe=recipe, omp_threads=os.environ.get("OMP_NUM_THREADS"),
+                  corpus=str(corpus), repeats=args.repeats,
                   lmlab_overrides=lmlab_overrides(recipe, corpus, cache_dir),
                   variant_overrides={v: o for v, o in VARIANTS.items() if o is not None})
     rounds = result["rounds"] = []
@@ -188,8 +204,8 @@ def main(argv: list[str] | None, result: dict) -> None:
                 run["speed_vs_plain"] = round(runs["plain"]["wall_s"] / run["wall_s"], 3)
         result["speed_vs_plain"] = {v: median([r[v]["speed_vs_plain"] for r in rounds])
                                     for v in args.variants if v != "plain"}
-    result["median"] = {v: {k: median([r[v][k] for r in rounds]) for k in ("wall_s", "cpu_s", "first_step_s",
-                                                                            "train_loss", "val_loss")}
+    result["median"] = {v: {k: median(values) if None not in (values := [r[v][k] for r in rounds]) else None
+                            for k in ("wall_s", "cpu_s", "first_step_s", "train_s", "train_loss", "val_loss")}
                         for v in args.variants}
 
 
