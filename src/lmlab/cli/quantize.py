@@ -37,7 +37,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--group-size", type=int, help="int4: input columns per scale (default 64)")
     parser.add_argument("--symmetric", action="store_true", help="int4: symmetric scales (no offsets)")
     parser.add_argument("--embeddings", action="store_true", help="also quantize the embeddings and LM head")
-    parser.add_argument("--matmul-dtype", help="int8: bfloat16 computes matmuls in bf16 (faster on CPU)")
+    parser.add_argument("--matmul-dtype", help="int8: bfloat16 or float32 (exact); default: the fastest for the "
+                        "device (bfloat16 on CPU)")
     parser.add_argument("--skip", action="append", default=[], metavar="PATTERN",
                         help="module names left in float (fnmatch, repeatable), e.g. 'blocks.0.*'")
     parser.add_argument("--out", required=True, help="the quantized checkpoint to write (.safetensors)")
