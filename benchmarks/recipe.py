@@ -47,7 +47,7 @@ VARIANTS = {"plain": None, "default": [], "callbacks_none": ["callbacks=none"],
 RECIPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, max_iters=2000, eval_interval=250,
               eval_iters=200, log_interval=10, warmup_iters=100, lr_decay_iters=2000, lr=1e-3, min_lr=1e-4,
               beta1=0.9, beta2=0.99, weight_decay=0.1, grad_clip=1.0, dropout=0.2, val_fraction=0.1)
-SMOKE = dict(max_iters=20, eval_interval=10, eval_iters=2, warmup_iters=2, lr_decay_iters=20)
+SMOKE = dict(max_iters=10, eval_interval=5, eval_iters=2, warmup_iters=2, lr_decay_iters=10)
 LAST_READINGS = 10
 
 
@@ -179,11 +179,12 @@ def main(argv: list[str] | None, result: dict) -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help=f"recipe settings changed on both sides, e.g. max_iters=300 (keys: {', '.join(RECIPE)})")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of every run (default: torch's own choice)")
-    parser.add_argument("--smoke", action="store_true", help="20 steps on 60 KB, no warm-up: checks the benchmark runs")
+    parser.add_argument("--smoke", action="store_true",
+                        help="10 steps on 60 KB, one thread, no warm-up: checks the benchmark runs")
     args = parser.parse_args(argv)
     recipe = {**RECIPE, **(SMOKE if args.smoke else {}), **parse_settings(args.set)}
-    if args.threads:
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the children's torch threads
+    if args.threads or args.smoke:  # smoke: one thread, so a busy machine does not make threads spin
+        os.environ["OMP_NUM_THREADS"] = str(args.threads or 1)  # the children's torch threads
     cache_dir = Path(args.cache_dir).expanduser()
     corpus = recipe_corpus(60_000 if args.smoke else SHAKESPEARE_BYTES, cache_dir / "benchmarks")
     result.update(device_info(), benchmark="recipe", recipe=recipe, omp_threads=os.environ.get("OMP_NUM_THREADS"),

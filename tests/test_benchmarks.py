@@ -61,3 +61,14 @@ def test_optim_step_smoke(benchmark):
     out = benchmark("optim_step").main(["--smoke"])
     assert {"torch_adamw_foreach", "lmlab_adamw", "lmlab_adamw_skip_flag", "lmlab_adam"} <= set(out["ms_per_step"])
     assert all(ms > 0 for ms in out["ms_per_step"].values()) and out["ratio_to_torch_adamw_foreach"]["lmlab_adamw"] > 0
+
+
+def test_recipe_smoke(benchmark, cache_dir, capsys):
+    out = benchmark("recipe").main(["--smoke", "--cache-dir", str(cache_dir)])
+    (round_,) = out["rounds"]
+    assert set(round_) == {"plain", "default", "callbacks_none", "bare"}
+    for run in round_.values():
+        assert 0 < run["first_step_s"] < run["wall_s"] and run["train_loss"] > 0 and run["val_loss"] > 0
+    assert round_["default"]["callback_share"]["DecodingEvaluator"] > 0  # the probe's clock saw the callbacks
+    assert set(out["speed_vs_plain"]) == {"default", "callbacks_none", "bare"}
+    assert json.loads(capsys.readouterr().out)["benchmark"] == "recipe"

@@ -380,7 +380,8 @@ def test_token_agreement():
     ({"mode": "int8", "skip": ["*"]}, r"^skip=\['\*'\]: leaves nothing to quantize"),
     ({"mode": "int8", "embeddings": True, "skip": ["wte"]}, r"wte and lm_head share one weight"),
     ({"mode": "int4", "matmul_dtype": "bfloat16"}, r"^matmul_dtype='bfloat16': applies to int8 only \(mode='int4'\)"),
-    ({"mode": "int8", "matmul_dtype": "float8"}, r"^matmul_dtype='float8': must be null or one of 'bfloat16', 'float32'$"),
+    ({"mode": "int8", "matmul_dtype": "float8"},
+     r"^matmul_dtype='float8': must be null or one of 'bfloat16', 'float32'$"),
 ])
 def test_bad_settings_fail_before_any_layer_changes(kwargs, error):
     model = tiny_gpt()
