@@ -168,7 +168,8 @@ class StabilityMonitor(L.Callback):
         grads = [p.grad for p in self.params]
         present = [g for g in grads if g is not None]
         norms = torch._foreach_norm(present, 2, dtype=torch.float32) if present else []
-        grad_norm = torch.linalg.vector_norm(torch.stack(norms)) if norms else self.layer_index.new_zeros(())
+        grad_norm = (torch.linalg.vector_norm(torch.stack(norms)) if norms
+                     else self.layer_index.new_zeros((), dtype=torch.float32))
         # None when the step had no backward (training_step returned None)
         loss = all_reduce(self._step_loss, "mean") if self._step_loss is not None else None
         self._step_loss = None
