@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import DEVICE, compose_train, device_info, run_quietly
+from common import DEVICE, device_info, run_config, run_quietly, shipped_model_node, train_py
 from hydra.utils import instantiate
 
 from lmlab.decoding import beam_search, greedy, sample, speculative
@@ -62,10 +62,8 @@ def race(fns: dict, repeats: int) -> tuple[dict, dict]:
 
 def shipped_gpt(name: str, vocab_size: int, device, dtype) -> GPT:
     """conf/model/<name>.yaml as train.py builds it, random weights."""
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = compose_train([f"model={name}", f"data.vocab_size={vocab_size}"], Path(tmp))
     torch.manual_seed(0)
-    return instantiate(cfg.model).to(device, dtype).eval()
+    return instantiate(shipped_model_node(name, vocab_size)).to(device, dtype).eval()
 
 
 def as_hf_gpt2(gpt: GPT):
@@ -181,17 +179,14 @@ def time_split(name: str, args, device, dtype) -> dict:
 
 
 def train_target_and_draft(args, root: Path) -> tuple[Path, Path]:
-    """Runs of train.py: a target, then a 1-layer draft distilled from it (loss=distill). -> run dirs."""
-    from lmlab.cli.train import train
-
+    """`python train.py` runs: a target, then a 1-layer draft distilled from it (loss=distill). -> run dirs."""
     steps = args.train_steps
     common = [f"model={args.spec_model}", f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}",
               f"sched.warmup_steps={max(1, steps // 10)}", "callbacks=model_checkpoint", "logger=csv",
               "trainer.limit_val_batches=4", "samples.num_prompts=0", *args.override]
     target, draft = root / "target", root / "draft"
-    train(compose_train([*common, f"hydra.run.dir={target}"], target))
-    train(compose_train([*common, "experiment=distill_draft", f"loss.teacher={target}", f"hydra.run.dir={draft}"],
-                        draft))
+    train_py(common, target)
+    train_py([*common, "experiment=distill_draft", f"loss.teacher={target}"], draft)
     return target, draft
 
 
@@ -202,8 +197,7 @@ def speculative_vs_greedy(args, device, dtype, out: dict) -> None:
         target_dir, draft_dir = train_target_and_draft(args, Path(tmp))
         target, tokenizer, _ = load_checkpoint(target_dir)
         draft, _, _ = load_checkpoint(draft_dir)
-        cfg = compose_train([f"model={args.spec_model}", *args.override], Path(tmp))
-        datamodule = instantiate(cfg.data)
+        datamodule = instantiate(run_config(target_dir).data)  # the target's own data
         datamodule.prepare_data()
         prompts = datamodule.val_prompts(args.spec_prompts, args.prompt_len)
     target, draft = target.to(device, dtype), draft.to(device, dtype)

@@ -77,8 +77,8 @@ part decode 150 $PY benchmarks/decode.py --configs "${decode_configs[@]}" --stra
 # 3. the training step, gpt_small at sequence 1024 in bf16: plain loop vs Lightning vs HF, then compiled
 common=(--model "$model" --seq-len "$seq" --batch-size "$batch" --precision "$precision" --warmup 5 --steps 10
         --override logger=csv "${check[@]}")
-part train_step_eager 70 $PY benchmarks/train_step.py "${common[@]}" --repeats 2
-part train_step_compiled 90 $PY benchmarks/train_step.py "${common[@]}" --repeats 1 --compile \
+part train_step_eager 100 $PY benchmarks/train_step.py "${common[@]}" --repeats 2
+part train_step_compiled 100 $PY benchmarks/train_step.py "${common[@]}" --repeats 1 --compile \
   --variants plain lit
 
 # 4. start-up to the first optimizer step (default config, CSV logger instead of W&B)

@@ -8,7 +8,8 @@ On a CPU shared with other work, wall-clock speeds are noise (and OpenMP threads
 core spin, costing more than the work): ``--threads 1 --cpu-time`` times every speed figure by the
 CPU time the process spent instead, which other processes do not inflate.
 
-Models: float32, int8, int8 with its matmuls in bfloat16 (``matmul_dtype``), int4 (``--group-size``,
+Models: float32, int8 (its matmuls in the dtype lmlab picks for the device: ``int8_matmul_dtype`` in the
+output), int8 with its matmuls in bfloat16 and in float32 (``matmul_dtype``), int4 (``--group-size``,
 default 64), int8 and int4 with the embeddings and the LM head quantized as well (``*_all``),
 bfloat16, and int8 of the bfloat16 model. For each: weight
 bytes (all, and the quantized layers with their scales against the same weights in float32 and
@@ -31,14 +32,15 @@ import torch
 import torch.nn.functional as F
 
 from lmlab.checkpoint import load_checkpoint, resolve_checkpoint
-from lmlab.cli.quantize import run_datamodule
 from lmlab.compare import compare_models
+from lmlab.data.saved import run_datamodule
 from lmlab.devices import resolve_device, synchronize
 from lmlab.quantization import quantize
-from lmlab.quantization.int8 import packed_kernel_applies, quantize_int8
+from lmlab.quantization.int8 import fastest_matmul_dtype, packed_kernel_applies, quantize_int8
 from lmlab.quantization.layers import QuantizedWeight
 
-VARIANTS = ("float32", "int8", "int8_bf16_matmul", "int4", "int8_all", "int4_all", "bfloat16", "int8_bfloat16")
+VARIANTS = ("float32", "int8", "int8_bf16_matmul", "int8_fp32_matmul", "int4", "int8_all", "int4_all", "bfloat16",
+            "int8_bfloat16")
 GOALS = {  # name: (model, figure, target, holds)
     "int8_memory_vs_float32": ("int8", "layer_bytes_vs_float32", "<= 0.27", lambda v: v <= 0.27),
     "int8_memory_vs_bfloat16": ("int8", "layer_bytes_vs_bfloat16", "<= 0.53", lambda v: v <= 0.53),
@@ -62,6 +64,7 @@ def build_variants(model, names, group_size: int) -> dict:
         "float32": lambda: model,
         "int8": lambda: quantize(copy.deepcopy(model), "int8"),
         "int8_bf16_matmul": lambda: quantize(copy.deepcopy(model), "int8", matmul_dtype="bfloat16"),
+        "int8_fp32_matmul": lambda: quantize(copy.deepcopy(model), "int8", matmul_dtype="float32"),
         "int4": lambda: quantize(copy.deepcopy(model), "int4", group_size=group_size),
         "int8_all": lambda: quantize(copy.deepcopy(model), "int8", embeddings=True),
         "int4_all": lambda: quantize(copy.deepcopy(model), "int4", group_size=group_size, embeddings=True),
@@ -162,6 +165,7 @@ def main(argv=None) -> dict:
         "model": {"params": sum(p.numel() for p in model.parameters()), **model.to_config_dict()},
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "int8_matmul_dtype": str(fastest_matmul_dtype(torch.zeros(1, 8, device=device), 8)).removeprefix("torch."),
         "clock": "CPU seconds of the process" if args.cpu_time else "wall-clock seconds",
         "settings": {**{k: v for k, v in vars(args).items() if k not in ("run", "variants")},
                      "val_tokens": sum(b[:, 1:].numel() for b in val_batches)},

@@ -15,8 +15,6 @@ Prints one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -24,24 +22,20 @@ import time
 from pathlib import Path
 
 import lightning as L
-from common import device_info, median, run_quietly
+from common import device_info, median, read_json, run_quietly, train_py, write_json
 
-from lmlab.cli import CONF_DIR
-
-ROOT = Path(CONF_DIR).parent
-CLOCK_FILE = "LMLAB_STARTUP_CLOCK"  # environment variable: where the probe writes its times
 HEAVY = ("wandb", "matplotlib", "transformers", "datasets", "scipy", "pandas")  # load only when used
 
 
 class FirstStepProbe(L.Callback):
-    """Put into the child run by config: writes the wall clock at each mark, stops after the first step."""
+    """Put into the child run by config: the wall clock at each mark, written to the run directory as
+    ``startup_probe.json`` after the first step, which stops the run."""
 
     def __init__(self):
         self.times = {}
 
     def _mark(self, name):
         self.times.setdefault(name, time.time())
-        Path(os.environ[CLOCK_FILE]).write_text(json.dumps(self.times))
 
     def setup(self, trainer, pl_module, stage):
         self._mark("setup")
@@ -54,23 +48,17 @@ class FirstStepProbe(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self._mark("first_step_done")
+        write_json(trainer, "startup_probe", self.times)
         trainer.should_stop = True
 
 
 def first_step(overrides: list[str], workdir: Path) -> dict:
     """One `python train.py` run: seconds from launch to each probe mark, and to the process' exit."""
-    clock = workdir / "clock.json"
-    env = {**os.environ, CLOCK_FILE: str(clock), "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"),
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, str(ROOT / "train.py"), "samples.num_prompts=0", f"hydra.run.dir={workdir / 'run'}",
-           "+callbacks.startup_probe._target_=startup.FirstStepProbe", *overrides]
-    launched = time.time()
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env)
-    exited = time.time() - launched
-    if proc.returncode != 0 or not clock.is_file():
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    marks = json.loads(clock.read_text())
-    return {**{name: round(t - launched, 3) for name, t in marks.items()}, "exit": round(exited, 3)}
+    run_dir = workdir / "run"
+    run = train_py(["samples.num_prompts=0", *overrides], run_dir, cwd=workdir,
+                   callbacks={"startup_probe": {"_target_": "startup.FirstStepProbe"}})
+    marks = read_json(run_dir, "startup_probe")
+    return {**{name: round(t - run["started"], 3) for name, t in marks.items()}, "exit": round(run["seconds"], 3)}
 
 
 def import_time(module: str) -> dict:

@@ -14,9 +14,11 @@ with the same AdamW (lmlab's), schedule, gradient clipping and precision:
 Each is timed over ``--steps`` optimizer steps after ``--warmup`` (from the start of one batch to the
 start of the batch ``--steps`` later: data loading, transfer and the callbacks included; validation
 off). The variants take turns, ``--repeats`` rounds; ratios to the plain loop are taken within each
-round (side by side in time, so a busy machine slows all alike) and their median is reported. Peak
-memory: CUDA's max allocated per variant; on CPU the peak RSS of one extra process per variant.
-Prints one JSON object.
+round (side by side in time, so a busy machine slows all alike) and their median is reported. The
+train.py variants run as `python train.py` does, in a fresh process each, timed by a StepClock callback
+added to the run by config; the plain loop runs here, on objects built from the config train.py composes.
+Peak memory: CUDA's max allocated per variant; on CPU the peak RSS of each train.py process, and of one
+extra process that runs the plain loop alone. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-from common import DEVICE, compose_train, device_info, median, run_quietly
+from common import CONF, DEVICE, device_info, median, read_json, run_quietly, train_config, train_py, write_json
 from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
 from lmlab.cost import (
     measured_matmul_flops,
@@ -54,15 +57,14 @@ TRAINING_HOOKS = ("on_train_batch_start", "on_before_backward", "on_after_backwa
 
 
 class StepClock(L.Callback):
-    """Wall time from the start of optimizer step ``start`` to the start of step ``start + steps``, and the
-    time each other callback's training hooks take in that window, split into logging and other steps.
-    Goes first in the callback list, so it opens each step before the others see it."""
-
-    latest: StepClock | None = None  # the last instance that finished (Hydra builds it inside train())
+    """Put into a `python train.py` run by config (``+callbacks.step_clock._target_=train_step.StepClock``):
+    wall time from the start of optimizer step ``start`` to the start of step ``start + steps``, and the time
+    each other callback's training hooks take in that window, split into logging and other steps. Writes
+    them, the peak memory and the model's training FLOPs per token as ``step_clock.json`` in the run
+    directory, then stops the run."""
 
     def __init__(self, start: int, steps: int):
         self.start, self.steps = start, steps
-        self.seconds = self.peak_mem_gb = self.model = None
         self.hook_seconds: dict[str, dict[str, float]] = {}
         self.step = -1
 
@@ -91,10 +93,11 @@ class StepClock(L.Callback):
         if self.step == self.start:
             self.t0 = clock_start()
         elif self.step == self.start + self.steps:
-            self.seconds, self.peak_mem_gb = clock_stop(self.t0)
-            self.model = pl_module.model
+            seconds, peak_mem_gb = clock_stop(self.t0)
+            flops = train_flops_per_token(model_shape(pl_module.model), batch.shape[1] - 1)
+            write_json(trainer, "step_clock", dict(seconds=seconds, flops_per_token=flops, callback_ms_per_step=
+                                                   self.ms_per_step(), peak_mem_gb=peak_mem_gb))
             trainer.should_stop = True
-            StepClock.latest = self
 
     def ms_per_step(self) -> dict[str, dict[str, float]]:
         """Each callback's hook time per step in the window, on logging steps and on the others."""
@@ -110,19 +113,20 @@ def clock_start() -> float:
     return time.perf_counter()
 
 
-def clock_stop(t0: float) -> tuple[float, float | None]:
+def clock_stop(t0: float) -> tuple[float, float]:
+    """Seconds since ``t0`` and the peak memory: CUDA's max allocated, or this process's peak RSS."""
     synchronize(DEVICE)
-    seconds = time.perf_counter() - t0
-    return seconds, peak_memory_gb(DEVICE) if DEVICE.type == "cuda" else None  # CPU: a fresh process per variant
+    return time.perf_counter() - t0, peak_memory_gb(DEVICE)
 
 
-def overrides(args, variant: str, run_dir: Path) -> list[str]:
-    """train.py overrides of one variant: the same data, schedule and trainer settings for all."""
+def overrides(args, variant: str, plain: DictConfig | None = None) -> list[str]:
+    """train.py overrides of one variant: the same data, schedule and trainer settings for all (``plain``: the
+    plain variant's config, whose model the hf variant mirrors)."""
     max_steps = args.warmup + args.steps + 1
     common = [f"model={args.model}", f"data.batch_size={args.batch_size}", f"data.block_size={args.seq_len}",
               f"trainer.precision={args.precision}", f"compile={str(args.compile).lower()}",
               f"trainer.max_steps={max_steps}", f"sched.warmup_steps={min(args.warmup, max_steps)}",
-              "trainer.limit_val_batches=0", "samples.num_prompts=0", f"hydra.run.dir={run_dir}", *args.override]
+              "trainer.limit_val_batches=0", "samples.num_prompts=0", *args.override]
     if args.model_overrides:
         common += [f"model.{o}" for o in args.model_overrides]
     if variant == "default":
@@ -131,39 +135,26 @@ def overrides(args, variant: str, run_dir: Path) -> list[str]:
     common = [o for o in common if not o.startswith(("callbacks=", "logger="))]  # e.g. --override logger=csv
     if variant != "hf":
         return common + quiet
-    shape = compose_train(common, run_dir).model  # the lmlab GPT this HF model mirrors
+    shape = plain.model  # the lmlab GPT this HF model mirrors: the plain variant's config
     if shape.position != "learned" or shape.norm != "layernorm" or shape.mlp != "standard":
         raise SystemExit(f"--model {args.model}: the hf variant mirrors GPT-2-style shapes only")
     hf = [o for o in common if not o.startswith("model")] + ["model=hf", "model.architecture=gpt2"]
-    llama_sizes = [f"~model.{k}" for k in compose_train(hf, run_dir).model if k not in HF_KEYS]  # conf/model/hf
+    llama_sizes = [f"~model.{k}" for k in OmegaConf.load(CONF / "model" / "hf.yaml") if k not in HF_KEYS]
     gpt2 = [*hf, *llama_sizes, f"+model.n_embd={shape.n_embd}", f"+model.n_layer={shape.n_layer}",
             f"+model.n_head={shape.n_head}", f"+model.n_positions={shape.block_size}", "+model.resid_pdrop=0.0",
             "+model.embd_pdrop=0.0", "+model.attn_pdrop=0.0"]
     return gpt2 + quiet
 
 
-def run_trainer(args, variant: str, run_dir: Path) -> dict:
-    """One fit through lmlab's train() (what `python train.py` runs), timed by a StepClock callback."""
-    from omegaconf import open_dict
-
-    from lmlab.cli.train import train
-
-    cfg = compose_train(overrides(args, variant, run_dir), run_dir)
-    clock = {"_target_": f"{StepClock.__module__}.StepClock", "start": args.warmup, "steps": args.steps}
-    with open_dict(cfg):
-        cfg.callbacks = {"step_clock": clock, **(cfg.callbacks or {})}
-    StepClock.latest = None
-    train(cfg)
-    clock = StepClock.latest
-    if clock is None:
-        raise RuntimeError(f"{variant}: the run ended before step {args.warmup + args.steps}")
-    return dict(seconds=clock.seconds, peak_mem_gb=clock.peak_mem_gb, model=clock.model,
-                callback_ms_per_step=clock.ms_per_step())
+def run_trainer(args, variant: str, run_dir: Path, plain: DictConfig | None) -> dict:
+    """One `python train.py` run of the variant, timed by a StepClock callback in it."""
+    clock = {"_target_": "train_step.StepClock", "start": args.warmup, "steps": args.steps}
+    train_py(overrides(args, variant, plain), run_dir, callbacks={"step_clock": clock})
+    return read_json(run_dir, "step_clock")
 
 
-def run_plain(args, run_dir: Path) -> dict:
+def run_plain(args, cfg: DictConfig) -> dict:
     """The plain loop on the objects the same config builds (data, model, optimizer, schedule)."""
-    cfg = compose_train(overrides(args, "plain", run_dir), run_dir)
     L.seed_everything(cfg.seed)
     device = DEVICE
     datamodule = instantiate(cfg.data)
@@ -182,7 +173,8 @@ def run_plain(args, run_dir: Path) -> dict:
             t0 = clock_start()
         elif step == args.warmup + args.steps:
             seconds, peak = clock_stop(t0)
-            return dict(seconds=seconds, peak_mem_gb=peak, model=model)
+            flops = train_flops_per_token(model_shape(model), args.seq_len)
+            return dict(seconds=seconds, flops_per_token=flops, peak_mem_gb=peak if DEVICE.type == "cuda" else None)
         with torch.autocast(device.type, dtype=dtype, enabled=mixed):
             logits = forward(batch[:, :-1]).logits
             loss = F.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten())
@@ -195,18 +187,26 @@ def run_plain(args, run_dir: Path) -> dict:
     raise RuntimeError("the training split ran out before the timed steps ended")
 
 
-def run_variant(args, variant: str) -> dict:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+def run_variant(args, variant: str, plain: DictConfig | None) -> dict:
+    """``plain``: the plain variant's resolved config (the train.py variants' own is theirs)."""
+    if variant == "plain":
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        return run_plain(args, plain)
     with tempfile.TemporaryDirectory(prefix=f"train_step_{variant}_") as tmp:
-        return run_plain(args, Path(tmp)) if variant == "plain" else run_trainer(args, variant, Path(tmp))
+        return run_trainer(args, variant, Path(tmp) / "run", plain)
 
 
-def peak_rss_gb(argv: list[str], variant: str) -> float:
-    """Peak resident memory of a fresh process that runs only ``variant`` (CPU memory, per variant)."""
-    cmd = [sys.executable, __file__, *argv, "--only", variant]
+def plain_config(args) -> DictConfig:
+    with tempfile.TemporaryDirectory(prefix="train_step_config_") as tmp:
+        return train_config(overrides(args, "plain"), Path(tmp) / "run")
+
+
+def plain_peak_rss_gb(argv: list[str]) -> float:
+    """Peak resident memory of a fresh process that runs only the plain loop (its CPU memory alone)."""
+    cmd = [sys.executable, __file__, *argv, "--only", "plain"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout)["peak_rss_gb"]
 
@@ -226,14 +226,14 @@ def main(argv: list[str] | None, result: dict) -> None:
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--override", nargs="*", default=[], help="more train.py overrides for every variant")
     parser.add_argument("--smoke", action="store_true", help="seconds-long check that the benchmark runs")
-    parser.add_argument("--only", choices=VARIANTS, help=argparse.SUPPRESS)  # one variant, for its peak RSS
+    parser.add_argument("--only", choices=["plain"], help=argparse.SUPPRESS)  # the plain loop alone, for its RSS
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     if args.smoke:
         args.warmup, args.steps, args.repeats = 1, 2, 1
 
     if args.only:
-        run_variant(args, args.only)
+        run_plain(args, plain_config(args))
         result["peak_rss_gb"] = peak_memory_gb("cpu")
         return
 
@@ -247,9 +247,10 @@ def main(argv: list[str] | None, result: dict) -> None:
     # a CPU's peak is measured (a matmul), and a busy CPU measures low: the best of one per round
     peaks = result["peak_flops_measured"] = []
     runs = {}
+    plain = plain_config(args) if {"plain", "hf"} & set(args.variants) else None
     for _ in range(args.repeats):
         for variant in args.variants:
-            runs[variant] = run_variant(args, variant)
+            runs[variant] = run_variant(args, variant, plain)
             seconds[variant].append(round(runs[variant]["seconds"], 4))
         if not cuda:
             peaks.append(measured_matmul_flops.__wrapped__(dtype, seconds=0.2 if args.smoke else 1.0))
@@ -259,8 +260,8 @@ def main(argv: list[str] | None, result: dict) -> None:
     results = result["variants"] = {}
     for variant, run in runs.items():
         tokens_per_s = tokens / median(seconds[variant])
-        flops = train_flops_per_token(model_shape(run["model"]), args.seq_len)
-        memory = run["peak_mem_gb"] if cuda or args.smoke else peak_rss_gb(argv, variant)
+        flops = run["flops_per_token"]
+        memory = run["peak_mem_gb"] if cuda or variant != "plain" else None if args.smoke else plain_peak_rss_gb(argv)
         results[variant] = dict(tokens_per_s=round(tokens_per_s, 1),
                                 step_time_s=round(median(seconds[variant]) / args.steps, 5),
                                 mfu=round(flops * tokens_per_s / peak, 4) if peak else None,

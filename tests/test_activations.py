@@ -80,3 +80,26 @@ def test_registry_names_and_bad_name():
     assert "gelu_tanh" in repr(Activation("gelu_tanh"))
     with pytest.raises(ValueError, match=r"^name='swish': must be one of 'relu', 'gelu', 'gelu_tanh'"):
         Activation("swish")
+
+
+def gelu_tanh_derivative(x):
+    c = (2 / torch.pi) ** 0.5
+    t = torch.tanh(c * x * (1 + 0.044715 * x * x))
+    return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x)
+
+
+WRITTEN_OUT = {  # the analytic derivatives of the module docstring, one op at a time (float64)
+    "gelu": lambda x: 0.5 * (1 + torch.erf(x / 2**0.5)) + x * torch.exp(-0.5 * x * x) / (2 * torch.pi) ** 0.5,
+    "gelu_tanh": gelu_tanh_derivative,
+    "silu": lambda x: torch.sigmoid(x) * (1 + x * (1 - torch.sigmoid(x))),
+    "sigmoid": lambda x: torch.sigmoid(x) * (1 - torch.sigmoid(x)),
+    "tanh": lambda x: 1 - torch.tanh(x) ** 2,
+    "relu": lambda x: (x > 0).double(),
+}
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_derivative_is_the_written_out_formula(name):
+    x = _inputs(torch.float64).requires_grad_()
+    (grad,) = torch.autograd.grad(FUNCTIONS[name](x).sum(), x)
+    torch.testing.assert_close(grad, WRITTEN_OUT[name](x.detach()), rtol=1e-12, atol=1e-14)

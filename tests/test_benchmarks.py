@@ -73,3 +73,14 @@ def test_scaling_fit_smoke(benchmark):
     out = benchmark("scaling_fit").main(["--smoke"])
     assert out["starts"] == 60 and out["scipy_starts"] == 3 and out["batched_seconds"] > 0
     assert all(value > 0 for value in out["sample_best_objective"].values())
+
+
+def test_recipe_smoke(benchmark, cache_dir, capsys):
+    out = benchmark("recipe").main(["--smoke", "--cache-dir", str(cache_dir)])
+    (round_,) = out["rounds"]
+    assert set(round_) == {"plain", "default", "callbacks_none", "bare"}
+    for run in round_.values():
+        assert 0 < run["first_step_s"] < run["wall_s"] and run["train_loss"] > 0 and run["val_loss"] > 0
+    assert round_["default"]["callback_share"]["DecodingEvaluator"] > 0  # the probe's clock saw the callbacks
+    assert set(out["speed_vs_plain"]) == {"default", "callbacks_none", "bare"}
+    assert json.loads(capsys.readouterr().out)["benchmark"] == "recipe"

@@ -191,3 +191,26 @@ def test_a_checked_init_taking_kwargs_hands_them_to_its_parent():
                 source, kwargs = ast.unparse(node), node.args.kwarg.arg
                 assert "super().__init__(" in source and f"**{kwargs})" in source, \
                     f"{path.relative_to(SRC)}: a @checked __init__(**{kwargs}) must pass them to super().__init__"
+
+
+def cli_imports(path: Path) -> set[str]:
+    """The lmlab.cli modules a file imports (``from lmlab import cli`` included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == "lmlab":
+            found |= {f"lmlab.{alias.name}" for alias in node.names if alias.name == "cli"}
+    return found | {m for m in lmlab_imports(path) if m == "lmlab.cli" or m.startswith("lmlab.cli.")}
+
+
+def test_benchmarks_and_experiments_import_nothing_from_cli():
+    """They run `python train.py` as a user does (a subprocess) and build library objects directly, so what
+    they measure is what a user gets, and the command-line layer stays free to change."""
+    root = SRC.parents[1]
+    files = sorted(p for folder in ("benchmarks", "experiments") for p in (root / folder).rglob("*.py"))
+    assert files and [f"{p.relative_to(root)}: {sorted(cli_imports(p))}" for p in files if cli_imports(p)] == []
+
+
+def test_the_cli_import_check_finds_one(tmp_path):
+    for line in ("from lmlab.cli import CONF_DIR", "import lmlab.cli.train", "from lmlab import cli"):
+        (tmp_path / "bench.py").write_text(f"def f():\n    {line}\n")
+        assert cli_imports(tmp_path / "bench.py")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import logging
 import pickle
 import re
 import subprocess
@@ -115,7 +116,8 @@ def test_quantized_linear_equals_matmul_with_dequantized_weight(mode, dtype, bia
         in_features = 48
     torch.manual_seed(0)
     linear = nn.Linear(in_features, 40, bias=bias)
-    layer = quantize(nn.Sequential(linear), mode, group_size=16 if mode == "int4" else None)[0]
+    exact = "float32" if mode == "int8" and dtype == torch.float32 else None  # the default rounds to bfloat16
+    layer = quantize(nn.Sequential(linear), mode, group_size=16 if mode == "int4" else None, matmul_dtype=exact)[0]
     assert isinstance(layer, QuantizedLinear)
     layer = layer.to(dtype)
     weight = layer.dequantize(dtype)
@@ -132,15 +134,35 @@ def test_quantized_linear_equals_matmul_with_dequantized_weight(mode, dtype, bia
         assert packed_kernel_applies(x, in_features) == (dtype == torch.bfloat16 and in_features % 8 == 0)
 
 
-def test_int8_matmul_dtype_bfloat16_rounds_the_inputs_and_returns_the_input_dtype():
+@pytest.mark.parametrize("matmul_dtype", ["bfloat16", None])  # None: the fastest for the device, bf16 on CPU
+def test_int8_matmul_dtype_bfloat16_rounds_the_inputs_and_returns_the_input_dtype(matmul_dtype):
     torch.manual_seed(0)
-    layer = quantize(nn.Sequential(nn.Linear(64, 40)), "int8", matmul_dtype="bfloat16")[0]
+    layer = quantize(nn.Sequential(nn.Linear(64, 40)), "int8", matmul_dtype=matmul_dtype)[0]
     x = torch.randn(2, 3, 64)
     got = layer(x)
     assert got.dtype == torch.float32 and packed_kernel_applies(x.bfloat16(), 64)
     expected = x @ layer.dequantize().T + layer.bias
     torch.testing.assert_close(got, expected, rtol=2e-2, atol=2e-2 * expected.abs().max().item())
     assert not torch.allclose(got, expected, rtol=1e-6, atol=1e-7)  # it did compute in bfloat16
+    bf16 = x.bfloat16() @ layer.dequantize(torch.bfloat16).T
+    torch.testing.assert_close(got - layer.bias, bf16.float(), rtol=2e-2, atol=2e-2 * bf16.abs().max().item())
+
+
+def test_the_default_int8_path_is_chosen_per_device_and_dtype_and_logged(caplog):
+    from lmlab.quantization.int8 import _logged, fastest_matmul_dtype
+
+    _logged.clear()
+    with caplog.at_level(logging.INFO, logger="lmlab.quantization.int8"):
+        assert fastest_matmul_dtype(torch.randn(1, 64), 64) == torch.bfloat16  # the packed kernel, on CPU
+        assert fastest_matmul_dtype(torch.randn(1, 36), 36) == torch.float32  # 36 inputs: the kernel is unsafe
+        assert fastest_matmul_dtype(torch.randn(1, 64, dtype=torch.bfloat16), 64) == torch.bfloat16
+        assert fastest_matmul_dtype(torch.randn(1, 64), 64) == torch.bfloat16  # logged once
+        if torch.cuda.is_available():
+            assert fastest_matmul_dtype(torch.randn(1, 64, device="cuda"), 64) == torch.float32
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3 + torch.cuda.is_available()
+    assert "float32 activations on cpu run in bfloat16 through torch._weight_int8pack_mm" in lines[0]
+    assert "in their own dtype, the weight dequantized" in lines[1]
 
 
 # --- independent references ------------------------------------------------------------------------
@@ -158,7 +180,7 @@ def test_int8_matches_a_numpy_transcription():
     q, scale = quantize_int8(torch.from_numpy(w))
     np.testing.assert_array_equal(q.numpy(), q_ref)
     np.testing.assert_array_equal(scale.numpy(), scale_ref)
-    layer = quantize(nn.Sequential(nn.Linear(w.shape[1], w.shape[0])), "int8")[0]
+    layer = quantize(nn.Sequential(nn.Linear(w.shape[1], w.shape[0])), "int8", matmul_dtype="float32")[0]
     layer.set_weight(torch.from_numpy(w))
     expected = x.astype(np.float64) @ (q_ref.astype(np.float64) * scale_ref[:, None]).T + layer.bias.detach().numpy()
     np.testing.assert_allclose(layer(torch.from_numpy(x)).detach().numpy(), expected, rtol=1e-5, atol=1e-5)
@@ -358,7 +380,8 @@ def test_token_agreement():
     ({"mode": "int8", "skip": ["*"]}, r"^skip=\['\*'\]: leaves nothing to quantize"),
     ({"mode": "int8", "embeddings": True, "skip": ["wte"]}, r"wte and lm_head share one weight"),
     ({"mode": "int4", "matmul_dtype": "bfloat16"}, r"^matmul_dtype='bfloat16': applies to int8 only \(mode='int4'\)"),
-    ({"mode": "int8", "matmul_dtype": "float8"}, r"^matmul_dtype='float8': must be null or one of 'bfloat16'$"),
+    ({"mode": "int8", "matmul_dtype": "float8"},
+     r"^matmul_dtype='float8': must be null or one of 'bfloat16', 'float32'$"),
 ])
 def test_bad_settings_fail_before_any_layer_changes(kwargs, error):
     model = tiny_gpt()

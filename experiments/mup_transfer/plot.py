@@ -16,7 +16,7 @@ import math
 import statistics
 from pathlib import Path
 
-from lmlab.cli.report import load_runs, objective
+from lmlab.report.runs import load_runs, objective
 
 
 def collect(grid: Path) -> dict[tuple[str, int], dict[float, list[float]]]:

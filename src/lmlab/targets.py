@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 from typing import Any
 
@@ -32,3 +33,22 @@ def locate(path: str, name: str = "_target_") -> Any:
             raise ArgumentError(name, path, f"{'.'.join(parts[:i])} has no {attr!r}{hint}")
         obj = getattr(obj, attr)
     return obj
+
+
+def build(node: Any) -> Any:
+    """A config node saved as plain data (a run's resolved config.yaml) as the object it describes, without
+    Hydra: a mapping with ``_target_`` is that callable called with its other keys, each built first (unless
+    ``_recursive_: false``), or with ``_partial_: true`` a ``functools.partial`` of it; other mappings and
+    lists are built item by item."""
+    if isinstance(node, list | tuple):
+        return [build(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "_target_" not in node:
+        return {key: build(value) for key, value in node.items()}
+    arguments = {key: value for key, value in node.items() if not key.startswith("_")}
+    if node.get("_recursive_", True):
+        arguments = {key: build(value) for key, value in arguments.items()}
+    args = [build(a) for a in node.get("_args_", [])]
+    target = locate(node["_target_"])
+    return functools.partial(target, *args, **arguments) if node.get("_partial_") else target(*args, **arguments)

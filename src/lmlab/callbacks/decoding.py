@@ -5,16 +5,22 @@ Logs ``decode/<strategy>/{tokens_per_s, mean_new_length, distinct_2, repetition_
 decoding) and a W&B table of the texts. With ``quantize`` (int8 or int4) a weight-only quantized
 copy of the model is evaluated too, under ``decode/<strategy>-<mode>/``, with ``agreement``: the
 fraction of its tokens equal to the float model's.
+
+By default the evaluations take at most ``time_budget`` (1%) of the run's wall time: one runs at the first
+validation, later ones when the time they took so far, plus the last one's again, stays within the budget
+of the time since training started (so a run of many validations evaluates at fewer of them, evenly
+spread in time). ``time_budget=None`` evaluates at every ``every_n_validations``-th one.
 """
 
 from __future__ import annotations
 
 import copy
+import time
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lmlab.arguments import PositiveInt, checked
+from lmlab.arguments import Fraction, PositiveInt, checked
 from lmlab.compare import token_agreement
 from lmlab.decoding.evaluate import compiles, evaluate_strategy, named_strategies
 from lmlab.errors import ArgumentError
@@ -25,18 +31,21 @@ from lmlab.quantization.convert import Mode, quantization_of
 
 class DecodingEvaluator(L.Callback):
     """``strategies``: one decoding partial (named ``name``) or a mapping name -> partial;
-    ``quantize``: also evaluate an int8 or int4 copy (``quantize_group_size`` for int4, default 64)."""
+    ``quantize``: also evaluate an int8 or int4 copy (``quantize_group_size`` for int4, default 64);
+    ``time_budget``: the largest share of the run's wall time the evaluations take (None: no limit)."""
 
     @checked(rules=quantization_of)
     def __init__(self, strategies, name: str = "decoding", num_prompts: PositiveInt = 4,
                  prompt_tokens: PositiveInt = 16, max_new_tokens: PositiveInt = 32,
                  every_n_validations: PositiveInt = 1, seed: int = 0, quantize: Mode | None = None,
-                 quantize_group_size: PositiveInt | None = None):
+                 quantize_group_size: PositiveInt | None = None, time_budget: Fraction | None = 0.01):
         self.quantization = quantization_of(quantize, quantize_group_size)
         self.strategies = named_strategies(strategies, name)
         self.num_prompts, self.prompt_tokens, self.max_new_tokens = num_prompts, prompt_tokens, max_new_tokens
-        self.every_n_validations, self.seed = every_n_validations, seed
+        self.every_n_validations, self.seed, self.time_budget = every_n_validations, seed, time_budget
         self.validations = 0
+        self.spent = self.last = 0.0  # seconds of all evaluations, and of the latest
+        self.started, self.skipped = time.perf_counter(), 0  # the clock restarts when training starts
         self.rows: list[list] = []  # every table row so far: W&B tables are logged whole
 
     def check_fit(self, trainer: L.Trainer, model, datamodule) -> None:
@@ -55,6 +64,21 @@ class DecodingEvaluator(L.Callback):
         if stage == "fit":
             self.check_fit(trainer, pl_module.model, trainer.datamodule)
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started = time.perf_counter()
+
+    def within_budget(self) -> bool:
+        """Whether another evaluation, as long as the last, keeps them all within the time budget."""
+        if self.time_budget is None or not self.spent:
+            return True
+        if self.spent + self.last <= self.time_budget * (time.perf_counter() - self.started):
+            return True
+        self.skipped += 1
+        if self.skipped == 1:
+            rank_zero_info(f"DecodingEvaluator: evaluating at fewer validations, to take at most {self.time_budget:.0%}"
+                           " of the run's time (time_budget=None evaluates at every one)")
+        return False
+
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         datamodule = trainer.datamodule
         if trainer.sanity_checking or not hasattr(datamodule, "val_prompts"):
@@ -65,6 +89,16 @@ class DecodingEvaluator(L.Callback):
         if "fsdp" in type(trainer.strategy).__name__.lower():
             rank_zero_warn("DecodingEvaluator: skipped under FSDP (parameters are sharded across ranks)")
             return
+        if not self.within_budget():
+            return
+        start = time.perf_counter()
+        self.evaluate(trainer, pl_module)
+        self.last = time.perf_counter() - start
+        self.spent += self.last
+
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Decode the prompts with every strategy (and the quantized copy), log the metrics and the texts."""
+        datamodule = trainer.datamodule
         prompts = datamodule.val_prompts(self.num_prompts, self.prompt_tokens)
         tokenizer, model = pl_module.tokenizer, pl_module.model
         was_training = model.training

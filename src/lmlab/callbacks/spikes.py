@@ -21,16 +21,15 @@ class SpikeDetector:
 
     def update(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
-        filled = self.slots < self.count.clamp(max=self.window)
-        n = filled.sum().clamp(min=1)
-        mean = torch.where(filled, self.values, 0.0).sum() / n
-        var = torch.where(filled, (self.values - mean) ** 2, 0.0).sum() / (n - 1).clamp(min=1)
+        n = self.count.clamp(max=self.window)  # values in the window; the empty slots hold 0
+        mean = self.values.sum() / n.clamp(min=1)
+        centered = torch.where(self.slots < n, self.values - mean, 0.0)
+        std = (centered.square().sum() / (n - 1).clamp(min=1)).sqrt()
         finite = torch.isfinite(x)
-        spike = finite & (self.count >= self.warmup) & (x > mean + self.threshold * var.sqrt())
-        write = finite & (self.slots == self.count % self.window)
-        self.values.copy_(torch.where(write, x, self.values))
-        self.count += finite.long()
-        self.mean, self.std = mean, var.sqrt()  # of the window this value was tested against
+        spike = finite & (self.count >= self.warmup) & (x > mean + self.threshold * std)
+        self.values.copy_(torch.where(finite & (self.slots == self.count % self.window), x, self.values))
+        self.count += finite
+        self.mean, self.std = mean, std  # of the window this value was tested against
         return spike
 
     def state_dict(self) -> dict:

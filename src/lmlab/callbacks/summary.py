@@ -11,6 +11,7 @@ from rich.table import Table
 
 from lmlab.callbacks.stability import StabilityMonitor
 from lmlab.callbacks.throughput import ThroughputMonitor
+from lmlab.callbacks.timing import CallbackClock
 from lmlab.cost import format_quantity
 from lmlab.loggers import wandb_loggers
 
@@ -20,12 +21,19 @@ class RunSummary(L.Callback):
     non-finite steps when fit ends (rank 0), and puts the same numbers in the W&B run summary.
 
     Counters and throughput come from the StabilityMonitor and ThroughputMonitor of the same
-    trainer when present (their latest values, not only the last logged ones).
+    trainer when present (their latest values, not only the last logged ones). What watching the run
+    cost: each callback's hooks as a share of the fit's wall time (``callback_share/<class>``, and
+    ``callbacks_share`` for all of them; :mod:`lmlab.callbacks.timing`).
     """
 
     def __init__(self, console: Console | None = None):
         self.console = console  # created when printing: a Console holds a lock, which ddp_spawn cannot pickle
         self.summary: dict[str, float | int | None] = {}
+        self.clock: CallbackClock | None = None
+
+    def setup(self, trainer, pl_module, stage):
+        if stage == "fit":
+            self.clock = CallbackClock.install(trainer)
 
     def on_fit_start(self, trainer, pl_module):
         self._start = time.perf_counter()
@@ -92,6 +100,10 @@ class RunSummary(L.Callback):
                 name: int(c[name])
                 for name in ("loss_spikes", "grad_norm_spikes", "nonfinite_steps", "skipped_steps")
             }
+        if self.clock is not None and seconds > 0:
+            shares = {name: t / seconds for name, t in sorted(self.clock.seconds.items(), key=lambda kv: -kv[1])}
+            out["callbacks_share"] = sum(shares.values())
+            out |= {f"callback_share/{name}": share for name, share in shares.items()}
         return out
 
     @staticmethod
@@ -118,6 +130,9 @@ class RunSummary(L.Callback):
             "nonfinite_steps": "non-finite steps",
             "skipped_steps": "skipped steps",
         }
+        labels["callbacks_share"] = "callbacks' share of the time"
+        labels |= {key: f"  {key.removeprefix('callback_share/')}" for key in summary
+                   if key.startswith("callback_share/")}
         for key, label in labels.items():
             if key not in summary:
                 continue
@@ -130,7 +145,7 @@ class RunSummary(L.Callback):
                 "-"
                 if v is None
                 else f"{v:.2%}"
-                if key == "mfu"
+                if key == "mfu" or key.startswith(("callbacks_share", "callback_share/"))
                 else (f"{v:.4f}" if key in ("val_loss", "best_val_loss", "val_recall@1", "val_mrr")
                       else format_quantity(v))
             )

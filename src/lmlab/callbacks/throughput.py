@@ -3,8 +3,9 @@
 Step time is wall-clock time between logging points divided by the optimizer steps in between
 (validation time excluded); on CUDA the clock is read after a synchronize at logging points only,
 so no step pays a host-device sync. Cost projections follow :mod:`lmlab.cost`: the parts that
-need no measurement are logged at the first batch, device-hours and money once a throughput
-interval after warm-up has been measured.
+need no throughput are logged at the first logging step, device-hours and money once a throughput
+interval after warm-up has been measured. The measurements they need (a CPU's peak FLOP/s, the decode
+speed) are taken at the first logging step too, after its interval is clocked: none delays the first step.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class ThroughputMonitor(L.Callback):
         self.device = pl_module.device
         self.dtype = precision_dtype(trainer.precision)
         self.autocast_dtype = self.dtype if "mixed" in str(trainer.precision) else None
-        self.peak_flops = peak_flops_per_device(self.device, self.dtype, self.peak_flops_override)
+        self.peak_flops = None  # measured (CPU) or looked up when first needed, at the first logging step
         self.world_size = trainer.world_size
         self.flops_per_token = None
         self.intervals = 0
@@ -98,9 +99,14 @@ class ThroughputMonitor(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.flops_per_token is not None:
             return
-        sequences, seq_len = tokens_in_batch(batch)
-        shape = model_shape(self.model)
-        self.flops_per_token = train_flops_per_token(shape, seq_len)
+        self.batch_shape = tokens_in_batch(batch)
+        self.flops_per_token = train_flops_per_token(model_shape(self.model), self.batch_shape[1])
+        self._start_interval(trainer)
+
+    def _project_cost(self, trainer) -> None:
+        """The cost projection, with the peak FLOP/s and the decode speed it needs (measured here, once)."""
+        sequences, seq_len = self.batch_shape
+        self.peak_flops = peak_flops_per_device(self.device, self.dtype, self.peak_flops_override)
         decode_tps = None
         if self.decode_tokens:
             decode_tps = measure_decode_speed(
@@ -108,7 +114,7 @@ class ThroughputMonitor(L.Callback):
             )
         self.projection = CostProjection(
             flops_per_token=self.flops_per_token,
-            n_params=shape.n_params,
+            n_params=model_shape(self.model).n_params,
             tokens_per_step=sequences * seq_len * trainer.accumulate_grad_batches * self.world_size,
             max_steps=max(trainer.max_steps, 0),
             world_size=self.world_size,
@@ -118,7 +124,6 @@ class ThroughputMonitor(L.Callback):
             tokens_per_param=self.tokens_per_param,
         )
         self._log_cost(trainer)
-        self._start_interval(trainer)
 
     def _start_interval(self, trainer):
         synchronize(self.device)
@@ -143,6 +148,8 @@ class ThroughputMonitor(L.Callback):
             return
         synchronize(self.device)
         elapsed = time.perf_counter() - self._t0 - self._val_time
+        if self.projection is None:
+            self._project_cost(trainer)
         self.tokens_per_s = self._tokens / elapsed
         metrics = {
             "perf/tokens_per_s": self.tokens_per_s,
@@ -160,6 +167,8 @@ class ThroughputMonitor(L.Callback):
         self._start_interval(trainer)
 
     def on_train_end(self, trainer, pl_module):
+        if self.projection is None and self.flops_per_token is not None:  # no logging step was reached
+            self._project_cost(trainer)
         if self.projection is not None and self.projection.tokens_per_s is None and self.tokens_per_s:
             rank_zero_warn(
                 "ThroughputMonitor: run shorter than the warm-up; cost projected from the first interval"

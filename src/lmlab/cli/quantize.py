@@ -13,17 +13,15 @@ import copy
 import itertools
 import sys
 import time
-from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
 from lmlab.checkpoint import load_checkpoint, resolve_checkpoint
-from lmlab.cli import build
 from lmlab.cli.user_errors import one_line_errors
 from lmlab.compare import compare_models
+from lmlab.data.saved import run_datamodule
 from lmlab.devices import resolve_device
 from lmlab.errors import ArgumentError, InputError
 from lmlab.quantization import MODES, quantization_settings, quantize, save_quantized
@@ -39,7 +37,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--group-size", type=int, help="int4: input columns per scale (default 64)")
     parser.add_argument("--symmetric", action="store_true", help="int4: symmetric scales (no offsets)")
     parser.add_argument("--embeddings", action="store_true", help="also quantize the embeddings and LM head")
-    parser.add_argument("--matmul-dtype", help="int8: bfloat16 computes matmuls in bf16 (faster on CPU)")
+    parser.add_argument("--matmul-dtype", help="int8: bfloat16 or float32 (exact); default: the fastest for the "
+                        "device (bfloat16 on CPU)")
     parser.add_argument("--skip", action="append", default=[], metavar="PATTERN",
                         help="module names left in float (fnmatch, repeatable), e.g. 'blocks.0.*'")
     parser.add_argument("--out", required=True, help="the quantized checkpoint to write (.safetensors)")
@@ -65,19 +64,6 @@ def check_args(args: argparse.Namespace) -> None:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise InputError(f"--{flag.replace('_', '-')}={value} must be >= 1")
-
-
-def run_datamodule(ckpt: Path):
-    """The run's own LM DataModule, set up, or None when the checkpoint has no run config beside it."""
-    for folder in (ckpt.parent, ckpt.parent.parent):
-        if (folder / "config.yaml").is_file():
-            datamodule = build(OmegaConf.load(folder / "config.yaml").data)
-            if not hasattr(datamodule, "val_prompts"):
-                return None
-            datamodule.prepare_data()
-            datamodule.setup()
-            return datamodule
-    return None
 
 
 def quantize_run(args: argparse.Namespace, console: Console) -> dict:

@@ -40,7 +40,7 @@ class QuantizationSettings:
     symmetric: bool = False  # int4: no offsets (int8 is always symmetric)
     embeddings: bool = False  # also the embeddings and the LM head
     skip: tuple[str, ...] = ()  # fnmatch patterns of module names left in float
-    matmul_dtype: str | None = None  # int8: "bfloat16" computes matmuls in bf16 (None: the input's dtype)
+    matmul_dtype: str | None = None  # int8: "bfloat16" or "float32" (None: the fastest for the device, int8.py)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "skip": list(self.skip)}
@@ -62,7 +62,7 @@ def settings_fit_mode(mode: str, group_size: int | None, matmul_dtype: str | Non
 @checked(rules=settings_fit_mode)
 def quantization_settings(mode: Mode, group_size: PositiveInt | None = None, skip: str | Sequence[str] = (),
                           embeddings: bool = False, symmetric: bool = False,
-                          matmul_dtype: Literal["bfloat16"] | None = None) -> QuantizationSettings:
+                          matmul_dtype: Literal["bfloat16", "float32"] | None = None) -> QuantizationSettings:
     """Checked settings (no model needed, so command lines check them before loading anything). A caller
     that names these arguments otherwise renames its errors (``ArgumentError.renamed``)."""
     if mode == "int4" and group_size is None:
@@ -100,9 +100,10 @@ def quantize(model: nn.Module, mode: str | QuantizationSettings, group_size: int
     ``mode``: "int8" (per-channel) or "int4" (``group_size`` columns per scale, default 64,
     asymmetric unless ``symmetric``), or settings from :func:`quantization_settings`.
     ``skip``: module-name patterns left in float; ``embeddings``: quantize the embeddings and the
-    LM head too; ``matmul_dtype="bfloat16"`` (int8): compute the matmuls in bfloat16, which lets a
-    float32 model use the faster packed int8 kernel on CPU. Accepts lmlab's GPT, ``HFCausalLM`` or a
-    bare Hugging Face ``PreTrainedModel``.
+    LM head too; ``matmul_dtype`` (int8): the dtype the matmuls compute in, "bfloat16" (the packed int8 kernel
+    on CPU) or "float32" (exactly ``x @ dequantized.T``); None: the fastest correct one for the device and the
+    activations (:func:`lmlab.quantization.int8.fastest_matmul_dtype`: bfloat16 on CPU). Accepts lmlab's GPT,
+    ``HFCausalLM`` or a bare Hugging Face ``PreTrainedModel``.
     """
     if not isinstance(mode, QuantizationSettings):
         mode = quantization_settings(mode, group_size, skip, embeddings, symmetric, matmul_dtype)
