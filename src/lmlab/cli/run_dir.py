@@ -43,8 +43,12 @@ def where(run_dir: Path) -> str:
 
 
 def held_run(run_dir: Path) -> list[str]:
-    """The files of a run that ``run_dir`` holds."""
-    return [name for name in RUN_FILES if (run_dir / name).exists()]
+    """The files of a run that ``run_dir`` holds (an empty folder, such as a mount point made ready, is none)."""
+    return [name for name in RUN_FILES if (run_dir / name).exists() and not is_empty_dir(run_dir / name)]
+
+
+def is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and next(path.iterdir(), None) is None
 
 
 def check_directory(run_dir: Path, key: str) -> None:
