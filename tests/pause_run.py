@@ -6,6 +6,7 @@ Points:
   batch_start       before optimizer step <step> (mid-epoch, or right after a validation's checkpoint)
   checkpoint_write  halfway through writing the first checkpoint after optimizer step <step>: half of
                     the serialised bytes are in the temporary file, fsynced, when the marker appears
+  prepare_data      while the data is prepared (before Lightning's fit; <step> unused)
 """
 
 import io
@@ -50,6 +51,10 @@ def main() -> None:
             pause(marker)
 
         SafeCheckpointIO.write = write
+    elif point == "prepare_data":
+        from lmlab.data import LMDataModule
+
+        LMDataModule.prepare_data = lambda self: pause(marker)
     else:
         raise SystemExit(f"unknown point {point!r}")
     sys.argv = [str(Path(__file__).resolve().parents[1] / "train.py"), *sys.argv[4:]]

@@ -421,8 +421,8 @@ def test_generate_with_an_unusable_checkpoint_is_one_line(tmp_path, capsys, monk
 
 def test_resuming_a_checkpoint_of_another_model_is_refused_before_work(make_cfg, trained_run, tmp_path):
     error = fails_before_work(make_cfg, tmp_path, f"ckpt_path={trained_run}", "model.n_embd=64")
-    assert re.search(r"ckpt_path=.*: the checkpoint's model differs from this config's: n_embd=32 \(config: 64\)",
-                     str(error))
+    assert re.search(r"ckpt_path=.*: this config changes what the checkpoint at step 30 was trained with "
+                     r"\(checkpoint -> config\): model.n_embd 32 -> 64; ", str(error))
 
 
 # ---- lmlab report ------------------------------------------------------------------------------

@@ -1,10 +1,20 @@
 """Schedules against their closed-form formulas, read back from the optimizer's param groups."""
 
 import math
+import os
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import SUBPROCESS_ENV
+from helpers import read_metrics
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
+from lmlab.cli import resolved
+from lmlab.config import check_train_config
+from lmlab.errors import InputError
 from lmlab.optim import WSD, InverseSqrt, WarmupConstant, WarmupCosine, WarmupLinear
 
 W, T, R = 10, 50, 0.1
@@ -166,3 +176,42 @@ def test_lr_inside_a_lightning_run_follows_schedule(tmp_path):
     )  # fmt: skip
     trainer.fit(model, torch.utils.data.DataLoader(torch.randn(4 * (T + 3), 2), batch_size=4))
     assert model.seen == pytest.approx([BASE_LRS[0] * _cosine(s) for s in range(T + 3)], rel=1e-12, abs=0)
+
+
+SHIPPED = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "sched").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_schedule_fits_a_run_of_any_length(name):
+    """`trainer.max_steps=N` alone: the shipped warmup is a fraction of the run, so every N >= 1 builds a schedule
+    whose LR is positive at each of the run's steps (the first step already trains) and never above the base LR."""
+    node = OmegaConf.load(Path(__file__).parents[1] / "conf" / "sched" / f"{name}.yaml")
+    assert isinstance(node.warmup_steps, float) and 0 < node.warmup_steps < 1
+    for n in (*range(1, 41), 99, 1000):
+        node.total_steps = n
+        sched = instantiate(node)(_optimizer())
+        assert all(0 < sched.multiplier(s) <= 1 for s in range(n)), (name, n)
+
+
+def test_trainer_max_steps_alone_trains_with_the_shipped_schedules(train_command, tmp_path):
+    """Real `python train.py trainer.max_steps=N` runs with the shipped warmup (no sched edit), down to one step:
+    each trains its N steps and ends with a validation at its last step."""
+    for n, sched in ((1, "cosine"), (2, "inverse_sqrt")):  # trainer.val_check_interval=3: neither is a multiple
+        run_dir = tmp_path / sched
+        command = [arg for arg in train_command(f"sched={sched}", f"trainer.max_steps={n}", "callbacks=none",
+                                                "+trainer.enable_checkpointing=false", "samples.num_prompts=0",
+                                                run_dir=run_dir)
+                   if not arg.startswith("sched.warmup_steps=")]
+        proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, **SUBPROCESS_ENV})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        metrics = read_metrics(run_dir)
+        assert sorted(metrics["train/loss"]) == list(range(n)) and sorted(metrics["val/loss"]) == [n - 1], metrics
+
+
+@pytest.mark.parametrize("warmup", ["30", "31"])
+def test_an_explicit_warmup_as_long_as_the_run_is_one_line_naming_both_keys(make_cfg, warmup):
+    with pytest.raises(InputError) as error:
+        check_train_config(resolved(make_cfg("trainer.max_steps=30", f"sched.warmup_steps={warmup}")))
+    assert str(error.value) == (f"sched.warmup_steps={warmup}: must be less than sched.total_steps=30 (or a fraction "
+                                "of the run, e.g. 0.1)")

@@ -32,6 +32,8 @@ class LitLM(LogitStats, L.LightningModule):
         task: what the model is trained to do (:mod:`lmlab.tasks`); language modelling by default.
         compile: run the forward under ``torch.compile``.
         tokenizer: stored in every checkpoint, so a checkpoint alone can decode.
+        run_settings: plain values stored in every checkpoint, which a resume compares with its own config
+            (the data, batch, optimizer and schedule settings: :mod:`lmlab.config.resume`).
     """
 
     def __init__(
@@ -43,6 +45,7 @@ class LitLM(LogitStats, L.LightningModule):
         task: nn.Module | None = None,
         compile: bool = False,
         tokenizer=None,
+        run_settings: dict | None = None,
     ):
         super().__init__()
         self.model = model
@@ -51,6 +54,8 @@ class LitLM(LogitStats, L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.tokenizer = tokenizer
+        self.run_settings = run_settings
+        self._configured_groups: list[dict] = []
         # compile the forward only, so state-dict keys stay those of the plain model
         self.forward_fn = torch.compile(model.forward) if compile else model.forward
         self.tokens_seen = 0
@@ -92,10 +97,30 @@ class LitLM(LogitStats, L.LightningModule):
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise InputError(f"optimizer: the factory returned a {type(optimizer).__name__}; it is called as "
                              "factory(model) and must return a torch.optim.Optimizer")
+        # this config's settings of each group, before a schedule sets the LR (see on_train_start)
+        self._configured_groups = [{k: v for k, v in group.items() if k != "params"} for group in
+                                   optimizer.param_groups]
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        """A resumed run trains with this config's optimizer settings: Lightning restores the checkpoint's
+        (weight decay, betas, ...) with the optimizer state, so they are set again here; the LR is the schedule's
+        (which follows this config from the resumed step, lmlab.optim.schedules), or this config's without one."""
+        scheduled = ("lr", "initial_lr") if self.scheduler_factory is not None else ()
+        optimizer = self.trainer.optimizers[0]
+        for group, configured in zip(optimizer.param_groups, self._configured_groups, strict=True):
+            group.update({k: v for k, v in configured.items() if k not in scheduled})
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        """Validate after the last step too: Lightning validates every ``val_check_interval`` batches only, so a
+        run of any other length would end without its final val/loss (and a short one without any); a run asked to
+        stop is validated once more."""
+        trainer = self.trainer
+        if not trainer.fast_dev_run and 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         """Lightning refuses to clip a fused optimizer under any mixed precision; without a loss scaler
@@ -115,6 +140,7 @@ class LitLM(LogitStats, L.LightningModule):
             "model": model_spec(self.model),
             "tokenizer": tokenizer_spec(self.tokenizer) if self.tokenizer is not None else None,
             "tokens_seen": self.tokens_seen,
+            "run_settings": self.run_settings,
             "rng": {"cpu": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []},
         }

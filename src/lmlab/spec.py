@@ -7,6 +7,9 @@ JSON and special tokens. Lightning checkpoints (:mod:`lmlab.checkpoint`) and qua
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import torch.nn as nn
 
 
@@ -45,3 +48,10 @@ def build_tokenizer(spec: dict):
     from transformers import PreTrainedTokenizerFast
 
     return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(spec["json"]), **spec["special_tokens"])
+
+
+def tokenizer_fingerprint(spec: dict) -> str:
+    """A tokenizer spec's hash (vocabulary, merges, pre-tokenizer, special tokens): equal exactly when the
+    tokenizers give the same ids."""
+    text = json.dumps([spec["json"], spec.get("special_tokens")], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

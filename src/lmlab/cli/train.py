@@ -32,9 +32,11 @@ from lmlab.cli import CONF_DIR, build, resolved
 from lmlab.cli.display import decode_and_print
 from lmlab.cli.multirun import in_multirun, run_sweep_job
 from lmlab.cli.quiet import silence_library_noise
-from lmlab.cli.run_dir import record_run, run_info
+from lmlab.cli.run_dir import record_run, resume_checkpoint, run_info, where
+from lmlab.cli.run_lock import RunLock
 from lmlab.cli.user_errors import hydra_task, run_hydra_app
 from lmlab.config import check_train_config, preflight
+from lmlab.config.resume import check_resume, run_settings
 from lmlab.config.rules import SAMPLE_PROMPT_TOKENS, accumulation
 from lmlab.devices import resolve_device
 from lmlab.errors import InputError, under
@@ -63,19 +65,30 @@ def train(cfg: DictConfig) -> float | None:
     check_train_config(resolved(cfg), multirun=in_multirun())
     with open_dict(cfg):
         cfg.trainer.accumulate_grad_batches = accumulation(cfg.data, cfg.trainer)
-    run_dir = Path(cfg.paths.output_dir)
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
+    run_dir, owner = Path(cfg.paths.output_dir), rank_zero_only.rank == 0  # the other ranks share rank 0's
+    ckpt_path = resume_checkpoint(cfg.get("ckpt_path"), run_dir, resolved(cfg), claim=owner)
+    with RunLock(run_dir, where(run_dir), owner=owner):
+        return fit(cfg, run_dir, ckpt_path)
+
+
+def fit(cfg: DictConfig, run_dir: Path, ckpt_path: str | None) -> float | None:
+    """The run, in a directory it holds: read the checkpoint's header, build every object, check them (and what a
+    resume changes), then the first write, then train."""
     checkpoint = read_checkpoint(ckpt_path, field="ckpt_path", mmap=True) if ckpt_path else None
     resume_step = int(checkpoint.get("global_step", 0)) if checkpoint else None
     silence_library_noise(resuming=checkpoint is not None)
     L.seed_everything(cfg.seed, workers=True)
     info = run_info(run_dir, resume_step)
     run = build_run(cfg, run_dir, info, resume_step)
-    preflight.check_run(run.model, run.datamodule, run.loss, run.callbacks, run.trainer,
-                        (ckpt_path, checkpoint) if checkpoint else None)
+    settings = run_settings(resolved(cfg), run.datamodule)
+    preflight.check_run(run.model, run.datamodule, run.loss, run.callbacks, run.trainer)
+    if checkpoint is not None:
+        info["starts"][-1]["changes"] = check_resume(ckpt_path, checkpoint, run.model, settings, run.optimizer,
+                                                     run.scheduler, run.datamodule.prepare_tokenizer)
+        report_changes(info["starts"][-1]["changes"], resume_step)
     preflight.materialize(run.model)
     preflight.check_dropout(run.model, run.datamodule)
-    record_run(run_dir, cfg, info)  # the run's first write
+    record_run(run_dir, cfg, info)  # the run's first write (besides its lock)
     exit_code = 1  # what the W&B run records unless fit returns
     try:
         describe_to_wandb(run.loggers, cfg, info)
@@ -88,7 +101,7 @@ def train(cfg: DictConfig) -> float | None:
         preflight.check_teacher_tokenizer(run.loss, tokenizer)
         if rank_zero_only.rank == 0:
             tokenizer.save_pretrained(run_dir / "tokenizer")
-        module = LitLM(run.model, run.loss, run.optimizer, run.scheduler, run.task, cfg.compile, tokenizer)
+        module = LitLM(run.model, run.loss, run.optimizer, run.scheduler, run.task, cfg.compile, tokenizer, settings)
         run.trainer.fit(module, datamodule=run.datamodule, ckpt_path=ckpt_path)
         exit_code = 0
     except SIGTERMException:
@@ -102,6 +115,13 @@ def train(cfg: DictConfig) -> float | None:
             run.datamodule, "val_prompts"):
         print_samples(cfg, module, run.datamodule, tokenizer)
     return optimized_metric(cfg.optimized_metric, run.trainer)
+
+
+def report_changes(changes: list[str], step: int) -> None:
+    """One line: what this resume changes of the run, which it follows from the resumed step."""
+    if changes:
+        log.warning("resuming at step %d with changes this config makes (checkpoint -> config), followed from that "
+                    "step (the LR: this config's schedule there): %s", step, "; ".join(changes))
 
 
 def build_run(cfg: DictConfig, run_dir: Path, info: dict, resume_step: int | None) -> Run:
@@ -118,23 +138,6 @@ def build_run(cfg: DictConfig, run_dir: Path, info: dict, resume_step: int | Non
         preflight.check_strategy(cfg.trainer.get("strategy", "auto"))
     return Run(model, build(cfg.data), build(cfg.task), build(cfg.loss), build(cfg.optimizer), build(cfg.sched),
                callbacks, loggers, build_trainer(cfg, list(callbacks.values()), loggers, run_dir))
-
-
-def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
-    """None: start fresh; "last": this run directory's last.ckpt (must exist); "auto": last.ckpt when it
-    exists, else start fresh (resubmitting the same command resumes, e.g. after a SLURM requeue)."""
-    if ckpt_path is None:
-        return None
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if ckpt_path == "auto":
-        return str(last) if last.is_file() else None
-    path = last if ckpt_path == "last" else Path(ckpt_path).expanduser()
-    if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt"
-    if not path.is_file():
-        hint = " (ckpt_path=last resumes the run in hydra.run.dir: pass hydra.run.dir=<run dir>)"
-        raise InputError(f"ckpt_path={ckpt_path}: {path} does not exist" + (hint if ckpt_path == "last" else ""))
-    return str(path)
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path, info: dict, resume_step: int) -> list:

@@ -32,9 +32,9 @@ def check_strategy(strategy: str) -> None:
 
 
 def check_run(model: nn.Module, datamodule: L.LightningDataModule, loss: nn.Module, callbacks: dict,
-              trainer: L.Trainer, resume: tuple[str, dict] | None = None) -> None:
-    """Everything about the run that needs its objects, each error under its config key. ``resume``: the path
-    of the checkpoint a run resumes from and its contents (its ``lmlab`` entry read, its weights not)."""
+              trainer: L.Trainer) -> None:
+    """Everything about the run that needs its objects, each error under its config key (what a resume may
+    change: :mod:`lmlab.config.resume`)."""
     with under("data"):
         datamodule.check_inputs()
     check_tokenizer_fits(model, datamodule)
@@ -42,8 +42,6 @@ def check_run(model: nn.Module, datamodule: L.LightningDataModule, loss: nn.Modu
     sharded = trainer.num_devices if "FSDP" in type(trainer.strategy).__name__ else 1
     check_training_memory(model, datamodule.batch_size, datamodule.block_size, trainer.strategy.root_device,
                           sharded)
-    if resume is not None:
-        check_resume(*resume, model)
     check_teacher(loss, model)
     for name, callback in callbacks.items():
         if hasattr(callback, "check_fit"):
@@ -68,19 +66,6 @@ def materialize(model: nn.Module, device: torch.device | str = "cpu") -> nn.Modu
         model.to_empty(device=device)
         model.init_weights()
     return model
-
-
-def check_resume(path: str, checkpoint: dict, model: nn.Module) -> None:
-    """A checkpoint holds this config's model, before any work: Lightning would fail only after the data is
-    prepared, and deep in load_state_dict."""
-    spec = checkpoint.get("lmlab", {}).get("model", {})
-    if spec.get("kind") == "gpt" and hasattr(model, "to_config_dict"):
-        theirs, ours = spec["config"], model.to_config_dict()
-        differs = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
-        if differs:
-            shown = ", ".join(f"{k}={theirs.get(k)!r} (config: {ours.get(k)!r})" for k in differs[:4])
-            raise InputError(f"ckpt_path={path}: the checkpoint's model differs from this config's: {shown}; "
-                             "resume with the model settings it was trained with")
 
 
 def check_teacher(loss: nn.Module, model: nn.Module) -> None:

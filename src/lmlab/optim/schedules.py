@@ -7,6 +7,10 @@ the LR of every param group is ``base_lr * multiplier(s)``; the multiplier never
 
 ``warmup_steps`` is a number of steps, or a fraction of ``total_steps`` (0.1: the first tenth of the run),
 so a schedule fits a run of any length without an edit.
+
+A schedule's state (``state_dict``) is its position alone, the optimizer step: its settings and base LRs are
+the constructor's. A run resumed with a longer ``total_steps`` or another LR therefore follows the schedule it
+is configured with from the resumed step, instead of the one its checkpoint was written under.
 """
 
 from __future__ import annotations
@@ -46,11 +50,13 @@ class MultiplierSchedule(LRScheduler):
     ``last_epoch`` counts optimizer steps here (0 at construction, +1 per ``step()``).
     """
 
+    min_warmup_steps = 0  # what a warmup fraction of a short run rounds up to
+
     @checked(rules=warmup_within_run)
     def __init__(self, optimizer: Optimizer, warmup_steps: Warmup, total_steps: PositiveInt | None = None,
                  last_epoch: int = -1):
         self.total_steps = total_steps
-        self.warmup_steps = warmup_length(warmup_steps, total_steps)
+        self.warmup_steps = max(self.min_warmup_steps, warmup_length(warmup_steps, total_steps))
         super().__init__(optimizer, last_epoch)
 
     def warmup(self, s: int) -> float:
@@ -63,6 +69,19 @@ class MultiplierSchedule(LRScheduler):
     def get_lr(self) -> list[float]:
         m = self.multiplier(self.last_epoch)
         return [base_lr * m for base_lr in self.base_lrs]
+
+    def state_dict(self) -> dict:
+        """The position only: the settings (horizon, warmup, base LRs) stay those it was constructed with."""
+        return {"last_epoch": self.last_epoch, "_step_count": self._step_count}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Move to the saved step (older checkpoints also hold settings: they are ignored) and set the LR this
+        schedule gives there, over the LR the optimizer's restored state carries."""
+        self.last_epoch = state_dict["last_epoch"]
+        self._step_count = state_dict.get("_step_count", self.last_epoch + 1)
+        self._last_lr = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, self._last_lr, strict=True):
+            group["lr"] = lr
 
 
 class _DecayingSchedule(MultiplierSchedule):
@@ -132,13 +151,16 @@ class WarmupConstant(MultiplierSchedule):
 
 def positive_warmup(warmup_steps: int | float, total_steps: int | None) -> None:
     warmup_within_run(warmup_steps, total_steps)
-    if warmup_length(warmup_steps, total_steps) < 1:
+    if warmup_steps == 0:
         raise ArgumentError("warmup_steps", warmup_steps, "must be at least one step for inverse_sqrt (it sets "
                             "the decay scale)")
 
 
 class InverseSqrt(MultiplierSchedule):
-    """Warmup, then sqrt(W / (s+1)): the original Transformer schedule, continuous at s = W-1."""
+    """Warmup, then sqrt(W / (s+1)): the original Transformer schedule, continuous at s = W-1. A warmup given as
+    a fraction is at least one step (W sets the decay scale), so a run of any length fits."""
+
+    min_warmup_steps = 1
 
     @checked(rules=positive_warmup)
     def __init__(self, optimizer: Optimizer, warmup_steps: Warmup, total_steps: PositiveInt | None = None,
