@@ -59,6 +59,8 @@ def naming(path: Path, *internal: Path) -> Iterator[None]:
     try:
         yield
     except OSError as e:
+        if e.filename is None and e.errno not in FILESYSTEM_ERRNOS:
+            raise  # not the filesystem's (a ConnectionError is an OSError too)
         if e.filename is not None and not any(str(e.filename).startswith(str(p)) for p in internal):
             raise
         raise type(e)(e.errno, e.strerror, str(path)) from e
@@ -78,15 +80,16 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     with naming(final, final.parent / prefix):
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
-        try:
-            yield tmp
+    try:
+        yield tmp  # the caller's errors stay as they are
+        with naming(final, tmp):
             try:
                 os.rename(tmp, final)
             except OSError:
                 if not final.is_dir():
                     raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def unwritable(path: str | Path, folder: bool = False) -> OSError | None:
