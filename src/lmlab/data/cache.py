@@ -18,6 +18,7 @@ was what got moved.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -124,7 +125,9 @@ def ensure_entry(folder: Path, build: Callable[[Path], None]) -> Path:
             build(tmp)
             seal(tmp)
     except OSError as e:
-        if e.errno not in FILESYSTEM_ERRNOS:
+        # ENOENT making the entry's own folders: a filesystem that refuses new folders (/proc)
+        refused_folder = e.errno == errno.ENOENT and e.filename is not None and folder.is_relative_to(e.filename)
+        if e.errno not in FILESYSTEM_ERRNOS and not refused_folder:
             raise
         raise CacheError(f"cache entry {folder} cannot be written ({e.filename}: {e.strerror}); the cache folder "
                          "must be writable and have room for it") from e
