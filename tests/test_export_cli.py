@@ -70,7 +70,7 @@ def test_lmlab_export_writes_a_folder_transformers_loads(run, tmp_path, capsys):
 @pytest.mark.parametrize("case, error", [
     ("no checkpoint", r"checkpoint=\S+: a run directory, but it has no checkpoints/best.ckpt"),
     ("non-empty out", r"--out=\S+: exists and is not empty"),
-    ("unwritable out", r"--out=\S+: cannot be written \(Not a directory\)"),
+    ("unwritable out", r"--out=\S+: cannot be written \(\S+: Not a directory\)"),
     ("unmappable", r"checkpoint=\S+rmsnorm.ckpt: position='learned', norm='rmsnorm': no Hugging Face class"),
     ("quantized", r"checkpoint=\S+int8.safetensors: a quantized model \(int8\)"),
 ])

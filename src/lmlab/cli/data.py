@@ -16,7 +16,7 @@ from rich.console import Console
 
 from lmlab.atomic import atomic_write_text
 from lmlab.cli import build, compose
-from lmlab.cli.user_errors import one_line_errors
+from lmlab.cli.user_errors import check_writable, one_line_errors, writing
 from lmlab.errors import InputError
 
 
@@ -51,12 +51,11 @@ def main(argv: list[str] | None = None) -> dict:
     from lmlab.data.audit import summary_line, summary_table
 
     with one_line_errors():
+        check_writable("--json", args.json)  # before the data is prepared
         report = audit_config(args.overrides)
         if args.json:
-            try:
+            with writing("--json", args.json):
                 atomic_write_text(args.json, json.dumps(report, indent=1))
-            except OSError as e:
-                raise InputError(f"--json={args.json}: cannot be written ({e.strerror})") from e
     Console().print(summary_table(report))
     print(summary_line(report))
     return report

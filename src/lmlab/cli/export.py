@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from lmlab.checkpoint import load_checkpoint
-from lmlab.cli.user_errors import one_line_errors
+from lmlab.cli.user_errors import check_writable, one_line_errors
 from lmlab.errors import ArgumentError, InputError
 
 FORMATS = ("hf",)
@@ -38,6 +38,7 @@ def export_run(args: argparse.Namespace) -> Path:
 
     with out_flag("--out"):
         check_out(args.out)  # before the checkpoint is read
+    check_writable("--out", args.out, folder=True)
     model, tokenizer, _ = load_checkpoint(args.checkpoint, field="checkpoint")
     if tokenizer is None:
         raise InputError(f"checkpoint={args.checkpoint} holds no tokenizer; the Hugging Face folder needs one")

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lmlab.checkpoint import load_checkpoint, resolve_checkpoint
-from lmlab.cli.user_errors import one_line_errors
+from lmlab.cli.user_errors import check_writable, one_line_errors, writing
 from lmlab.compare import compare_models
 from lmlab.data.saved import run_datamodule
 from lmlab.devices import resolve_device
@@ -57,6 +57,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def check_args(args: argparse.Namespace) -> None:
     if not args.out.endswith(SAFETENSORS):
         raise InputError(f"--out={args.out} must end in .safetensors (the quantized checkpoint format)")
+    check_writable("--out", args.out)
     if args.checkpoint.endswith(SAFETENSORS):
         raise InputError(f"{args.checkpoint} is a quantized checkpoint already; give the float run "
                          "directory or .ckpt")
@@ -76,7 +77,8 @@ def quantize_run(args: argparse.Namespace, console: Console) -> dict:
         quantized = quantize(copy.deepcopy(model), settings)
     except ArgumentError as e:
         raise e.renamed(FLAGS) from None
-    out = save_quantized(quantized, args.out, tokenizer)
+    with writing("--out", args.out):
+        out = save_quantized(quantized, args.out, tokenizer)
     console.print(f"wrote {out} ({out.stat().st_size / 2**20:.2f} MiB)")
 
     device = resolve_device(args.device)

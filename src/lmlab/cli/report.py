@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lmlab.cli.user_errors import one_line_errors
+from lmlab.cli.user_errors import check_writable, one_line_errors, writing
 from lmlab.report import write_report
 
 
@@ -28,7 +28,10 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     try:
         with one_line_errors():
-            out = write_report(args.path, args.out, args.png_dir, args.only)
+            check_writable("--out", args.out)
+            check_writable("--png-dir", args.png_dir, folder=True)
+            with writing("--out", args.out), writing("--png-dir", args.png_dir):
+                out = write_report(args.path, args.out, args.png_dir, args.only)
     except FileNotFoundError as e:
         parser.error(str(e))
     print(f"report written to {out}")

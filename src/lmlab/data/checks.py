@@ -5,7 +5,9 @@
 - a "word" the BPE pre-tokenizer cannot split (a run of letters, digits or punctuation longer than
   ``MAX_WORD_BYTES``, e.g. a 50 MB line of one character): refused, because BPE training takes time
   quadratic in a word's length;
-- empty files are skipped (they hold no document); long lines of ordinary text are fine.
+- empty files are skipped (they hold no document); long lines of ordinary text are fine;
+- what is not a regular file (a dangling symlink, a FIFO that would block the read forever, a socket, a
+  device) and a file the OS will not let us read: refused, named like the others.
 
 The scan reads each file once and finds the longest word with numpy: the byte-level pre-tokenizer cuts
 text into runs of letters, of digits, of punctuation and of whitespace (GPT-2's pattern), so a word is a
@@ -14,6 +16,8 @@ run of bytes of one class (bytes of non-ASCII characters counted as letters).
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +40,27 @@ def _byte_classes() -> np.ndarray:
 BYTE_CLASSES = _byte_classes()
 
 
+def not_a_file(path: Path) -> str | None:
+    """Why ``path``, found in a corpus folder or by a glob, is not a regular file (without reading it), or None."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return f"{path} is a dangling symlink (to {os.readlink(path)})" if path.is_symlink() else f"{path} is gone"
+    except OSError as e:
+        return f"{path} cannot be read ({e.strerror})"
+    if stat.S_ISREG(mode):
+        return None
+    kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a socket"
+            if stat.S_ISSOCK(mode) else "a device")
+    return f"{path} is {kind}, not a file"
+
+
 def file_problem(path: Path) -> str | None:
     """Why ``path`` cannot be a document of a text corpus, or None."""
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        return f"{path} cannot be read ({e.strerror})"
     if b"\0" in data:
         return f"{path} is binary (it contains NUL bytes)"
     try:
@@ -64,8 +86,12 @@ def longest_word(data: bytes) -> int:
 def check_text_files(files: list[Path]) -> None:
     """One ArgumentError naming every unusable file (the first few, then a count), before any work."""
     problems = [p for p in map(file_problem, files) if p]
-    if not problems:
-        return
+    if problems:
+        raise ArgumentError("", None, problems_named(problems, len(files), "files"))
+
+
+def problems_named(problems: list[str], total: int, what: str) -> str:
+    """``n of total <what> cannot be used: the first few problems; and k more (how to leave them out)``."""
     more = f"; and {len(problems) - FILES_NAMED} more" if len(problems) > FILES_NAMED else ""
-    raise ArgumentError("", None, f"{len(problems)} of {len(files)} files cannot be used: " + "; ".join(
-        problems[:FILES_NAMED]) + more + " (remove them, or pick text files with a glob such as paths='src/**/*.py')")
+    return (f"{len(problems)} of {total} {what} cannot be used: " + "; ".join(problems[:FILES_NAMED]) + more
+            + " (remove them, or pick text files with a glob such as paths='src/**/*.py')")

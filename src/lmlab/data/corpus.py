@@ -7,6 +7,7 @@ because every run and every distributed rank computes it to find its cache entri
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
 import sysconfig
@@ -18,15 +19,23 @@ import annotated_types as at
 
 from lmlab.arguments import checked
 from lmlab.data.cache import cache_key
-from lmlab.data.checks import check_text_files
-from lmlab.errors import ArgumentError
+from lmlab.data.checks import check_text_files, not_a_file, problems_named
+from lmlab.errors import ArgumentError, InputError
 
 GLOB_CHARS = frozenset("*?[")
 
 
 def file_stats(files: list[Path]) -> list[tuple[str, int, int]]:
-    """(path, size, modification time) per file: changes whenever a file could have changed, costs one stat."""
-    return [(str(p), st.st_size, st.st_mtime_ns) for p in files for st in [p.stat()]]
+    """(path, size, modification time) per file: changes whenever a file could have changed, costs one stat. A
+    file that is gone (deleted since it was found) or cannot be read is an ArgumentError naming it."""
+    stats = []
+    for path in files:
+        try:
+            st = path.stat()
+        except OSError as e:
+            raise ArgumentError("", None, f"{path} cannot be read ({e.strerror})") from None
+        stats.append((str(path), st.st_size, st.st_mtime_ns))
+    return stats
 
 
 class Corpus:
@@ -58,11 +67,13 @@ class FileCorpus(Corpus):
                 text = path.read_text(encoding="utf-8")
             except UnicodeDecodeError as e:
                 raise ArgumentError("", None, f"{path} is not UTF-8 text ({e.reason}); remove it") from e
+            except OSError as e:  # deleted or replaced since the corpus was checked
+                raise ArgumentError("", None, f"{path} cannot be read ({e.strerror})") from None
             if text:
                 yield str(path), text
 
     def size(self) -> tuple[int, int]:
-        sizes = [p.stat().st_size for p in self.files]
+        sizes = [size for _, size, _ in file_stats(self.files)]
         return sum(sizes), sum(1 for s in sizes if s)
 
     def check(self) -> None:
@@ -99,7 +110,10 @@ class StdlibCode(FileCorpus):
 class TextFiles(FileCorpus):
     """The user's own text files: ``paths`` is a file, a folder (recursive), a glob, or a list of those.
 
-    Hidden files and folders (names starting with '.') and ``__pycache__`` are skipped inside folders.
+    Hidden files and folders (names starting with '.') and ``__pycache__`` are skipped inside folders. A folder
+    that a glob matches gives the files under it whose names match the glob's last part (``src/*.py`` matching a
+    folder ``x.py/`` gives its ``.py`` files). What is not a regular file (a dangling symlink, a FIFO, a socket)
+    is refused, every one named.
     """
 
     @checked
@@ -111,33 +125,41 @@ class TextFiles(FileCorpus):
             if not matched:
                 raise ArgumentError("paths", str(entry), f"matches no file (cwd: {os.getcwd()})")
             files += matched
-        files = sorted(set(files))
-        if all(f.stat().st_size == 0 for f in files):
+        problems = [problem for f in sorted(set(files)) if (problem := not_a_file(f))]
+        if problems:
+            raise ArgumentError("paths", paths, problems_named(problems, len(set(files)), "entries"))
+        files = sorted({f.resolve() for f in files})
+        if all(size == 0 for _, size, _ in file_stats(files)):
             raise ArgumentError("paths", paths, f"all {len(files)} matched files are empty")
         super().__init__(files)
 
 
 def _expand(entry: str) -> list[Path]:
-    """Files named by one ``paths`` entry: a file, all files under a folder, or the files a glob matches."""
+    """What one ``paths`` entry names: a file, everything under a folder, or what a glob matches (in a folder it
+    matches, the files matching its last part when that is a pattern). Not resolved: a dangling symlink keeps its
+    own name."""
     entry = os.path.expanduser(entry)
+    pattern = "*"
     if GLOB_CHARS & set(entry):
         candidates = [Path(p) for p in glob.glob(entry, recursive=True)]
+        last = Path(entry).name
+        pattern = last if GLOB_CHARS & set(last) else "*"
     else:
         candidates = [Path(entry)]
     files = []
     for path in candidates:
-        if path.is_file():
-            files.append(path.resolve())
-        elif path.is_dir():
-            files += _files_under(path)
+        if path.is_dir():
+            files += _files_under(path, pattern)
+        elif os.path.lexists(path):
+            files.append(path)
     return files
 
 
-def _files_under(folder: Path) -> list[Path]:
+def _files_under(folder: Path, pattern: str = "*") -> list[Path]:
     files = []
     for parent, subfolders, names in os.walk(folder):
         subfolders[:] = [d for d in subfolders if not d.startswith(".") and d != "__pycache__"]
-        files += [Path(parent, n).resolve() for n in names if not n.startswith(".")]
+        files += [Path(parent, n) for n in names if not n.startswith(".") and fnmatch.fnmatch(n, pattern)]
     return files
 
 
@@ -170,7 +192,7 @@ class HFDataset(Corpus):
                 entries += [value] if isinstance(value, str) else list(value)
         elif self.data_files is not None:
             entries += [self.data_files] if isinstance(self.data_files, str) else list(self.data_files)
-        return sorted({f for e in entries for f in _expand(str(e))})
+        return sorted({f.resolve() for e in entries for f in _expand(str(e))})
 
     def fingerprint(self) -> str:
         args = dict(path=self.path, name=self.name, split=self.split, data_files=self.data_files)
@@ -181,7 +203,12 @@ class HFDataset(Corpus):
             import datasets
         except ImportError as e:
             raise ImportError("HFDataset needs the Hugging Face `datasets` package: pip install 'lmlab[hf]'") from e
-        dataset = datasets.load_dataset(self.path, self.name, split=self.split, data_files=self.data_files)
+        try:
+            dataset = datasets.load_dataset(self.path, self.name, split=self.split, data_files=self.data_files)
+        except (ConnectionError, FileNotFoundError) as e:  # offline and not in the local cache, or no such dataset
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InputError(f"{self!r} cannot be loaded: {reason} (a hub dataset must be in the local Hugging Face "
+                             "cache when there is no network; or give local files with data_files)") from None
         if self.text_field not in dataset.column_names:
             raise ArgumentError("text_field", self.text_field, f"is not a column of dataset {self.path!r} (split "
                                 f"{self.split!r}); available columns: {dataset.column_names}")

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lmlab.arguments import Fraction, NonNegativeInt, PositiveInt, checked
+from lmlab.atomic import unwritable
 from lmlab.data.audit import Dedup, load_audit
 from lmlab.data.blocks import TokenBlocks
 from lmlab.data.corpus import Corpus
@@ -87,10 +88,17 @@ class CorpusDataModule(L.LightningDataModule):
                     f"{MIN_VOCAB_SIZE + n_bytes}")
             self._check_size_estimate(n_bytes, n_documents)
         if not tokenizer_cache_dir(self.corpus, self.vocab_size, self.cache_dir).is_dir():
+            self._check_cache_writable()
             try:
                 self.corpus.check()
             except ArgumentError as e:
                 raise e.within("corpus") from None
+
+    def _check_cache_writable(self) -> None:
+        """Before a tokenizer is trained into it (a cache that holds every entry may be read-only)."""
+        if (error := unwritable(self.cache_dir, folder=True)) is not None:
+            raise ArgumentError("cache_dir", str(self.cache_dir), f"cannot be written ({error.filename}: "
+                                f"{error.strerror}); choose a writable folder (or set LMLAB_CACHE)")
 
     def _check_size_estimate(self, n_bytes: int, n_documents: int) -> None:
         """Subclasses refuse a corpus whose size in bytes already shows it too small (exact check after encoding)."""

@@ -10,7 +10,8 @@ and ``decontaminate`` moves validation documents that share a 13-gram with train
 audit, with every document's id and token count in file order, is stored beside the tokens.
 
 The result is cached under a key of corpus fingerprint, tokenizer fingerprint, split seed, validation
-fraction and the two switches, and written atomically, so a second run only reads two JSON files.
+fraction and the two switches, written atomically with a manifest of its files' sizes and checksums, so a
+second run only reads two JSON files after verifying the entry (:mod:`lmlab.data.cache`).
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lmlab.atomic import atomic_directory
 from lmlab.data.audit import VERSION as AUDIT_VERSION
 from lmlab.data.audit import Dedup, audit_documents, save_audit
-from lmlab.data.cache import cache_key
+from lmlab.data.cache import cache_key, check_entry, ensure_entry
 from lmlab.data.corpus import Corpus
 from lmlab.data.tokenizer import tokenizer_fingerprint
 from lmlab.errors import ArgumentError
@@ -72,6 +72,8 @@ class PackedCorpus:
 
     @classmethod
     def load(cls, folder: Path) -> PackedCorpus:
+        """The packed corpus of a prepared cache entry (checked against its manifest)."""
+        check_entry(folder)
         meta = json.loads((folder / META_FILE).read_text())
         return cls(folder=str(folder), **meta)
 
@@ -103,11 +105,12 @@ def pack_corpus(
 ) -> PackedCorpus:
     """The packed token file for this corpus, tokenizer and split: from the cache, or encoded and cached."""
     folder = packed_cache_dir(corpus, tokenizer, cache_dir, val_fraction, split_seed, dedup, decontaminate)
-    if not folder.is_dir():
+
+    def build(tmp: Path) -> None:
         log.info("encoding %r into %s", corpus, folder)
-        with atomic_directory(folder) as tmp:
-            _write_packed(corpus, tokenizer, tmp, val_fraction, split_seed, dedup, decontaminate)
-    return PackedCorpus.load(folder)
+        _write_packed(corpus, tokenizer, tmp, val_fraction, split_seed, dedup, decontaminate)
+
+    return PackedCorpus.load(ensure_entry(folder, build))
 
 
 def _write_packed(

@@ -8,7 +8,8 @@ held out. ``pairs="simcse"`` trains instead on each training text paired with it
 views differ only by dropout, so the model needs dropout); validation is the code-search task in both.
 
 Tokens come from the same cached tokenizer an LM run on this corpus and vocabulary uses, and the encoded
-pairs are cached under a key of corpus, tokenizer and extraction settings, like the packed LM tokens.
+pairs are cached under a key of corpus, tokenizer and extraction settings, like the packed LM tokens (and verified
+against their manifest like them: :mod:`lmlab.data.cache`).
 """
 
 from __future__ import annotations
@@ -28,8 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lmlab.arguments import PositiveInt, checked
-from lmlab.atomic import atomic_directory
-from lmlab.data.cache import cache_key
+from lmlab.data.cache import cache_key, check_entry, ensure_entry
 from lmlab.data.corpus import Corpus
 from lmlab.data.datamodule import CorpusDataModule
 from lmlab.data.packing import split_documents, token_dtype
@@ -124,6 +124,8 @@ class EncodedPairs(NamedTuple):
 
     @classmethod
     def load(cls, folder: Path) -> EncodedPairs:
+        """The pairs of a prepared cache entry (checked against its manifest)."""
+        check_entry(folder)
         with np.load(folder / PAIRS_FILE) as arrays:
             sides = [np.split(arrays[f"{side}_tokens"], arrays[f"{side}_offsets"][1:-1])
                      for side in ("query", "document")]
@@ -231,12 +233,13 @@ class CodePairsDataModule(CorpusDataModule):
         """Train (or load) the corpus tokenizer, then extract and encode the pairs unless cached."""
         self._tokenizer = self.prepare_tokenizer()
         folder = self._pairs_folder()
-        if not folder.is_dir():
+
+        def build(tmp: Path) -> None:
             log.info("extracting docstring/code pairs from %r into %s", self.corpus, folder)
-            encoded = encode_pairs(self.corpus, self.tokenizer, self.min_docstring_chars, self.val_fraction,
-                                   self.split_seed)
-            with atomic_directory(folder) as tmp:
-                encoded.save(tmp)
+            encode_pairs(self.corpus, self.tokenizer, self.min_docstring_chars, self.val_fraction,
+                         self.split_seed).save(tmp)
+
+        ensure_entry(folder, build)
 
     def setup(self, stage: str | None = None) -> None:
         if self.val_pairs is not None:

@@ -2,7 +2,8 @@
 
 Byte-level means every string round-trips exactly (``decode(encode(x)) == x``) with no unknown token,
 which matters for code. The cache entry is keyed by the corpus fingerprint, the vocabulary size and
-the training settings below, and is saved with ``save_pretrained`` so ``AutoTokenizer`` reloads it.
+the training settings below, is saved with ``save_pretrained`` so ``AutoTokenizer`` reloads it, and is
+verified against its manifest when read (:mod:`lmlab.data.cache`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ import annotated_types as at
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from lmlab.arguments import checked
-from lmlab.atomic import atomic_directory
-from lmlab.data.cache import cache_key
+from lmlab.data.cache import cache_key, check_entry, ensure_entry
 from lmlab.data.corpus import Corpus
 
 EOS_TOKEN = "<|endoftext|>"
@@ -69,18 +69,19 @@ def tokenizer_cache_dir(corpus: Corpus, vocab_size: int, cache_dir: Path) -> Pat
 
 def cached_tokenizer(corpus: Corpus, vocab_size: int, cache_dir: Path) -> PreTrainedTokenizerFast:
     """The tokenizer for this corpus and vocabulary size: loaded from the cache, or trained and cached."""
-    folder = tokenizer_cache_dir(corpus, vocab_size, cache_dir)
-    if not folder.is_dir():
+
+    def build(folder: Path) -> None:
         log.info("training a byte-level BPE tokenizer (vocab %d) on %r", vocab_size, corpus)
-        tokenizer = train_tokenizer((text for _, text in corpus), vocab_size)
-        with atomic_directory(folder) as tmp:
-            tokenizer.save_pretrained(tmp)
-    return load_tokenizer(folder)
+        train_tokenizer((text for _, text in corpus), vocab_size).save_pretrained(folder)
+
+    return load_tokenizer(ensure_entry(tokenizer_cache_dir(corpus, vocab_size, cache_dir), build))
 
 
 def load_tokenizer(folder: str | Path) -> PreTrainedTokenizerFast:
+    """A cached tokenizer (checked against its manifest: a damaged file is a one-line CacheError)."""
     from transformers import PreTrainedTokenizerFast
 
+    check_entry(Path(folder))
     return PreTrainedTokenizerFast.from_pretrained(str(folder))
 
 
