@@ -73,11 +73,11 @@ def generate_rules(prompt: str | None, prompt_file: str | None, device: str, ckp
     if prompt_file is not None and not Path(prompt_file).expanduser().is_file():
         what = "is a directory, not a file of prompts" if Path(prompt_file).expanduser().is_dir() else "does not exist"
         raise ArgumentError("prompt_file", Path(prompt_file), what)
-    if device != "auto" and device.split(":")[0] not in ("cpu", "cuda", "mps"):
-        raise ArgumentError("device", device, "must be auto, cpu, cuda, cuda:<index> or mps")
     from lmlab.checkpoint import check_checkpoint
+    from lmlab.devices import check_device
     from lmlab.quantization.convert import quantization_of
 
+    check_device(device)
     check_checkpoint(ckpt, field="ckpt")
     quantization_of(quantize, quantize_group_size)
 
