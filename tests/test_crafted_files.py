@@ -275,3 +275,39 @@ def test_training_refuses_a_draft_with_another_tokenizer_once_the_data_has_one(d
                                             "tokenizer than the target"):
         train(make_cfg("decoding=speculative", f"decoding.draft={drafts['tokenizer']}", run_dir=run_dir))
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "metrics.csv").exists()
+
+
+def test_an_interrupted_run_saves_without_lightnings_weights_only_note(run_train_py, tmp_path):
+    """Lightning logs "`weights_only` was not set" when lmlab saves last.ckpt on SIGTERM/Ctrl-C; it is about what
+    is saved (the full state a resume needs), not about loading, and reads as a hole: not shown."""
+    proc = run_train_py("trainer.max_steps=50", "+callbacks.stop._target_=helpers.SigtermAtStep",
+                        "+callbacks.stop.step=3", returncode=143)
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    assert "weights_only" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine with CUDA has the device")
+def test_lmlab_quantize_checks_the_device_before_writing(target, tmp_path, capsys):
+    from lmlab.cli.quantize import main as quantize_main
+
+    out = tmp_path / "q.safetensors"
+    with pytest.raises(SystemExit) as exit_info:
+        quantize_main([str(target), "--mode", "int8", "--out", str(out), "--device", "cuda"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (f"Error: --device='cuda': this torch build has no CUDA (torch "
+                                               f"{torch.__version__}); use cpu or auto")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("accelerator, error", [
+    ("tpu", "TPUs need the torch_xla package, which is not installed"),
+    ("mps", r"MPS is not available here \(it needs macOS on Apple silicon\)"),
+])
+def test_an_accelerator_this_machine_lacks_is_one_line(accelerator, error, make_cfg):
+    from lmlab.cli import resolved
+    from lmlab.config import check_train_config
+
+    if accelerator == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    with pytest.raises(ArgumentError, match=rf"^trainer.accelerator='{accelerator}': {error}; use trainer=cpu"):
+        check_train_config(resolved(make_cfg(f"trainer.accelerator={accelerator}")))

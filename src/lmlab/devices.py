@@ -46,6 +46,21 @@ def check_device(spec: str | torch.device) -> None:
                             "built with MPS); use cpu or auto")
 
 
+def accelerator_missing(accelerator: str) -> str | None:
+    """What this machine lacks for a Lightning accelerator (gpu, cuda, mps, tpu, hpu); None when it has it (or
+    for auto and cpu). Lightning would fail later, with an AssertionError or an install hint in a traceback."""
+    import importlib.util
+
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        return "no CUDA device is available on this machine"
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        return "MPS is not available here (it needs macOS on Apple silicon)"
+    for name, package in (("tpu", "torch_xla"), ("hpu", "lightning_habana")):
+        if accelerator == name and importlib.util.find_spec(package) is None:
+            return f"{name.upper()}s need the {package} package, which is not installed"
+    return None
+
+
 def synchronize(device: torch.device | str) -> None:
     """Wait for queued kernels, so a wall-clock reading covers them; a no-op off CUDA."""
     device = torch.device(device)
