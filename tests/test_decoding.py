@@ -359,7 +359,7 @@ def test_bad_arguments_raise_value_errors_before_any_work():
         "batch size 1": lambda: speculative(model, model, ids, 4),
         "num_draft_tokens": lambda: speculative(model, model, one, 4, num_draft_tokens=0),
         "draft=": lambda: speculative(model, "ngram", one, 4),
-        "vocab_size": lambda: speculative(model, GPT(vocab_size=VOCAB + 1, block_size=CONTEXT), one, 4),
+        "its vocabulary has": lambda: speculative(model, GPT(vocab_size=VOCAB + 1, block_size=CONTEXT), one, 4),
         "eos_token_id": lambda: greedy(model, ids, 4, eos_token_id="eos"),
     }
     for needle, call in bad.items():

@@ -23,7 +23,8 @@ CONF = Path(CONF_DIR)
 # Each unit (a package or a top-level module of lmlab) imports only units of lower layers, also lazily inside
 # functions: a circle or an upward import fails here.
 LAYERS = [
-    {"errors", "numerics", "atomic", "devices"},
+    {"errors"},
+    {"numerics", "atomic", "devices"},
     {"arguments", "targets"},
     {"models"},
     {"spec"},

@@ -411,7 +411,7 @@ def test_non_finite_weights_and_quantizing_twice_are_refused():
 ])
 def test_generate_py_quantize_misuse_is_named(overrides, error, trained_run, generate_cfg):
     with pytest.raises(InputError, match=error):
-        generate(generate_cfg(f"ckpt={trained_run}", "prompt=x", *overrides))
+        generate(generate_cfg(f"ckpt={trained_run}", "prompt=x", "max_new_tokens=4", *overrides))
 
 
 # --- command lines ---------------------------------------------------------------------------------

@@ -16,17 +16,29 @@ from __future__ import annotations
 
 import copy
 import time
+from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lmlab.arguments import Fraction, PositiveInt, checked
+from lmlab.checkpoint import read_header
 from lmlab.compare import token_agreement
-from lmlab.decoding.evaluate import compiles, evaluate_strategy, named_strategies
+from lmlab.config.resources import BYTES_PER_PARAM, CALLBACK_KEYS, check_decoding_memory
+from lmlab.decoding.evaluate import (
+    compiles,
+    draft_path,
+    evaluate_strategy,
+    load_draft,
+    sequences_at_once,
+    strategies_by_name,
+)
+from lmlab.decoding.speculative import check_draft, draft_too_large
 from lmlab.errors import ArgumentError
 from lmlab.loggers import wandb_loggers
 from lmlab.quantization import quantize
 from lmlab.quantization.convert import Mode, quantization_of
+from lmlab.spec import model_bytes, tokenizer_spec
 
 
 class DecodingEvaluator(L.Callback):
@@ -40,17 +52,19 @@ class DecodingEvaluator(L.Callback):
                  every_n_validations: PositiveInt = 1, seed: int = 0, quantize: Mode | None = None,
                  quantize_group_size: PositiveInt | None = None, time_budget: Fraction | None = 0.01):
         self.quantization = quantization_of(quantize, quantize_group_size)
-        self.strategies = named_strategies(strategies, name)
+        self.strategies = strategies_by_name(strategies, name)  # drafts stay paths until check_fit has read them
         self.num_prompts, self.prompt_tokens, self.max_new_tokens = num_prompts, prompt_tokens, max_new_tokens
         self.every_n_validations, self.seed, self.time_budget = every_n_validations, seed, time_budget
         self.validations = 0
         self.spent = self.last = 0.0  # seconds of all evaluations, and of the latest
         self.started, self.skipped = time.perf_counter(), 0  # the clock restarts when training starts
         self.rows: list[list] = []  # every table row so far: W&B tables are logged whole
+        self.warned: set[str] = set()  # drafts already warned about
 
     def check_fit(self, trainer: L.Trainer, model, datamodule) -> None:
-        """Prompts are cut from validation blocks and continued within the model's context: called by
-        ``setup`` and, before any work, by lmlab.preflight."""
+        """Prompts are cut from validation blocks and continued within the model's context; each draft fits the
+        model and everything fits in memory (checkpoint headers read, no weight): called by ``setup`` and,
+        before any work, by lmlab.preflight (``model`` on the meta device)."""
         block_size = getattr(datamodule, "block_size", None)
         if block_size is not None and self.prompt_tokens > block_size:
             raise ArgumentError("prompt_tokens", self.prompt_tokens, f"must be at most the data's block_size="
@@ -59,10 +73,42 @@ class DecodingEvaluator(L.Callback):
         if self.prompt_tokens + self.max_new_tokens > context:
             raise ArgumentError("max_new_tokens", self.max_new_tokens, "{prompt_tokens} + max_new_tokens must be at "
                                 f"most the model's context ({context})", prompt_tokens=self.prompt_tokens)
+        training = sum(p.numel() for p in model.parameters()) * BYTES_PER_PARAM  # weights, gradients, Adam state
+        copy_bytes = model_bytes(model) if self.quantization is not None else 0  # the copy that is quantized
+        for name, decode in self.strategies.items():
+            path = draft_path(decode)
+            drafts = [] if path is None else [self._draft(name, path, model)]
+            batch, beams = sequences_at_once(decode, self.num_prompts)
+            check_decoding_memory([model, *(d.model for d in drafts)],
+                                  training + copy_bytes + sum(d.built_bytes for d in drafts), batch, beams,
+                                  self.prompt_tokens, self.max_new_tokens, trainer.strategy.root_device, CALLBACK_KEYS)
+
+    def _draft(self, name: str, path: str, model, tokenizer=None):
+        """The header of a strategy's draft checkpoint, checked against the model being trained (and against its
+        tokenizer once the data has one); one warning when the draft is not smaller than the model."""
+        ours = tokenizer_spec(tokenizer) if tokenizer is not None else None
+        try:
+            draft = read_header(path, field="draft")
+            check_draft(draft.model, model, self.prompt_tokens + self.max_new_tokens, draft.tokenizer_spec, ours,
+                        name=Path(path))
+        except ArgumentError as e:
+            raise e.within("strategies" if len(self.strategies) == 1 else f"strategies.{name}") from None
+        warning = draft_too_large(draft.n_params, sum(p.numel() for p in model.parameters()))
+        if warning and path not in self.warned:
+            self.warned.add(path)
+            rank_zero_warn(f"DecodingEvaluator: draft={path}: {warning}")
+        return draft
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            self.check_fit(trainer, pl_module.model, trainer.datamodule)
+        """Checks again (the data's tokenizer now exists: a draft must share it), then loads the drafts."""
+        if stage != "fit":
+            return
+        self.check_fit(trainer, pl_module.model, trainer.datamodule)
+        for name, decode in self.strategies.items():
+            path = draft_path(decode)
+            if path is not None:
+                self._draft(name, path, pl_module.model, pl_module.tokenizer)
+                self.strategies[name] = load_draft(decode)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.started = time.perf_counter()

@@ -27,7 +27,8 @@ from lmlab.errors import ArgumentError, InputError
 from lmlab.quantization import MODES, quantization_settings, quantize, save_quantized
 from lmlab.quantization.checkpoint import SAFETENSORS
 
-FLAGS = {"mode": "--mode", "group_size": "--group-size", "skip": "--skip", "matmul_dtype": "--matmul-dtype"}
+FLAGS = {"mode": "--mode", "group_size": "--group-size", "skip": "--skip", "matmul_dtype": "--matmul-dtype",
+         "device": "--device"}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -72,6 +73,7 @@ def quantize_run(args: argparse.Namespace, console: Console) -> dict:
         settings = quantization_settings(args.mode, args.group_size, args.skip, args.embeddings, args.symmetric,
                                          args.matmul_dtype)
         check_args(args)
+        device = resolve_device(args.device)  # before anything is read or written
         ckpt = resolve_checkpoint(args.checkpoint, field="checkpoint")
         model, tokenizer, _ = load_checkpoint(ckpt, field="checkpoint")
         quantized = quantize(copy.deepcopy(model), settings)
@@ -81,7 +83,6 @@ def quantize_run(args: argparse.Namespace, console: Console) -> dict:
         out = save_quantized(quantized, args.out, tokenizer)
     console.print(f"wrote {out} ({out.stat().st_size / 2**20:.2f} MiB)")
 
-    device = resolve_device(args.device)
     if args.cpu_time:
         if device != "cpu":
             raise InputError(f"--cpu-time counts CPU seconds; it needs --device cpu (device is {device})")

@@ -20,9 +20,22 @@ RESUME_WARNINGS = (
     (r"Checkpoint directory .* exists and is not empty", UserWarning,
      r"lightning\.pytorch\.callbacks\.model_checkpoint"),
 )
-# (logger name, message regex) of log records: the advertisements a Trainer prints (cloud logging, and
-# cloud uploads when Lightning adds its own ModelCheckpoint)
-LOG_RECORDS = (("lightning.pytorch.utilities.rank_zero", r"💡 Tip: For seamless cloud "),)
+# (logger name, message regex) of log records, and why each is not the user's to act on
+LOG_RECORDS = (
+    # the advertisements a Trainer prints (cloud logging, and cloud uploads when Lightning adds its own
+    # ModelCheckpoint)
+    ("lightning.pytorch.utilities.rank_zero", r"💡 Tip: For seamless cloud "),
+    # Lightning's dump_checkpoint(weights_only=None) when lmlab saves last.ckpt on Ctrl-C/SIGTERM
+    # (callbacks/interrupt.py) or on a halt (callbacks/stability.py): its weights_only means "save only the
+    # weights", and False (the full training state: optimizer, schedule, data position) is what a resume needs.
+    # Loading is another matter: every checkpoint lmlab reads goes through torch.load(weights_only=True).
+    ("lightning.pytorch.trainer.connectors.checkpoint_connector", r"`weights_only` was not set, defaulting to"),
+    # a Hugging Face config's default bos/eos/pad ids (GPT2Config: 50256) outside a vocabulary lmlab trained:
+    # lmlab never reads them, decoding takes EOS and padding from the run's tokenizer (other special ids'
+    # warnings still show)
+    ("transformers.configuration_utils", r"Model config: (bos|eos|pad)_token_id must be `None` or an integer "
+                                         r"within the vocabulary"),
+)
 
 
 class _DropMessage(logging.Filter):

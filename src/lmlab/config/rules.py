@@ -73,11 +73,11 @@ def generate_rules(prompt: str | None, prompt_file: str | None, device: str, ckp
     if prompt_file is not None and not Path(prompt_file).expanduser().is_file():
         what = "is a directory, not a file of prompts" if Path(prompt_file).expanduser().is_dir() else "does not exist"
         raise ArgumentError("prompt_file", Path(prompt_file), what)
-    if device != "auto" and device.split(":")[0] not in ("cpu", "cuda", "mps"):
-        raise ArgumentError("device", device, "must be auto, cpu, cuda, cuda:<index> or mps")
     from lmlab.checkpoint import check_checkpoint
+    from lmlab.devices import check_device
     from lmlab.quantization.convert import quantization_of
 
+    check_device(device)
     check_checkpoint(ckpt, field="ckpt")
     quantization_of(quantize, quantize_group_size)
 
@@ -106,9 +106,11 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu")
 
 def trainer_rules(max_steps: int, fast_dev_run: bool | int, gradient_clip_val: float | None,
                   gradient_clip_algorithm: str | None, accelerator: str) -> None:
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ArgumentError("accelerator", accelerator, "no CUDA device is available on this machine; use trainer=cpu "
-                            "or trainer.accelerator=auto")
+    from lmlab.devices import accelerator_missing
+
+    missing = accelerator_missing(accelerator)
+    if missing:
+        raise ArgumentError("accelerator", accelerator, f"{missing}; use trainer=cpu or trainer.accelerator=auto")
     if not fast_dev_run and max_steps < 1:  # schedules and cost projections count optimizer steps
         raise ArgumentError("max_steps", max_steps, "must be a positive number of optimizer steps (>= 1)")
     if gradient_clip_algorithm == "value" and gradient_clip_val == 0:

@@ -30,23 +30,46 @@ class DecodeResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+def draft_path(decode) -> str | None:
+    """The checkpoint a strategy's ``draft`` names (speculative decoding), None for prompt lookup or no draft."""
+    draft = getattr(decode, "keywords", {}).get("draft")
+    return draft if isinstance(draft, str) and draft != PROMPT_LOOKUP else None
+
+
 def load_draft(decode: functools.partial) -> functools.partial:
     """A strategy that takes a ``draft`` (speculative) given as a checkpoint path gets that model loaded (once)."""
-    if "draft" in inspect.signature(decode.func).parameters and "draft" not in decode.keywords:
-        raise ArgumentError("draft", None, "is required: a draft run directory or .ckpt, or prompt_lookup")
-    draft = decode.keywords.get("draft")
-    if not isinstance(draft, str) or draft == PROMPT_LOOKUP:
+    path = draft_path(decode)
+    if path is None:
         return decode
     from lmlab.checkpoint import load_checkpoint
 
-    model, _, _ = load_checkpoint(draft, field="draft")
+    model, _, _ = load_checkpoint(path, field="draft")
     return functools.partial(decode.func, *decode.args, **{**decode.keywords, "draft": model})
+
+
+def strategies_by_name(strategies, name: str) -> dict[str, functools.partial]:
+    """One decoding partial (called ``name``) or a mapping name -> partial; drafts stay checkpoint paths."""
+    named = {name: strategies} if isinstance(strategies, functools.partial) else dict(strategies)
+    for decode in named.values():
+        if "draft" in inspect.signature(decode.func).parameters and "draft" not in decode.keywords:
+            raise ArgumentError("draft", None, "is required: a draft run directory or .ckpt, or prompt_lookup")
+    return named
 
 
 def named_strategies(strategies, name: str) -> dict[str, functools.partial]:
     """One decoding partial (called ``name``) or a mapping name -> partial, drafts loaded."""
-    named = {name: strategies} if isinstance(strategies, functools.partial) else dict(strategies)
-    return {key: load_draft(decode) for key, decode in named.items()}
+    return {key: load_draft(decode) for key, decode in strategies_by_name(strategies, name).items()}
+
+
+def sequences_at_once(decode, prompts: int) -> tuple[int, int]:
+    """(prompts decoded together, sequences per prompt) of a strategy over ``prompts`` prompts: what its KV
+    cache holds at once (beam search: every prompt's beams; speculative decoding: one prompt at a time)."""
+    func = getattr(decode, "func", decode)
+    if ADAPTERS.get(func) is _one_prompt_at_a_time:
+        return 1, 1
+    if func is beam_search:
+        return prompts, decode.keywords.get("num_beams", inspect.signature(func).parameters["num_beams"].default)
+    return prompts, 1
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,6 +15,7 @@ positions are cropped from both KV caches instead of being recomputed. Batch siz
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,7 @@ from lmlab.decoding.prompts import check_prompt, eos_ids
 from lmlab.decoding.sampling import Compile, TopP
 from lmlab.errors import ArgumentError
 from lmlab.models.hf import as_causal_lm
+from lmlab.spec import same_tokenizer
 
 PROMPT_LOOKUP = "prompt_lookup"
 
@@ -71,6 +73,34 @@ def draft_exists(draft: str | torch.nn.Module) -> None:
         check_checkpoint(draft, field="draft")
 
 
+def check_draft(draft, target, length: int, draft_tokenizer: dict | None = None,
+                target_tokenizer: dict | None = None, name: str | Path | None = None) -> None:
+    """That ``draft`` can propose tokens for ``target`` over ``length`` tokens (prompt + new ones), as models on
+    any device (meta included): the same vocabulary, the same tokenizer when both specs (lmlab.spec) are given,
+    a context of at least ``length``. ArgumentError naming the draft (``name``: its path), before decoding."""
+    name = name or f"<{type(draft).__name__}>"
+    vocab, target_vocab = draft.config.vocab_size, target.config.vocab_size
+    if vocab != target_vocab:
+        raise ArgumentError("draft", name, f"its vocabulary has {vocab} tokens, the target's {target_vocab}: a draft "
+                            "must be trained with the target's tokenizer")
+    if draft_tokenizer and target_tokenizer and not same_tokenizer(draft_tokenizer, target_tokenizer):
+        raise ArgumentError("draft", name, f"was trained with another tokenizer than the target (both have {vocab} "
+                            "tokens, but the same ids stand for different text), so its proposals would be other "
+                            "tokens; train the draft with the target's tokenizer")
+    if draft.max_seq_len < length:
+        raise ArgumentError("draft", name, f"its context ({draft.max_seq_len} tokens) is shorter than the prompt + "
+                            f"new tokens to decode ({length}); use a draft with a longer context or fewer new tokens")
+
+
+def draft_too_large(draft_params: int, target_params: int) -> str | None:
+    """A warning when the draft has at least as many parameters as the target: each draft token then costs about
+    a target forward, so speculation cannot be faster than decoding the target alone."""
+    if draft_params < target_params:
+        return None
+    return (f"the draft has {draft_params:,} parameters, the target {target_params:,}; a draft at least as large as "
+            "its target makes speculative decoding slower than decoding the target alone")
+
+
 @checked(rules=draft_exists)
 @torch.no_grad()
 def speculative(target, draft: str | torch.nn.Module, input_ids, max_new_tokens: PositiveInt,
@@ -93,10 +123,7 @@ def speculative(target, draft: str | torch.nn.Module, input_ids, max_new_tokens:
         raise ArgumentError("draft", draft, f"allowed: a causal LM (load a checkpoint first) or {PROMPT_LOOKUP!r}")
     if not lookup:
         draft = as_causal_lm(draft)
-        check_prompt(draft, input_ids, max_new_tokens)
-        if draft.config.vocab_size != target.config.vocab_size:
-            vocabs = draft.config.vocab_size, target.config.vocab_size
-            raise ValueError(f"draft vocab_size={vocabs[0]} != target vocab_size={vocabs[1]}")
+        check_draft(draft, target, input_ids.shape[1] + max_new_tokens)
     eos = eos_ids(eos_token_id, input_ids.device)
     greedy = temperature == 0
     warp = lambda logits: warp_logits(logits.float(), temperature, top_k, top_p).softmax(-1)

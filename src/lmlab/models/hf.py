@@ -59,7 +59,7 @@ def check_build_arguments(architecture: str | None, pretrained: str | None, para
         hint = str(unknown_key(architecture, None, CONFIG_MAPPING.keys())).split("unknown key; ", 1)[1]
         raise ArgumentError("architecture", architecture, f"not a Hugging Face model type; {hint}")
     defaults = CONFIG_MAPPING[architecture]().to_dict()
-    overrides.pop("vocab_size", None)
+    vocab = overrides.pop("vocab_size", None)
     overrides.pop("trust_remote_code", None)
     for field, value in overrides.items():
         if field not in defaults:
@@ -72,6 +72,9 @@ def check_build_arguments(architecture: str | None, pretrained: str | None, para
                                 f"(as the config's default, {show(default)})")
         if field in SIZES and value is not None and value < 1:
             raise ArgumentError(field, value, "must be an integer >= 1")
+        if field.endswith("_token_id") and isinstance(value, int) and vocab and not 0 <= value < vocab:
+            raise ArgumentError(field, value, f"must be an id of the vocabulary, 0 to {vocab - 1} ({{vocab_size}})",
+                                vocab_size=vocab)
     merged = {**defaults, **overrides}
     for big, small in DIVIDES:
         if merged.get(big) and merged.get(small) and merged[big] % merged[small]:

@@ -68,53 +68,63 @@ def with_pretrained_architecture(folder: str | Path, given: dict) -> dict:
     return {**given, **pretrained, **kept}
 
 
-def read_tensors(folder: str | Path) -> dict[str, torch.Tensor]:
+def read_tensors(folder: str | Path, meta: bool = False) -> dict[str, torch.Tensor]:
     """Every tensor of the folder's weight files: model.safetensors, sharded safetensors (an index), or
-    pytorch_model.bin read with ``weights_only=True``."""
+    pytorch_model.bin read with ``weights_only=True``. ``meta``: tensors on the meta device with the stored
+    shapes, read from the files' headers (safetensors) or memory-mapped (.bin): no weight is read."""
     folder = Path(folder).expanduser()
     for index_name, reader in (("model.safetensors.index.json", _read_safetensors),
                                ("pytorch_model.bin.index.json", _read_bin)):
         index = folder / index_name
         if index.is_file():
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            return {k: v for shard in shards for k, v in reader(folder / shard).items()}
+            return {k: v for shard in shards for k, v in reader(folder / shard, meta).items()}
     for name, reader in (("model.safetensors", _read_safetensors), ("pytorch_model.bin", _read_bin)):
         if (folder / name).is_file():
-            return reader(folder / name)
+            return reader(folder / name, meta)
     raise InputError(f"{folder}: no model.safetensors or pytorch_model.bin (nor a sharded index of them)")
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
+def _read_safetensors(path: Path, meta: bool) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(path))
+        if not meta:
+            return load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            slices = {name: f.get_slice(name) for name in f.keys()}
+            return {name: torch.empty(s.get_shape(), device="meta") for name, s in slices.items()}
     except (SafetensorError, OSError) as e:
         raise InputError(f"{path}: not a readable safetensors file ({e})") from None
 
 
-def _read_bin(path: Path) -> dict[str, torch.Tensor]:
+def _read_bin(path: Path, meta: bool) -> dict[str, torch.Tensor]:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        tensors = torch.load(path, map_location="cpu", weights_only=True, mmap=meta)
     except Exception as e:  # unpickling refusals, truncated zips: many types
         raise InputError(f"{path}: not readable with torch.load(weights_only=True) ({type(e).__name__})") from None
+    return {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in tensors.items()} if meta else tensors
+
+
+def lmlab_state(tensors: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    """lmlab's state dict for a GPT of ``config`` from a folder's tensors (KeyError naming a tensor it lacks)."""
+    family = LLAMA if config.position == "rope" else "gpt2"
+    prefix = PREFIXES[family]
+    named = {}
+    for name, tensor in tensors.items():
+        if name.endswith(RECOMPUTED):
+            continue
+        # a base model (LlamaModel, GPT2Model) saves its weights without the causal LM's prefix
+        named[name if name.startswith(prefix) or name == "lm_head.weight" else prefix + name] = tensor
+    return from_hf(named, config, family)
 
 
 def load_pretrained_weights(model: GPT, folder: str | Path) -> None:
     """Fill ``model`` (built with the folder's architecture) with the folder's weights."""
     folder = Path(folder).expanduser()
-    family = LLAMA if model.config.position == "rope" else "gpt2"
-    prefix = PREFIXES[family]
-    tensors = {}
-    for name, tensor in read_tensors(folder).items():
-        if name.endswith(RECOMPUTED):
-            continue
-        # a base model (LlamaModel, GPT2Model) saves its weights without the causal LM's prefix
-        tensors[name if name.startswith(prefix) or name == "lm_head.weight" else prefix + name] = tensor
     try:
-        state = from_hf(tensors, model.config, family)
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(lmlab_state(read_tensors(folder), model.config), strict=True)
     except (KeyError, RuntimeError) as e:
         detail = str(e).strip().splitlines()[0]
         raise InputError(f"{folder}: its weights do not fit the model its config.json describes ({detail})") from None

@@ -3,9 +3,11 @@
 The tensors are the model's state dict (int8/uint8 weights, scales, float norms and biases; a
 tensor shared by tied layers is stored once and its other names listed under ``aliases``). The
 header metadata (strings only) carries the format version, the model spec and tokenizer of
-:mod:`lmlab.spec` and the quantization settings. Loading builds the float model from the
-spec, swaps in empty quantized layers with the same settings and fills every tensor from the file,
-so a save/load round trip is bit-exact.
+:mod:`lmlab.spec` and the quantization settings. Loading first builds the model the header describes on
+the meta device and checks it against the shapes the header lists for the stored tensors (no tensor read),
+so a file whose metadata claims a larger model is refused in milliseconds; then it builds the float model,
+swaps in empty quantized layers with the same settings and fills every tensor from the file, so a
+save/load round trip is bit-exact.
 """
 
 from __future__ import annotations
@@ -18,14 +20,23 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from lmlab.atomic import atomic_write
-from lmlab.errors import CheckpointError, InputError
+from lmlab.errors import CheckpointError, InputError, first_line
 from lmlab.models.hf import as_causal_lm
 from lmlab.quantization.convert import QuantizationSettings, convert, settings_of
-from lmlab.spec import build_model, build_tokenizer, model_spec, tokenizer_spec
+from lmlab.spec import (
+    build_model,
+    build_tokenizer,
+    model_bytes,
+    model_on_meta,
+    model_spec,
+    tokenizer_spec,
+    weights_mismatch,
+)
 
 FORMAT = "lmlab-quantized"
 FORMAT_VERSION = "1"
 SAFETENSORS = ".safetensors"  # the suffix that makes a checkpoint a quantized one
+REBUILT_FROM = (KeyError, TypeError, ValueError, RuntimeError)  # a header whose model cannot be rebuilt
 
 
 def save_quantized(model: nn.Module, path: str | Path, tokenizer=None) -> Path:
@@ -67,6 +78,9 @@ def read_quantized_header(path: str | Path, field: str = "ckpt") -> dict:
             raw = f.metadata() or {}
     except (SafetensorError, OSError) as e:
         raise CheckpointError(field, path, f"is not a readable safetensors file: {e}") from e
+    except RuntimeError as e:  # the reader memory-maps the whole file: an address-space limit (ulimit -v)
+        raise CheckpointError(field, path, f"could not be memory-mapped ({path.stat().st_size / 1e9:.1f} GB): "
+                              f"{first_line(e)}") from None
     if raw.get("format") != FORMAT:
         raise CheckpointError(field, path, "is a safetensors file but not an lmlab quantized checkpoint "
                               f"(metadata format={raw.get('format')!r}, expected {FORMAT!r})")
@@ -76,9 +90,41 @@ def read_quantized_header(path: str | Path, field: str = "ckpt") -> dict:
     return raw
 
 
+def stored_shapes(path: str | Path) -> dict[str, list[int]]:
+    """Name -> shape of every tensor a safetensors file stores, from its header (no tensor is read; the
+    safetensors reader has checked each shape against its byte range and the file's size)."""
+    with safe_open(str(Path(path).expanduser()), framework="pt") as f:
+        return {name: list(f.get_slice(name).get_shape()) for name in f.keys()}
+
+
+def describe_quantized(path: str | Path, field: str = "ckpt") -> tuple[nn.Module, int, int, dict]:
+    """(the model the file describes, on the meta device with its quantized layers; the bytes loading it
+    allocates and the parameters of the float model it builds first; the header with its JSON decoded), after
+    checking the header's model against the tensors the file stores: a mismatch names the tensor and both
+    shapes."""
+    raw = read_quantized_header(path, field)
+    path = Path(path).expanduser()
+    stored = stored_shapes(path)
+    try:
+        meta = {key: json.loads(raw[key]) for key in ("model", "quantization", "aliases")}
+        if "tokenizer" in raw:
+            meta["tokenizer"] = json.loads(raw["tokenizer"])
+        stored |= {alias: stored[name] for alias, name in meta["aliases"].items() if name in stored}
+        model = model_on_meta(meta["model"], len(stored))
+        built, n_params = model_bytes(model), sum(p.numel() for p in model.parameters())
+        convert(model, QuantizationSettings.from_dict(meta["quantization"]), quantize_weights=False)
+    except REBUILT_FROM as e:
+        raise CheckpointError(field, path, f"does not describe a model this lmlab can rebuild: {e}") from None
+    mismatch = weights_mismatch(model, stored)
+    if mismatch:
+        raise CheckpointError(field, path, f"its header describes a model that its tensors do not hold: {mismatch}; "
+                              "refused before building it")
+    return model, built, n_params, {**raw, **meta}
+
+
 def load_quantized(path: str | Path, field: str = "ckpt"):
     """(model in eval mode on CPU, tokenizer or None, header metadata with its JSON decoded)."""
-    raw = read_quantized_header(path, field)
+    *_, meta = describe_quantized(path, field)
     path = Path(path).expanduser()
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -86,15 +132,12 @@ def load_quantized(path: str | Path, field: str = "ckpt"):
     except (SafetensorError, OSError) as e:
         raise CheckpointError(field, path, f"is not a readable safetensors file: {e}") from e
     try:
-        meta = {key: json.loads(raw[key]) for key in ("model", "quantization", "aliases")}
-        if "tokenizer" in raw:
-            meta["tokenizer"] = json.loads(raw["tokenizer"])
         model = build_model(meta["model"])
         convert(model, QuantizationSettings.from_dict(meta["quantization"]), quantize_weights=False)
         for alias, name in meta["aliases"].items():
             tensors[alias] = tensors[name]
         model.load_state_dict(tensors, strict=True)
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+    except REBUILT_FROM as e:
         raise CheckpointError(field, path, f"does not describe a model this lmlab can rebuild: {e}") from e
     tokenizer = build_tokenizer(meta["tokenizer"]) if "tokenizer" in meta else None
-    return model.eval(), tokenizer, {**raw, **meta}
+    return model.eval(), tokenizer, meta
