@@ -279,6 +279,7 @@ TINY_COST = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.bloc
     (["callbacks.throughput.price_per_device_hour=-2"],
      "Error: callbacks.throughput.price_per_device_hour=-2: must be null or a number >= 0"),
     (["trainer.max_steps=30", "sched.warmup_steps=30"], "Error: sched.warmup_steps=30: "),
+    (["trainer.devices=0"], "Error: trainer.devices=0: must be a count >= 1, -1 (every device), 'auto' or a list"),
 ])
 def test_lmlab_cost_checks_every_input_before_measuring(argv, line, capsys, monkeypatch):
     """Flags as the parameters they stand for, the config as train.py checks it: one line, exit status 2, and
