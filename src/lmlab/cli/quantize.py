@@ -90,13 +90,13 @@ def quantize_run(args: argparse.Namespace, console: Console) -> dict:
         quantized = quantize(copy.deepcopy(model), settings)
     except ArgumentError as e:
         raise e.renamed(FLAGS) from None
+    device = resolve_device(args.device)
+    if args.cpu_time and torch.device(device).type != "cpu":  # refused before anything is written
+        raise InputError(f"--cpu-time counts CPU seconds; it needs --device cpu (device is {device})")
     out = save_quantized(quantized, args.out, tokenizer)
     console.print(f"wrote {out} ({out.stat().st_size / 2**20:.2f} MiB)")
 
-    device = resolve_device(args.device)
     if args.cpu_time:
-        if device != "cpu":
-            raise InputError(f"--cpu-time counts CPU seconds; it needs --device cpu (device is {device})")
         torch.set_num_threads(1)
     models = {str(next(model.parameters()).dtype).removeprefix("torch."): model.to(device),
               args.mode: quantized.to(device)}
