@@ -123,8 +123,9 @@ def short_run(corpus_dir: Path, cache_dir: Path, overrides: list[str]) -> list[s
              "model.max_position_embeddings=64" if "model" in chosen and "model=hf" in overrides
              else "model.n_layer=1 model.n_head=2 model.n_embd=64 model.block_size=64")  # 64: int4 groups of 64
     data = [] if "data" in chosen else ["data=text_files", f"data.corpus.paths={corpus_dir}"]
-    trainer = ["trainer.devices=2"] if "trainer=ddp_spawn" in overrides else [] if "trainer" in chosen else ["trainer=cpu"]
-    # (8 spawned CPU processes per job on two cores: minutes; 2 run the same code)
+    # ddp_spawn on 2 devices: 8 spawned CPU processes per job take minutes on two cores, 2 run the same code
+    spawn = ["trainer.devices=2"] if "trainer=ddp_spawn" in overrides else []
+    trainer = spawn if "trainer" in chosen else ["trainer=cpu"]
     return [*model.split(), *data, *trainer, "logger=csv", "data.vocab_size=384", "data.block_size=32",
             "data.batch_size=4", f"paths.cache_dir={cache_dir}", "trainer.max_steps=4", "sched.warmup_steps=0.25",
             "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
