@@ -25,9 +25,9 @@ NEEDS_CUDA = {("trainer", "gpu"), ("trainer", "fsdp")}
 NEEDS_TEACHER = {("loss", "distill"), ("loss", "kl"), ("loss", "mse"), ("experiment", "distill_draft")}
 # groups whose options need inputs of their own to run on the tiny corpus
 EXTRA = {
-    ("model", "hf"): ["model.hidden_size=32", "model.intermediate_size=64", "model.num_hidden_layers=1",
-                      "model.num_attention_heads=2", "model.num_key_value_heads=1",
-                      "model.max_position_embeddings=64"],
+    ("model", "hf"): ["model.hidden_size=32", "model.per_architecture.llama.intermediate_size=64",
+                      "model.num_hidden_layers=1", "model.num_attention_heads=2",
+                      "model.per_architecture.llama.num_key_value_heads=1", "model.max_position_embeddings=64"],
     ("trainer", "ddp_spawn"): ["trainer.accelerator=cpu"],
     ("data", "code_pairs"): ["loss=contrastive"],  # pair batches need the contrastive loss
     ("task", "pair_embedding"): ["loss=contrastive"],

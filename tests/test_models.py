@@ -146,3 +146,39 @@ def test_gpt_compiles_without_graph_breaks():
     x = torch.randint(0, V, (2, 16))
     compiled = torch.compile(model, fullgraph=True)
     torch.testing.assert_close(compiled(x).logits, model(x).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_hf_model_as_the_readme_names_it_trains_gpt2(run_train_py, tmp_path):
+    """`python train.py model=hf model.architecture=gpt2` (before: "model.hidden_size=128: not a field of the gpt2
+    config"): conf/model/hf.yaml's sizes are fields every common architecture takes (GPT-2 under its aliases), its
+    Llama-only fields apply to Llama alone."""
+    import yaml
+
+    run_train_py("model=hf", "model.architecture=gpt2", "model.num_hidden_layers=1", "callbacks=none",
+                 run_dir=tmp_path / "run")
+    model = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["model"]
+    assert model["architecture"] == "gpt2" and model["hidden_size"] == 128
+
+
+def test_hf_fields_resolve_the_architecture_s_aliases_and_per_architecture_fields():
+    from lmlab.errors import ArgumentError
+    from lmlab.models.hf import HFCausalLM
+
+    sizes = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 64}
+    llama_only = {"llama": {"intermediate_size": 48, "num_key_value_heads": 1}}
+    gpt2 = HFCausalLM.build("gpt2", vocab_size=96, per_architecture=llama_only, **sizes).config
+    assert (gpt2.n_embd, gpt2.n_layer, gpt2.n_head, gpt2.n_positions, gpt2.n_inner) == (32, 1, 2, 64, None)
+    llama = HFCausalLM.build("llama", vocab_size=96, per_architecture=llama_only, **sizes).config
+    assert (llama.hidden_size, llama.intermediate_size, llama.num_key_value_heads) == (32, 48, 1)
+    for kwargs, message in [
+        ({"n_embd": 16}, r"^n_embd=16: the same field as hidden_size=32 in the gpt2 config; give one of them$"),
+        ({"per_architecture": {"llama": {"intermediate_sise": 48}}},
+         r"^per_architecture\.llama\.intermediate_sise=48: not a field of the llama config; did you mean "
+         r"per_architecture\.llama\.intermediate_size\?$"),
+        ({"per_architecture": {"lama": {}}}, r"^per_architecture\.lama='lama': not a Hugging Face model type; did "
+                                             r"you mean llama\?$"),
+        ({"hidden_size": 33}, r"^hidden_size=33: must be divisible by num_attention_heads=2$"),
+        ({"intermediate_size": 64}, r"^intermediate_size=64: not a field of the gpt2 config"),
+    ]:
+        with pytest.raises(ArgumentError, match=message):
+            HFCausalLM.build("gpt2", vocab_size=96, **{**sizes, **kwargs})

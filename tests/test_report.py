@@ -216,3 +216,21 @@ def test_wandb_offline_run_records_the_namespaces(tmp_path, monkeypatch):
     } <= keys  # histograms
     assert metrics["stability/*"].step_metric == "trainer/global_step"
     assert metrics["val/loss"].summary.min and metrics["stability/loss_spikes"].summary.max
+
+
+def test_report_labels_are_plain_text_even_with_dollar_signs(tmp_path):
+    """Overrides as typed label the curves: `$a_b_c$` in a value is text (matplotlib would parse it as math and
+    fail: "Double subscript"), and the report is written."""
+    import subprocess
+    import sys
+
+    for job, paths in (("0", "$HOME/a$b"), ("1", "$a_b_c$")):
+        (tmp_path / job).mkdir()
+        (tmp_path / job / "metrics.csv").write_text(f"step,train/loss\n1,5.0\n2,4.{job}\n")
+        (tmp_path / job / "run.json").write_text(json.dumps({"overrides": [f"data.corpus.paths={paths}"]}))
+    cmd = [sys.executable, "-c", "import sys; from lmlab.cli.main import main; main(sys.argv[1:])", "report",
+           str(tmp_path), "--png-dir", str(tmp_path / "png")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
+    assert "data.corpus.paths=$a_b_c$" in (tmp_path / "report.html").read_text()
+    assert (tmp_path / "png" / "loss.png").stat().st_size > 0

@@ -43,26 +43,28 @@ def wandb_run(job_dir: Path) -> dict:
 
 def test_a_failing_job_costs_no_other_job_and_a_rerun_skips_the_finished(run_train_py, tmp_path):
     sweep_dir = tmp_path / "grid"
-    args = ("logger=wandb", "callbacks=none", "optimizer.lr=3e-3,0,1e-3", "trainer.max_steps=4")
+    # job 1 fails while it trains (a config no job could run with stops the sweep before it starts, below)
+    args = ("logger=wandb", "callbacks=none", "+callbacks.boom._target_=helpers.RaiseAtStep",
+            "+callbacks.boom.step=99,2,98", "trainer.max_steps=4")
     proc = run_train_py(*args, run_dir=sweep_dir, multirun=True, returncode=1)
     # the failure is summarised at the end, one line per failed job, and its traceback is in its log
     assert "1 of 3 jobs failed" in proc.stderr
-    assert re.search(r"job 1 \(optimizer.lr=0\): ArgumentError: optimizer.lr=0: must be a number > 0 "
+    assert re.search(r"job 1 \(\+callbacks.boom.step=2\): RuntimeError: deliberate failure at step 2 "
                      r"\(log: .*1/train.log\)", proc.stderr)
     assert "Traceback" in (sweep_dir / "1" / "train.log").read_text()
     failed = status(sweep_dir / "1")
-    assert failed["status"] == "failed" and "optimizer.lr=0: must be a number > 0" in failed["error"]
+    assert failed["status"] == "failed" and "deliberate failure at step 2" in failed["error"]
     # the other two ran to the end: metrics, the returned metric, one W&B run each, named and grouped
-    for job, lr in (("0", "0.003"), ("2", "0.001")):
+    for job, step in (("0", "99"), ("2", "98")):
         done = status(sweep_dir / job)
         val = column(read_metrics(sweep_dir / job), "val/loss")
         assert done["status"] == "completed" and done["metric"] == pytest.approx(val[-1], rel=1e-6)
-        assert wandb_run(sweep_dir / job) == {"name": f"optimizer.lr={lr}", "group": "train-grid",
-                                              "tags": [f"optimizer.lr={lr}"], "exit_code": 0}
+        assert wandb_run(sweep_dir / job) == {"name": f"+callbacks.boom.step={step}", "group": "train-grid",
+                                              "tags": [f"+callbacks.boom.step={step}"], "exit_code": 0}
     # the report labels the jobs by what was swept and lists the failed one
     page = report.write_report(sweep_dir).read_text()
-    assert "<td>optimizer.lr=0.003</td><td>completed</td>" in page
-    assert "<td>optimizer.lr=0</td><td>failed: ArgumentError: optimizer.lr=0: must be a number &gt; 0</td>" in page
+    assert "<td>+callbacks.boom.step=99</td><td>completed</td>" in page
+    assert "<td>+callbacks.boom.step=2</td><td>failed: RuntimeError: deliberate failure at step 2</td>" in page
 
     before = {job: (sweep_dir / job / "metrics.csv").read_bytes() for job in ("0", "2")}
     # another command's job in the same directory, written while this one runs: not this sweep's to count
@@ -263,3 +265,29 @@ def test_wandb_sweep_is_valid_and_its_command_runs(name, make_cfg, tmp_path):
             assert cfg.hydra.runtime.choices[key] == value["value"]
     train(cfg)
     assert (tmp_path / "run" / "run.json").is_file()
+
+
+def test_a_value_no_job_could_run_with_stops_the_sweep_before_the_first_job(run_train_py, tmp_path):
+    """Every job's config is checked before any job starts: one line naming the job and the key, exit status
+    2, nothing trained or written (before: the valid jobs trained, then the bad one failed)."""
+    sweep_dir = tmp_path / "grid"
+    proc = run_train_py("optimizer.lr=1e-3,-1", run_dir=sweep_dir, multirun=True, returncode=2)
+    assert proc.stderr.strip().splitlines() == [
+        "Error: job 1 (optimizer.lr=-1): optimizer.lr=-1: must be a number > 0; no job was started"]
+    assert not sweep_dir.exists()
+
+
+@pytest.mark.parametrize("overrides,line", [
+    (["sweep=lr_optuna", "optimizer.lr=interval(1e-1,1e-4)"],
+     "Error: optimizer.lr=interval(1e-1,1e-4): The low value must be smaller than or equal to the high value "
+     "(low=0.1, high=0.0001)."),
+    (["sweep=lr_optuna", "hydra.sweeper.n_trials=0"], "Error: hydra.sweeper.n_trials=0: must be an integer >= 1"),
+    (["sweep=lr_optuna", "optimizer.lr=interval(-1,1e-2)"],  # each end of a search space is a job's config
+     "Error: optimizer.lr=interval(-1,1e-2), at optimizer.lr=-1.0: optimizer.lr=-1.0: must be a number > 0; no job "
+     "was started"),
+])
+def test_optuna_search_spaces_and_options_are_checked_before_the_first_trial(run_train_py, tmp_path, overrides, line):
+    sweep_dir = tmp_path / "optuna"
+    proc = run_train_py(*overrides, run_dir=sweep_dir, multirun=True, returncode=2)
+    assert proc.stderr.strip().splitlines() == [line] and "Traceback" not in proc.stdout
+    assert not sweep_dir.exists()

@@ -217,7 +217,7 @@ def test_lmlab_cost_prints_the_numbers_of_its_formula(capsys):
         "model.n_head=2",
         "model.n_embd=32",
         "model.block_size=64",
-        "data.vocab_size=128",
+        "data.vocab_size=384",
         "data.batch_size=4",
         "data.block_size=16",
         "trainer.max_steps=50",
@@ -227,7 +227,7 @@ def test_lmlab_cost_prints_the_numbers_of_its_formula(capsys):
     cost_cli.main(["--json", "--price", "2.0", "--measure-steps", "1", "--decode-tokens", "4", *overrides])
     printed = json.loads(capsys.readouterr().out)
     inputs, m = printed["inputs"], printed["metrics"]
-    matmul, total = gpt_matmul_params_by_hand(128, 64, 1, 32)
+    matmul, total = gpt_matmul_params_by_hand(384, 64, 1, 32)
     assert (inputs["n_matmul_params"], inputs["n_params"]) == (matmul, total)
     flops = 6 * matmul + 12 * 1 * 32 * 16
     tokens = 4 * 16 * 2 * 50
@@ -262,3 +262,46 @@ def test_cpu_peak_memory_is_the_process_own_not_its_parent_s():
     code = "from lmlab.devices import peak_memory_gb; print(peak_memory_gb('cpu'))"
     child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert 0.01 < float(child.stdout) < 1.0  # the child's own peak: python and torch, not the 1.6 GB above
+
+
+TINY_COST = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=64", "data.vocab_size=384",
+             "data.batch_size=4", "data.block_size=16", "trainer.accelerator=cpu"]
+
+
+@pytest.mark.parametrize("argv,line", [
+    (["--price", "-3"], "Error: --price=-3.0: must be a number >= 0"),
+    (["--price", "nan"], "Error: --price=nan: must be a number >= 0"),
+    (["--price", "inf"], "Error: --price=inf: must be a number >= 0"),
+    (["--peak-flops", "0"], "Error: --peak-flops=0.0: must be a number > 0"),
+    (["--measure-steps", "0"], "Error: --measure-steps=0: must be an integer >= 1"),
+    (["--decode-tokens", "-1"], "Error: --decode-tokens=-1: must be an integer >= 0"),
+    (["callbacks.throughput.tokens_per_param=-1"],
+     "Error: callbacks.throughput.tokens_per_param=-1: must be a number > 0"),
+    (["callbacks.throughput.price_per_device_hour=-2"],
+     "Error: callbacks.throughput.price_per_device_hour=-2: must be null or a number >= 0"),
+    (["trainer.max_steps=30", "sched.warmup_steps=30"], "Error: sched.warmup_steps=30: "),
+    (["trainer.devices=0"], "Error: trainer.devices=0: must be a count >= 1, -1 (every device), 'auto' or a list"),
+])
+def test_lmlab_cost_checks_every_input_before_measuring(argv, line, capsys, monkeypatch):
+    """Flags as the parameters they stand for, the config as train.py checks it: one line, exit status 2, and
+    nothing measured (the measurement would fail the test)."""
+    monkeypatch.setattr(cost_cli, "project_from_config", lambda *a, **k: pytest.fail("measured"))
+    with pytest.raises(SystemExit) as exit_:
+        cost_cli.main([*TINY_COST, *argv])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and err.startswith(line) and len(err.splitlines()) == 1
+
+
+def test_lmlab_cost_takes_overrides_between_its_flags_in_a_real_process(tmp_path):
+    """`lmlab cost model.n_layer=1 --price 2 trainer.max_steps=10` (before: "unrecognized arguments")."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-c", "import sys; from lmlab.cli.main import main; main(sys.argv[1:])", "cost",
+           "model.n_layer=1", "--price", "2", "trainer.max_steps=10", "--measure-steps", "1", "--json",
+           *TINY_COST[1:], "--decode-tokens", "0"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert printed["inputs"]["price_per_device_hour"] == 2.0 and printed["inputs"]["n_layer"] == 1
+    assert printed["metrics"]["cost/train_flops"] == printed["metrics"]["cost/flops_per_token"] * 4 * 16 * 10

@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmlab.arguments import PositiveInt
 from lmlab.devices import synchronize
 from lmlab.errors import ArgumentError
 
@@ -229,7 +230,7 @@ def measure_train_throughput(
     model: nn.Module,
     batch_size: int,
     seq_len: int,
-    steps: int = 5,
+    steps: PositiveInt = 5,
     warmup: int = 2,
     autocast_dtype: torch.dtype | None = None,
 ) -> float:

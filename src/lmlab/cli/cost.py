@@ -17,19 +17,17 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from lmlab.arguments import PositiveInt
-from lmlab.cli import build, compose
+from lmlab.arguments import check_annotations
+from lmlab.cli import build, compose, resolved
 from lmlab.cli.user_errors import one_line_errors
-from lmlab.config import check_group
-from lmlab.config.nodes import check_node, check_options
-from lmlab.config.rules import check_block_fits_context, lightning_trainer, model_context, world_size
+from lmlab.config import check_train_config
+from lmlab.config.rules import accumulation, world_size
 from lmlab.cost import (
     CostProjection,
     format_quantity,
@@ -41,24 +39,46 @@ from lmlab.cost import (
     train_flops_per_token,
 )
 from lmlab.devices import resolve_device
+from lmlab.errors import ArgumentError
+
+# the parameters these flags give, named as the flags: their ranges are those parameters' annotations
+FLAGS = {"price_per_device_hour": "--price", "peak_flops": "--peak-flops", "decode_tokens": "--decode-tokens",
+         "steps": "--measure-steps"}
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Each flag as the parameter it stands for checks it (ThroughputMonitor's price, peak FLOP/s and decode
+    tokens; measure_train_throughput's steps), before any config is composed or anything measured."""
+    from lmlab.callbacks.throughput import ThroughputMonitor
+
+    try:
+        check_annotations(ThroughputMonitor, {"price_per_device_hour": args.price, "peak_flops": args.peak_flops,
+                                              "decode_tokens": args.decode_tokens})
+        check_annotations(measure_train_throughput, {"steps": args.measure_steps})
+    except ArgumentError as e:
+        flag = e.renamed(FLAGS)  # a flag left out is not checked, so "null or" is no choice a user has
+        raise ArgumentError(flag.name, flag.value, flag.rule.replace("null or ", "")) from None
 
 
 def check_config(cfg: DictConfig) -> None:
-    """The groups cost builds or reads (model, trainer, the data's batch shape) checked as train.py checks
-    them; the data itself is never prepared, so its other settings do not matter here."""
-    model = check_group("model", OmegaConf.to_container(cfg.model, resolve=True, throw_on_missing=True), "model")
-    check_node(OmegaConf.to_container(cfg.trainer, resolve=True), "trainer", "trainer", narrowed=lightning_trainer)
-    data = {field: cfg.data.get(field) for field in ("batch_size", "block_size")}
-    check_options(BatchShape, data, "data")
-    check_block_fits_context(model_context(model), data["block_size"])
+    """The config checked as train.py checks it (the same command must not cost what it could not train); the
+    data is never prepared. Sets trainer.accumulate_grad_batches from data.global_batch_size, as training does."""
+    from omegaconf import open_dict
+
+    check_train_config(resolved(cfg))
+    with open_dict(cfg):
+        cfg.trainer.accumulate_grad_batches = accumulation(cfg.data, cfg.trainer)
 
 
-@dataclass
-class BatchShape:
-    """The data settings a cost projection reads."""
+def build_model(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
+    """The configured model, refused before it is given memory when its training would not fit (as train.py)."""
+    from lmlab.config.preflight import materialize
+    from lmlab.config.resources import check_training_memory
 
-    batch_size: PositiveInt
-    block_size: PositiveInt
+    with torch.device("cpu" if cfg.model.get("pretrained") else "meta"):
+        model = build(cfg.model)
+    check_training_memory(model, int(cfg.data.batch_size), int(cfg.data.block_size), device)
+    return materialize(model, device).to(device)
 
 
 def project_from_config(
@@ -77,7 +97,7 @@ def project_from_config(
     price = price if price is not None else throughput_cfg.get("price_per_device_hour")
     peak_flops = peak_flops if peak_flops is not None else throughput_cfg.get("peak_flops")
 
-    model = build(cfg.model).to(device)
+    model = build_model(cfg, device)
     autocast = dtype if "mixed" in precision else None
     if "true" in precision:
         model = model.to(dtype)
@@ -124,9 +144,10 @@ def project_from_config(
     return inputs, projection
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="lmlab cost", description=__doc__.split("\n\n")[1])
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py (model=gpt_small ...)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py (model=gpt_small ...), "
+                                                     "before, between or after the flags")
     parser.add_argument("--price", type=float, help="money per device-hour")
     parser.add_argument("--peak-flops", type=float, help="peak FLOP/s of one device (default: detected)")
     parser.add_argument("--measure-steps", type=int, default=5, help="timed forward/backward steps")
@@ -134,11 +155,14 @@ def main(argv: list[str] | None = None) -> dict:
         "--decode-tokens", type=int, default=32, help="tokens generated to time decoding (0: skip)"
     )
     parser.add_argument("--json", action="store_true", help="print inputs and metrics as JSON")
-    args = parser.parse_args(argv)
-    if args.measure_steps < 1 or args.decode_tokens < 0:
-        parser.error("--measure-steps must be >= 1 and --decode-tokens >= 0")
+    return parser.parse_intermixed_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     with one_line_errors():
-        cfg = compose("train", args.overrides)
+        check_flags(args)
+        cfg = compose("train", args.overrides, run_dir=".")
         check_config(cfg)
         inputs, projection = project_from_config(cfg, args.measure_steps, args.decode_tokens, args.price,
                                                  args.peak_flops)

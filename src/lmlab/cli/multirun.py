@@ -10,7 +10,9 @@ stops at the first failed batch. Instead, every job of a multirun goes through `
 - running the same sweep command into the same sweep directory returns the stored metric of jobs
   that completed before, without training, and resumes the others from their last checkpoint
   (`ckpt_path=auto`);
-- `MultirunSummary`, a Hydra callback (conf/hydra/default.yaml), writes `<sweep dir>/sweep.json`
+- `MultirunSummary`, a Hydra callback (conf/hydra/default.yaml), first checks every job's config
+  (lmlab.cli.sweep_check: a value no job could run with stops the sweep before the first job), writes
+  `<sweep dir>/sweep.json`
   (the sweep's name and the keys it varies, which name the W&B runs), and at the end prints one
   line per failed job and exits with status 1 when any failed.
 """
@@ -139,6 +141,13 @@ class MultirunSummary(Callback):
     """Names the sweep for its jobs at the start, reports its failed jobs at the end."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from lmlab.cli.sweep_check import check_jobs
+        from lmlab.cli.user_errors import stop
+
+        try:  # a job no run could start with stops the sweep here, before anything is written
+            check_jobs(config)
+        except InputError as e:
+            stop(e)  # Hydra turns a callback's exception into a warning and goes on
         # which status files are this command's: another command may run into the same directory at once
         self.launch = os.environ[LAUNCH_ENV] = f"{os.getpid()}-{time.time_ns()}"
         sweep_dir = Path(config.hydra.sweep.dir)

@@ -74,6 +74,8 @@ def quantize_run(args: argparse.Namespace, console: Console) -> dict:
                                          args.matmul_dtype)
         check_args(args)
         device = resolve_device(args.device)  # before anything is read or written
+        if args.cpu_time and torch.device(device).type != "cpu":
+            raise InputError(f"--cpu-time counts CPU seconds; it needs --device cpu (device is {device})")
         ckpt = resolve_checkpoint(args.checkpoint, field="checkpoint")
         model, tokenizer, _ = load_checkpoint(ckpt, field="checkpoint")
         quantized = quantize(copy.deepcopy(model), settings)
@@ -84,8 +86,6 @@ def quantize_run(args: argparse.Namespace, console: Console) -> dict:
     console.print(f"wrote {out} ({out.stat().st_size / 2**20:.2f} MiB)")
 
     if args.cpu_time:
-        if device != "cpu":
-            raise InputError(f"--cpu-time counts CPU seconds; it needs --device cpu (device is {device})")
         torch.set_num_threads(1)
     models = {str(next(model.parameters()).dtype).removeprefix("torch."): model.to(device),
               args.mode: quantized.to(device)}

@@ -19,10 +19,11 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, InstantiationException, OverrideParseException
@@ -120,6 +121,15 @@ def one_line_errors(composing: bool = True) -> Iterator[None]:
             raise
         report(message)
         raise SystemExit(EXIT_USER_ERROR) from None
+
+
+def stop(error: InputError) -> NoReturn:
+    """A user's mistake found where Hydra catches every Exception (its callbacks, e.g. a multirun's check of its
+    jobs): the one line and exit status 2 (with the user's HYDRA_FULL_ERROR=1, the traceback too)."""
+    if _user_full_error == "1":
+        traceback.print_exception(error)
+    report(one_line(str(error)))
+    raise SystemExit(EXIT_USER_ERROR)
 
 
 def run_hydra_app(app: Callable[[], Any]) -> Any:

@@ -105,9 +105,12 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu")
 
 
 def trainer_rules(max_steps: int, fast_dev_run: bool | int, gradient_clip_val: float | None,
-                  gradient_clip_algorithm: str | None, accelerator: str) -> None:
+                  gradient_clip_algorithm: str | None, accelerator: str, devices) -> None:
     from lmlab.devices import accelerator_missing
 
+    if devices == 0 or devices == []:  # Lightning refuses these only once the Trainer is built
+        raise ArgumentError("devices", devices, "must be a count >= 1, -1 (every device), 'auto' or a list of "
+                            "device ids")
     missing = accelerator_missing(accelerator)
     if missing:
         raise ArgumentError("accelerator", accelerator, f"{missing}; use trainer=cpu or trainer.accelerator=auto")
@@ -124,7 +127,8 @@ def lightning_trainer(max_steps: Annotated[int, at.Ge(-1)] = -1, accumulate_grad
                       gradient_clip_algorithm: Literal["norm", "value"] | None = None,
                       precision: Literal[PRECISIONS] | None = None, accelerator: Literal[ACCELERATORS] = "auto",
                       log_every_n_steps: PositiveInt | None = None, fast_dev_run: bool | NonNegativeInt = False,
-                      val_check_interval: PositiveInt | Annotated[float, at.Gt(0), at.Le(1)] | None = None) -> None:
+                      val_check_interval: PositiveInt | Annotated[float, at.Gt(0), at.Le(1)] | None = None,
+                      devices: Annotated[int, at.Ge(-1)] | str | list[NonNegativeInt] = "auto") -> None:
     """What lmlab needs of Lightning Trainer arguments beyond their types (Lightning checks some of these only
     once fit has started, others never): the Trainer's node is checked against this and its own signature."""
 

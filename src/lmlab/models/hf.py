@@ -32,10 +32,12 @@ KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a st
 
 
 def check_build_arguments(architecture: str | None, pretrained: str | None, parametrization: str,
-                          **overrides) -> None:
+                          per_architecture: dict | None = None, **overrides) -> None:
     """What ``HFCausalLM.build`` can build: a pretrained folder that holds a config (or a hub name), or a known
-    architecture whose config has every overridden field, each of its default's type; in the standard
-    parametrization (μP is lmlab's GPT's)."""
+    architecture whose config has every overridden field (or takes it as an alias: GPT-2's ``hidden_size`` is its
+    ``n_embd``), each of its default's type; in the standard parametrization (μP is lmlab's GPT's). Each entry
+    of ``per_architecture`` is checked against its own architecture, used or not, so a typo never waits for the
+    day that architecture is chosen."""
     from pathlib import Path
 
     if parametrization != "standard":
@@ -50,23 +52,60 @@ def check_build_arguments(architecture: str | None, pretrained: str | None, para
             raise ArgumentError("pretrained", path, "a local folder without config.json (give a folder written by "
                                 "save_pretrained, or a hub name)")
         return
-    from transformers import CONFIG_MAPPING
-
     if not architecture:
         raise ArgumentError("architecture", architecture, "is needed without {pretrained}: a Hugging Face model type "
                             "(e.g. llama, gpt2)", pretrained=pretrained)
-    if architecture not in CONFIG_MAPPING:
-        hint = str(unknown_key(architecture, None, CONFIG_MAPPING.keys())).split("unknown key; ", 1)[1]
-        raise ArgumentError("architecture", architecture, f"not a Hugging Face model type; {hint}")
-    defaults = CONFIG_MAPPING[architecture]().to_dict()
+    check_architecture(architecture, "architecture")
+    for name, fields in (per_architecture or {}).items():
+        check_architecture(name, f"per_architecture.{name}")
+        try:
+            check_config_fields(name, fields or {}, divides=False)  # the sizes they divide may be set above
+        except ArgumentError as e:
+            raise e.within(f"per_architecture.{name}") from None
     vocab = overrides.pop("vocab_size", None)
     overrides.pop("trust_remote_code", None)
-    for field, value in overrides.items():
-        if field not in defaults:
-            error = unknown_key(field, value, defaults)
+    check_config_fields(architecture, {**((per_architecture or {}).get(architecture) or {}), **overrides}, vocab=vocab)
+
+
+def check_architecture(architecture: str, param: str) -> None:
+    from transformers import CONFIG_MAPPING
+
+    if architecture not in CONFIG_MAPPING:
+        hint = str(unknown_key(architecture, None, CONFIG_MAPPING.keys())).split("unknown key; ", 1)[1]
+        raise ArgumentError(param, architecture, f"not a Hugging Face model type; {hint}")
+
+
+def config_fields(architecture: str, fields: dict) -> dict:
+    """``fields`` under the names ``architecture``'s config stores them (its aliases resolved, as the config
+    resolves them); a field given under two of its names is refused."""
+    from transformers import CONFIG_MAPPING
+
+    aliases = CONFIG_MAPPING[architecture].attribute_map
+    named: dict = {}
+    for field, value in fields.items():
+        name = aliases.get(field, field)
+        if name in named:
+            given = next(f for f in fields if aliases.get(f, f) == name)
+            raise ArgumentError(field, value, "the same field as {" + given + "} in the " + architecture + " config; "
+                                "give one of them", **{given: fields[given]})
+        named[name] = value
+    return named
+
+
+def check_config_fields(architecture: str, fields: dict, divides: bool = True, vocab: int | None = None) -> None:
+    """Each of ``fields`` a field of ``architecture``'s config, of its default's kind, token ids within ``vocab``;
+    with ``divides``, the sizes that must divide do (named as given)."""
+    from transformers import CONFIG_MAPPING
+
+    defaults = CONFIG_MAPPING[architecture]().to_dict()
+    aliases = CONFIG_MAPPING[architecture].attribute_map
+    named = config_fields(architecture, fields)
+    for field, value in fields.items():
+        if aliases.get(field, field) not in defaults:
+            error = unknown_key(field, value, [*defaults, *aliases])
             raise ArgumentError(field, value, error.rule.replace("unknown key", f"not a field of the {architecture} "
                                                                  "config"), **error.others)
-        default = defaults[field]
+        default = defaults[aliases.get(field, field)]
         if default is not None and value is not None and not _same_kind(value, default):
             raise ArgumentError(field, value, f"must be {KINDS.get(type(default), type(default).__name__)} "
                                 f"(as the config's default, {show(default)})")
@@ -75,10 +114,15 @@ def check_build_arguments(architecture: str | None, pretrained: str | None, para
         if field.endswith("_token_id") and isinstance(value, int) and vocab and not 0 <= value < vocab:
             raise ArgumentError(field, value, f"must be an id of the vocabulary, 0 to {vocab - 1} ({{vocab_size}})",
                                 vocab_size=vocab)
-    merged = {**defaults, **overrides}
+    if not divides:
+        return
+    merged = {**defaults, **named}
+    given = {aliases.get(field, field): field for field in fields}
     for big, small in DIVIDES:
         if merged.get(big) and merged.get(small) and merged[big] % merged[small]:
-            raise ArgumentError(big, merged[big], "must be divisible by {" + small + "}", **{small: merged[small]})
+            small_name = given.get(small, small)
+            raise ArgumentError(given.get(big, big), merged[big], "must be divisible by {" + small_name + "}",
+                                **{small_name: merged[small]})
 
 
 def _same_kind(value, default) -> bool:
@@ -121,12 +165,16 @@ class HFCausalLM(nn.Module):
     @classmethod
     @checked(rules=check_build_arguments)
     def build(cls, architecture: str | None = None, pretrained: str | None = None, vocab_size: PositiveInt = 4096,
-              trust_remote_code: bool = False, parametrization: str = "standard", **overrides) -> HFCausalLM:
+              trust_remote_code: bool = False, parametrization: str = "standard", per_architecture: dict | None = None,
+              **overrides) -> HFCausalLM:
         """The ``model=hf`` entry point: pretrained weights if a path or name is given, else a fresh model of
-        ``architecture`` whose config takes ``overrides`` (fields of that Hugging Face config)."""
+        ``architecture`` whose config takes ``overrides`` (fields of that Hugging Face config) over
+        ``per_architecture[architecture]`` (fields that only some architectures have, such as Llama's
+        ``intermediate_size``: conf/model/hf.yaml ships a small Llama's, which GPT-2 does not take)."""
         if pretrained:
             return cls.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
-        return cls.from_config(architecture, vocab_size=vocab_size, **overrides)
+        fields = {**((per_architecture or {}).get(architecture) or {}), **overrides}
+        return cls.from_config(architecture, vocab_size=vocab_size, **fields)
 
     @torch.no_grad()
     def init_weights(self) -> None:

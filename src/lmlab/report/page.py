@@ -72,12 +72,15 @@ def _cell(key: str, value) -> str:
 
 def figures(path: Path, runs: list[Run]) -> dict[str, bytes]:
     """{plot name: PNG}: the overlaid curves, and for a sweep the objective against each searched parameter."""
+    from matplotlib import rc_context
+
     metric, maximize = sweep_objective(path, runs)
-    plots = {name: plot(runs) for name, plot in PLOTS.items()}
-    if len(runs) > 1:
-        plots |= plot_objective(runs, metric, maximize)
-    plots |= scaling_plots(path, runs)
-    return {name: png(fig) for name, fig in plots.items() if fig is not None}
+    with rc_context({"text.parse_math": False}):  # labels are overrides as typed: `$` is text, never mathtext
+        plots = {name: plot(runs) for name, plot in PLOTS.items()}
+        if len(runs) > 1:
+            plots |= plot_objective(runs, metric, maximize)
+        plots |= scaling_plots(path, runs)
+        return {name: png(fig) for name, fig in plots.items() if fig is not None}
 
 
 def scaling_plots(path: Path, runs: list[Run]) -> dict:
