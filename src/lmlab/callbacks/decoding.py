@@ -99,15 +99,22 @@ class DecodingEvaluator(L.Callback):
             rank_zero_warn(f"DecodingEvaluator: draft={path}: {warning}")
         return draft
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Checks again (the data's tokenizer now exists: a draft must share it), then loads the drafts."""
-        if stage != "fit":
-            return
-        self.check_fit(trainer, pl_module.model, trainer.datamodule)
+    def check_tokenizer(self, model, tokenizer) -> None:
+        """Each draft shares the data's tokenizer (known once the data is prepared: lmlab.preflight calls this
+        before training starts)."""
         for name, decode in self.strategies.items():
             path = draft_path(decode)
             if path is not None:
-                self._draft(name, path, pl_module.model, pl_module.tokenizer)
+                self._draft(name, path, model, tokenizer)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Checks again, then loads the drafts."""
+        if stage != "fit":
+            return
+        self.check_fit(trainer, pl_module.model, trainer.datamodule)
+        self.check_tokenizer(pl_module.model, pl_module.tokenizer)
+        for name, decode in self.strategies.items():
+            if draft_path(decode) is not None:
                 self.strategies[name] = load_draft(decode)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -98,7 +98,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: str | None) -> float | None:
             record_data_audit(run.datamodule, run_dir, run.loggers)
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # encoding is done; DataLoader workers fork
         tokenizer = run.datamodule.load_tokenizer()
-        preflight.check_teacher_tokenizer(run.loss, tokenizer)
+        preflight.check_tokenizers(run.loss, run.callbacks, run.model, tokenizer)
         if rank_zero_only.rank == 0:
             tokenizer.save_pretrained(run_dir / "tokenizer")
         module = LitLM(run.model, run.loss, run.optimizer, run.scheduler, run.task, cfg.compile, tokenizer, settings)

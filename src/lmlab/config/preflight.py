@@ -16,6 +16,7 @@ from lmlab.arguments import unknown_key
 from lmlab.config.resources import check_training_memory, vocab_size_of
 from lmlab.config.rules import check_block_fits_context
 from lmlab.errors import ArgumentError, InputError, under
+from lmlab.spec import same_tokenizer, tokenizer_spec
 
 if TYPE_CHECKING:  # Lightning is the caller's: this module only reads the objects it built
     import lightning as L
@@ -80,14 +81,18 @@ def check_teacher(loss: nn.Module, model: nn.Module) -> None:
                          "run)")
 
 
-def check_teacher_tokenizer(loss: nn.Module, tokenizer) -> None:
-    """A teacher must share the student's tokenizer, or its logits index different tokens (known once the data's
-    tokenizer exists)."""
+def check_tokenizers(loss: nn.Module, callbacks: dict, model: nn.Module, tokenizer) -> None:
+    """A teacher and each decoding draft must share the data's tokenizer, or their logits index other tokens
+    (known once the data's tokenizer exists; before training starts)."""
     teacher_tokenizer = getattr(loss, "teacher_tokenizer", None)
-    if teacher_tokenizer is not None and teacher_tokenizer.backend_tokenizer.to_str() != \
-            tokenizer.backend_tokenizer.to_str():
+    if teacher_tokenizer is not None and not same_tokenizer(tokenizer_spec(teacher_tokenizer),
+                                                            tokenizer_spec(tokenizer)):
         raise InputError("loss.teacher: was trained with a different tokenizer than this run's data "
                          "(data.corpus and data.vocab_size must match the teacher's run)")
+    for name, callback in callbacks.items():
+        if hasattr(callback, "check_tokenizer"):
+            with under(f"callbacks.{name}"):
+                callback.check_tokenizer(model, tokenizer)
 
 
 def check_dropout(model: nn.Module, datamodule: L.LightningDataModule) -> None:
