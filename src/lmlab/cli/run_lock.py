@@ -107,6 +107,7 @@ class RunLock:
     def __init__(self, run_dir: Path, where: str, owner: bool = True):
         self.lock, self.where, self.owner = run_dir / LOCK_FILE, where, owner
         self._previous_sigterm = None
+        self.created = False  # whether taking the lock made the directory: a refused run then leaves none
 
     def __enter__(self) -> RunLock:
         if self.owner:
@@ -126,6 +127,7 @@ class RunLock:
         for _ in range(tries):
             check_unlocked(self.lock.parent, self.where)
             try:
+                self.created = self.created or not self.lock.parent.exists()
                 self.lock.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(self.lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
@@ -164,7 +166,8 @@ class RunLock:
                     describe(stale) if stale else "a training that never finished writing it")
 
     def release(self) -> None:
-        """Remove the lock if it is still this process's."""
+        """Remove the lock if it is still this process's, and the directory if the lock made it and nothing else
+        was written (a run refused before its first write)."""
         owner = read_owner(self.lock)
         if owner and owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
             try:
@@ -172,6 +175,11 @@ class RunLock:
             except OSError as e:
                 if e.errno != errno.ENOENT:
                     log.warning("%s: could not remove %s (%s)", self.where, self.lock, e.strerror)
+            if self.created:
+                try:
+                    self.lock.parent.rmdir()
+                except OSError:  # the run wrote into it: it stays
+                    pass
 
     def _exit_on_sigterm(self) -> None:
         """SIGTERM outside the fit exits (status 143) through the ``with`` block, so the lock is released."""

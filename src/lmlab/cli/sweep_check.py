@@ -101,15 +101,20 @@ def optuna_jobs(config: DictConfig) -> list[tuple[str, list[str]]]:
     parsed = sweep_overrides(config)
     fixed = [f"{o.get_key_element()}={o.get_value_element_as_str()}" for o in parsed if not o.is_sweep_override()]
     grid = OmegaConf.select(config, "hydra.sweeper.sampler._target_") == GRID_SAMPLER
-    jobs = [("every trial", fixed)]
+    ends = []  # (override, the ends of its search space)
     for override in (o for o in parsed if o.is_sweep_override()):
-        key = override.get_key_element()
         distribution = search_space(override)
         if grid and not (isinstance(distribution, CategoricalDistribution) or override.is_range_sweep()):
             raise InputError(f"{override.input_line}: the grid sampler (hydra/sweeper/sampler=grid) searches only "
                              "choice(...) and range(...) values; use another sampler for an interval")
-        jobs += [(f"{override.input_line}, at {key}={value}", [*fixed, f"{key}={value}"])
-                 for value in search_ends(distribution)]
+        ends.append((override, search_ends(distribution)))
+    # a searched key the config lacks (+key=...) is set in every trial: the checks see it at its first end
+    added = {o.get_key_element(): values[0] for o, values in ends if o.get_key_element().startswith("+")}
+    jobs = [("every trial", [*fixed, *(f"{k}={v}" for k, v in added.items())])]
+    for override, values in ends:
+        key = override.get_key_element()
+        others = [f"{k}={v}" for k, v in added.items() if k != key]
+        jobs += [(f"{override.input_line}, at {key}={value}", [*fixed, *others, f"{key}={value}"]) for value in values]
     return jobs
 
 
