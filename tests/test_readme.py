@@ -35,7 +35,7 @@ GPU = torch.cuda.is_available()
 # an earlier command made
 PLACES = {"logs/train/runs/<run>": "run", "logs/distill_draft/runs/<run>": "run", "<run or multirun dir>": "run",
           "logs/train/multiruns/<date>_<time>": "multirun",
-          "draft-int4.safetensors": "gpt-int4.safetensors"}
+          "logs/scaling/isoflop": "multirun", "draft-int4.safetensors": "gpt-int4.safetensors"}
 # (pattern in the command, reason): a command matching one is listed as skipped, never silently left out
 SKIPS = [
     (r"\bpip install\b", "sets up a virtual environment and installs packages (network); its last step runs on its "
@@ -44,6 +44,7 @@ SKIPS = [
     (r"-m pytest\b", "the test suite itself, this test included"),
     (r"^(sbatch|srun)\b|hydra/launcher=slurm", "needs SLURM"),
     (r"^wandb\b", "needs a W&B server"),
+    (r"^vllm\b", "a vLLM server (CUDA GPU), which runs until it is stopped"),
     (r"trainer=(gpu|ddp|fsdp)\b|trainer\.accelerator=(gpu|cuda)|\bgpu\.sh\b",
      None if GPU else "needs CUDA GPUs"),
     (r"logs/optimizer_study/", "reads the optimizer study's sweep (experiments/), whose job directories its globs "
