@@ -74,6 +74,22 @@ def test_a_fresh_run_into_a_finished_run_is_refused_and_touches_nothing(finished
     assert snapshot(finished_run) == before  # not a byte, not a time stamp: Hydra's own files neither
 
 
+def test_a_copied_run_directory_resumes_into_its_own_last_checkpoint(finished_run, corpus_dir, cache_dir, tmp_path):
+    """A run directory copied (or moved) and resumed there: its checkpoints name the old folder, yet last.ckpt is
+    the newest model afterwards, never left behind a last-v1.ckpt that `ckpt_path=last` would not see."""
+    import shutil
+
+    import torch
+
+    copy = tmp_path / "copy"
+    shutil.copytree(finished_run, copy)
+    proc = python(str(ROOT / "train.py"), *tiny_overrides(corpus_dir, cache_dir, f"hydra.run.dir={copy}"),
+                  "ckpt_path=last", "trainer.max_steps=9", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in (copy / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert torch.load(copy / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 9
+
+
 def test_a_second_training_is_refused_while_the_first_holds_the_directory(train_command, tmp_path):
     """A real first training, paused while it prepares its data (lock held, before Lightning's fit), a real second
     one refused naming it; SIGTERM then ends the first with status 143 and releases the lock."""

@@ -79,6 +79,28 @@ def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
     return [line for line in proc.stderr.splitlines() if line.startswith("Error:") or "Traceback" in line]
 
 
+
+def test_train_py_with_a_server_that_answers_errors_logs_offline(train_command, tmp_path):
+    """A server that answers but is no W&B (here Python's http.server: 501 to every POST): wandb.init fails after
+    the probe succeeded; the run falls back offline with one warning instead of a traceback."""
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
+    env |= {"WANDB_API_KEY": FAKE_KEY, "WANDB_BASE_URL": f"http://127.0.0.1:{server.server_address[1]}",
+            "NETRC": str(tmp_path / "none")}
+    try:
+        proc = subprocess.run(train_command("logger=wandb", "trainer.max_steps=3", run_dir=tmp_path / "run"),
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    finally:
+        server.shutdown()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if "lmlab.loggers" in line]
+    assert len(lines) == 1 and "W&B did not start an online run" in lines[0] and len(lines[0]) < 400, lines
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+
 @pytest.mark.parametrize("where", ["existing file", "under a file", "cache under a file"])
 def test_train_py_names_a_path_the_os_refuses_in_one_line(train_command, tmp_path, where):
     blocker = tmp_path / "afile"

@@ -165,12 +165,13 @@ class BoundedWandbLogger(WandbLogger):
         except wandb.errors.Error as e:
             if self._wandb_init.get("mode") != "online":
                 raise
-            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
             if not self.fall_back_offline:
                 raise ArgumentError("mode", "online", f"W&B did not start an online run ({why}); check the network, "
                                     "WANDB_BASE_URL and WANDB_API_KEY, or use mode=offline") from None
             log.warning("W&B did not start an online run (%s); logging offline (upload later with `wandb sync`)", why)
             self._wandb_init["mode"] = "offline"
+            wandb.teardown()  # the service still holds the failed online run's id: an offline start would clash
             return WandbLogger.experiment.fget(self)
 
 

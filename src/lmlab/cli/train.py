@@ -88,17 +88,18 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: str | None) -> float | None:
         report_changes(info["starts"][-1]["changes"], resume_step)
     preflight.materialize(run.model)
     preflight.check_dropout(run.model, run.datamodule)
+    with under("data"):  # the data is prepared in the cache, so that what needs its tokenizer is checked before
+        run.datamodule.prepare_data()  # the run's first write
+        run.datamodule.setup("fit")
+    tokenizer = run.datamodule.load_tokenizer()
+    preflight.check_tokenizers(run.loss, run.callbacks, run.model, tokenizer)
     record_run(run_dir, cfg, info)  # the run's first write (besides its lock)
     exit_code = 1  # what the W&B run records unless fit returns
     try:
         describe_to_wandb(run.loggers, cfg, info)
         with under("data"):
-            run.datamodule.prepare_data()
-            run.datamodule.setup("fit")
             record_data_audit(run.datamodule, run_dir, run.loggers)
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # encoding is done; DataLoader workers fork
-        tokenizer = run.datamodule.load_tokenizer()
-        preflight.check_tokenizers(run.loss, run.callbacks, run.model, tokenizer)
         if rank_zero_only.rank == 0:
             tokenizer.save_pretrained(run_dir / "tokenizer")
         module = LitLM(run.model, run.loss, run.optimizer, run.scheduler, run.task, cfg.compile, tokenizer, settings)
