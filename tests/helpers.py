@@ -7,8 +7,10 @@ import contextlib
 import csv
 import json
 import os
+import shutil
 import signal
 import struct
+import sysconfig
 import time
 import traceback
 from pathlib import Path
@@ -70,6 +72,16 @@ class SaveInitialWeights(L.Callback):
 
     def on_fit_start(self, trainer, pl_module):
         torch.save(pl_module.model.state_dict(), Path(trainer.default_root_dir) / self.FILE)
+
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+
+
+def stdlib_modules(folder: Path, names) -> Path:
+    """``folder`` holding copies of the named modules of this Python's standard library (a small real corpus)."""
+    for name in names:
+        shutil.copy(STDLIB / name, folder / name)
+    return folder
 
 
 def make_dm(datamodule_class, corpus_dir: Path, cache_dir: Path, **settings):

@@ -10,26 +10,22 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
+from helpers import stdlib_modules
 
 from lmlab.data import LMDataModule, TextFiles
 from lmlab.data.cache import MANIFEST_FILE, CacheError, entry_problem
 from lmlab.data.pairs import CodePairsDataModule
 
-STDLIB = Path(sysconfig.get_paths()["stdlib"])
 FILES = ("bisect.py", "colorsys.py", "fnmatch.py", "getopt.py", "heapq.py", "shlex.py", "textwrap.py", "sched.py")
 SIZES = dict(vocab_size=300, block_size=16, batch_size=2, val_fraction=0.2)
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("corpus")
-    for name in FILES:
-        shutil.copy(STDLIB / name, folder / name)
-    return folder
+    return stdlib_modules(tmp_path_factory.mktemp("corpus"), FILES)
 
 
 def datamodule(corpus: Path, cache: Path, kind=LMDataModule):

@@ -5,21 +5,19 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
-import sysconfig
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
-from helpers import make_dm
+from helpers import STDLIB, make_dm, stdlib_modules
 from transformers import AutoTokenizer
 
 from lmlab.data import EOS_TOKEN, PAD_TOKEN, HFDataset, LMDataModule, StdlibCode, TextFiles, train_tokenizer
 from lmlab.data.packing import pack_corpus
 from lmlab.data.tokenizer import cached_tokenizer, tokenizer_cache_dir
 
-STDLIB = Path(sysconfig.get_paths()["stdlib"])
 # small, stable modules present in every CPython 3.11+: ~110 kB of real code
 FILES = ("bisect.py", "colorsys.py", "fnmatch.py", "getopt.py", "glob.py", "heapq.py", "queue.py", "sched.py",
          "shlex.py", "textwrap.py")
@@ -30,10 +28,7 @@ UNSEEN = "héllo → 世界 🙂\tzürich\r\n  \x00end"
 @pytest.fixture(scope="module")
 def modules_dir(tmp_path_factory) -> Path:
     """The ten stdlib modules of FILES, by their own names (conftest's corpus_dir holds whole packages)."""
-    folder = tmp_path_factory.mktemp("modules")
-    for name in FILES:
-        shutil.copy(STDLIB / name, folder / name)
-    return folder
+    return stdlib_modules(tmp_path_factory.mktemp("modules"), FILES)
 
 
 @pytest.fixture(scope="module")
