@@ -61,10 +61,11 @@ class DecodingEvaluator(L.Callback):
         self.rows: list[list] = []  # every table row so far: W&B tables are logged whole
         self.warned: set[str] = set()  # drafts already warned about
 
-    def check_fit(self, trainer: L.Trainer, model, datamodule) -> None:
+    def check_fit(self, trainer: L.Trainer, model, datamodule, tokenizer=None) -> None:
         """Prompts are cut from validation blocks and continued within the model's context; each draft fits the
-        model and everything fits in memory (checkpoint headers read, no weight): called by ``setup`` and,
-        before any work, by lmlab.preflight (``model`` on the meta device)."""
+        model (and shares ``tokenizer``, once the data has one) and everything fits in memory (checkpoint headers
+        read, no weight): called by ``setup`` and, before any work, by lmlab.preflight (``model`` on the meta
+        device)."""
         block_size = getattr(datamodule, "block_size", None)
         if block_size is not None and self.prompt_tokens > block_size:
             raise ArgumentError("prompt_tokens", self.prompt_tokens, f"must be at most the data's block_size="
@@ -77,7 +78,7 @@ class DecodingEvaluator(L.Callback):
         copy_bytes = model_bytes(model) if self.quantization is not None else 0  # the copy that is quantized
         for name, decode in self.strategies.items():
             path = draft_path(decode)
-            drafts = [] if path is None else [self._draft(name, path, model)]
+            drafts = [] if path is None else [self._draft(name, path, model, tokenizer)]
             batch, beams = sequences_at_once(decode, self.num_prompts)
             check_decoding_memory([model, *(d.model for d in drafts)],
                                   training + copy_bytes + sum(d.built_bytes for d in drafts), batch, beams,
@@ -111,8 +112,7 @@ class DecodingEvaluator(L.Callback):
         """Checks again, then loads the drafts."""
         if stage != "fit":
             return
-        self.check_fit(trainer, pl_module.model, trainer.datamodule)
-        self.check_tokenizer(pl_module.model, pl_module.tokenizer)
+        self.check_fit(trainer, pl_module.model, trainer.datamodule, pl_module.tokenizer)
         for name, decode in self.strategies.items():
             if draft_path(decode) is not None:
                 self.strategies[name] = load_draft(decode)
