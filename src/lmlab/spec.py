@@ -59,10 +59,11 @@ def build_tokenizer(spec: dict):
 
 def tokenizer_fingerprint(spec: dict) -> str:
     """A tokenizer spec's hash of what maps text to ids (vocabulary, merges, pre-tokenizer, normalizer, added
-    tokens; formatting and padding settings aside): equal exactly when the tokenizers give the same ids."""
+    tokens, the post-processor that adds special tokens; formatting and padding settings aside): equal exactly
+    when the tokenizers give the same ids."""
     parts = json.loads(spec["json"])
-    text = json.dumps([parts.get(part) for part in ("model", "pre_tokenizer", "normalizer", "added_tokens")],
-                      sort_keys=True)
+    text = json.dumps([parts.get(part) for part in ("model", "pre_tokenizer", "normalizer", "added_tokens",
+                                                    "post_processor")], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
